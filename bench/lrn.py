@@ -1,0 +1,66 @@
+"""LRN forward+backward cost against ReLU (the baseline) and torch's eager LRN, in one process.
+
+    .venv/bin/python bench/lrn.py [--shape 128 64 32 32] [--threads N] [--repeat 7] [--channels-last]
+
+Timing is the minimum of --repeat runs after one warm-up. The issue's target: ours/ReLU <= 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from models.lrn import PAPER, lrn, to_torch  # noqa: E402
+
+
+def fwd_bwd_ms(fn, x: torch.Tensor, grad: torch.Tensor, repeat: int) -> float:
+    def once():
+        a = x.detach().requires_grad_()
+        fn(a).backward(grad)
+
+    once()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", type=int, nargs=4, default=[128, 64, 32, 32])
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--channels-last", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    x = torch.randn(*args.shape).to(memory_format=fmt)
+    grad = torch.randn_like(x)
+    p = PAPER
+    candidates = {
+        "relu": F.relu,
+        "torch_lrn": lambda a: F.local_response_norm(a, **to_torch(p)),
+        "cnnctl_lrn": lambda a: lrn(a, *p),
+    }
+    ms = {name: fwd_bwd_ms(fn, x, grad, args.repeat) for name, fn in candidates.items()}
+    print(f"shape={tuple(x.shape)} fp32 {'channels_last' if args.channels_last else 'contiguous'} "
+          f"threads={torch.get_num_threads()} torch={torch.__version__} lrn={tuple(p)} (paper convention)")
+    for name, t in ms.items():
+        print(f"  {name:<11} fwd+bwd {t:8.2f} ms   {t / ms['relu']:6.2f}x relu")
+    print(f"ratio ours/relu  = {ms['cnnctl_lrn'] / ms['relu']:.2f}  (target <= 5)")
+    print(f"ratio torch/ours = {ms['torch_lrn'] / ms['cnnctl_lrn']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
