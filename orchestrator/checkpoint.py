@@ -1,0 +1,98 @@
+"""Checkpoints (DESIGN.md §5): canonical weights as safetensors, the rest loaded with weights_only=True.
+
+A checkpoint folder holds:
+    model.safetensors   canonical (unsplit, un-DDP'd) state dict
+    state.pt            optimizer, epoch, step, RNG; loaded with torch.load(weights_only=True)
+    config.yaml         the resolved RunConfig
+    meta.json           epoch and metrics
+    COMPLETE            written last; a folder without it is torn and ignored
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from orchestrator.config import RunConfig, to_yaml
+
+MARKER = "COMPLETE"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def save(path: str | Path, model: torch.nn.Module, cfg: RunConfig, state: dict, meta: dict) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+    save_file(weights, path / "model.safetensors")
+    torch.save(state, path / "state.pt")
+    (path / "config.yaml").write_text(to_yaml(cfg))
+    (path / "meta.json").write_text(json.dumps(meta, indent=1))
+    (path / MARKER).write_text("ok\n")
+    return path
+
+
+def is_complete(path: str | Path) -> bool:
+    return (Path(path) / MARKER).exists()
+
+
+def _epoch(path: Path) -> int:
+    try:
+        return json.loads((path / "meta.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def find(path: str | Path) -> Path:
+    """A checkpoint folder, or the newest complete checkpoint under a run folder."""
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        if not is_complete(path):
+            raise CheckpointError(f"{path}: checkpoint has no {MARKER} marker (it was torn mid-write)")
+        return path
+    candidates = [p for p in path.glob("checkpoint_*") if p.is_dir() and is_complete(p)]
+    if not candidates:
+        raise CheckpointError(f"{path}: no complete checkpoint found (expected model.safetensors or checkpoint_*/)")
+    return max(candidates, key=lambda p: (_epoch(p), p.name))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return RunConfig.model_validate(yaml.safe_load((Path(path) / "config.yaml").read_text()))
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(Path(path) / "model.safetensors")
+
+
+def load_state(path: str | Path) -> dict:
+    """Optimizer/epoch/RNG state; a pickle that would run code is refused by weights_only=True."""
+    try:
+        return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = re.split(r"\n", str(exc).strip())[0]
+        raise CheckpointError(f"{path}/state.pt: refused, it is not a plain tensor/state file ({first})") from None
+
+
+def newest_complete(run_dir: str | Path) -> Path | None:
+    try:
+        return find(run_dir)
+    except CheckpointError:
+        return None
+
+
+def storage_path(storage: str) -> str:
+    """Ray wants an absolute local path or a URI."""
+    return storage if "://" in storage else os.path.abspath(storage)

@@ -1,0 +1,127 @@
+"""The `cnnctl` command line. Each command resolves its inputs and calls one plain function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from orchestrator.config import ConfigError, RunConfig, resolve, to_yaml
+
+app = typer.Typer(
+    help="cnnctl: shard ImageNet-style data, then train and tune AlexNet and VGG on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(lines: list[str] | str, code: int = 1) -> typer.Exit:
+    for line in [lines] if isinstance(lines, str) else lines:
+        typer.echo(f"error: {line}", err=True)
+    return typer.Exit(code)
+
+
+Preset = Annotated[Optional[str], typer.Option("--preset", help="Preset from configs/ (e.g. demo-fashion), applied before --config.")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="YAML file with RunConfig sections (data, model, optim, schedule, parallel, run, tune).")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override one field, e.g. --set model.lrn.alpha=2e-4 (repeatable).")]
+
+
+def _config(preset, config_file, sets, flags) -> RunConfig:
+    try:
+        return resolve(preset, config_file, sets, flags)
+    except ConfigError as exc:
+        raise fail(exc.lines) from None
+
+
+@app.command()
+def shard(
+    source: Annotated[str, typer.Argument(help="'fashion-mnist', or a folder laid out as <class>/<image>.")],
+    dest: Annotated[str, typer.Argument(help="Destination folder or fsspec URL (s3://bucket/path, memory://...).")],
+    *,
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="Split name(s) to write. fashion-mnist: train and test by default; a folder: train.")] = None,
+    prefix: Annotated[Optional[str], typer.Option(help="Shard name prefix (default: the source name).")] = None,
+    image_format: Annotated[Optional[str], typer.Option("--image-format", help="jpg (RGB baseline JPEG) or png (lossless). Default: png for fashion-mnist, jpg otherwise.")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="Shorter side in pixels, or 'none' to keep the original size. Default: none for fashion-mnist, 256 otherwise.")] = None,
+    center_crop: Annotated[bool, typer.Option("--center-crop", help="Center-crop to a square after resizing (AlexNet's 256x256).")] = False,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality when re-encoding.")] = 90,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Samples per shard.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the permutation that assigns samples to shards.")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Local processes encoding shards.")] = 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--resume", help="Rebuild every shard, or skip shards an earlier run already published.")] = False,
+    max_errors: Annotated[int, typer.Option("--max-errors", min=0, help="Rejected inputs tolerated (recorded in the manifest) before aborting.")] = 0,
+    per_class_limit: Annotated[Optional[int], typer.Option("--per-class-limit", min=1, help="Keep the first N images of each class (ImageNet-100-style subsets, quick tests).")] = None,
+) -> None:
+    """Pack a dataset into WebDataset tar shards plus a manifest per split (written last)."""
+    from orchestrator.sharding import PackRequest, run_pack
+
+    req = PackRequest(source, dest, split or [], prefix, image_format, resize, center_crop, quality, shard_size, seed, workers, overwrite, max_errors, per_class_limit)
+    try:
+        run_pack(req)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise fail(getattr(exc, "lines", None) or str(exc)) from None
+
+
+@app.command()
+def train(
+    *,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    set_: Sets = None,
+    nodes: Annotated[Optional[int], typer.Option(help="Ray nodes to spread the workers over (parallel.nodes).")] = None,
+    workers_per_node: Annotated[Optional[int], typer.Option("--workers-per-node", help="Ray Train workers per node (parallel.workers_per_node).")] = None,
+    gpus: Annotated[Optional[bool], typer.Option("--gpus/--cpu", help="One GPU per worker with NCCL, or CPU with gloo (parallel.gpus).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster address ('auto', 'ray://host:10001', ...). Default: start a local Ray.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (schedule.epochs).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name; rerunning the same name resumes it (run.name).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Folder or URL holding the shards (data.root).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and cluster shape, start nothing.")] = False,
+) -> None:
+    """Train a model with Ray Train workers (data parallel; tower parallel with parallel.mp=2)."""
+    from orchestrator.data import check_data, num_classes
+    from orchestrator.train import fit, run_dir
+
+    flags = {"parallel.nodes": nodes, "parallel.workers_per_node": workers_per_node, "parallel.gpus": gpus,
+             "parallel.address": address, "schedule.epochs": epochs, "run.name": name, "data.root": data}
+    cfg = _config(preset, config, set_, flags)
+    p = cfg.parallel
+    shape = f"{p.nodes} node(s) x {p.workers_per_node} worker(s) = world {p.world} (dp={p.world // p.mp} x mp={p.mp}), {p.cpus_per_worker} CPU{' + 1 GPU' if p.gpus else ''} per worker"
+    if dry_run:
+        typer.echo(to_yaml(cfg) + f"# cluster: {shape}")
+        return
+    problems = check_data(cfg)
+    if problems:
+        raise fail(problems)
+    cfg.model.num_classes = num_classes(cfg)
+    typer.echo(f"training {cfg.model.name} on {cfg.data.root} | {shape} | run {run_dir(cfg)}")
+    result = fit(cfg)
+    if result.error:
+        raise fail(f"training failed: {result.error}")
+    final = result.metrics or {}
+    typer.echo(f"done: epoch {final.get('epoch')} val_top1 {final.get('val_top1', float('nan')):.4f} | checkpoint {result.checkpoint.path if result.checkpoint else None}")
+
+
+@app.command("eval")
+def eval_(
+    checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint folder(s) or run folder(s) (the newest complete checkpoint is used).")],
+    *,
+    data: Annotated[Optional[str], typer.Option(help="Folder or URL holding the shards (default: the checkpoint's data.root).")] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the JSON result (default: eval-<split>.json in the checkpoint folder).")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 2,
+) -> None:
+    """Top-1/top-5 of a checkpoint on a split; several checkpoints average their softmax."""
+    from orchestrator.evaluate import run_eval
+
+    try:
+        result = run_eval(checkpoints, data=data, split=split, out=out, threads=threads)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(json.dumps(result, indent=1))
+
+
+def main() -> None:  # pragma: no cover - console script convenience
+    sys.exit(app())

@@ -1,0 +1,240 @@
+"""The one typed config tree of cnnctl, and the one function that resolves it.
+
+Precedence (lowest first): field defaults < preset YAML in ``configs/`` < ``--config FILE``
+< ``--set a.b=c`` overrides < explicit CLI flags. ``resolve`` is the only place that applies it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    root: str = Field("data/fashion-mnist", description="fsspec URL of the folder that holds the shards and manifests.")
+    prefix: str = Field("fashion-mnist", description="Shard name prefix: shards are <prefix>-<split>-NNNNNN.tar.")
+    train_split: str = Field("train", description="Split used for training.")
+    val_split: str = Field("test", description="Split evaluated after every epoch (Fashion-MNIST has only train/test).")
+    batch_size: int = Field(128, gt=0, description="Global batch size; each data-parallel rank takes batch_size / dp.")
+    image_size: int = Field(28, gt=0, description="Side of the square crop fed to the model.")
+    augment: Literal["none", "crop-flip"] = Field("crop-flip", description="Train augmentation: random crop with zero padding and horizontal flip, or none.")
+    pad: int = Field(2, ge=0, description="Zero padding (pixels) before the random crop of crop-flip.")
+    mean: list[float] | None = Field(None, description="Per-channel mean on the 0-1 scale; None takes it from the manifest statistics.")
+    std: list[float] | None = Field(None, description="Per-channel std on the 0-1 scale; None takes it from the manifest statistics.")
+    limit: int | None = Field(None, gt=0, description="Use at most this many training samples per epoch (for quick runs and tests).")
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker (0 = decode in the training process).")
+    shuffle_buffer: int = Field(2000, ge=0, description="Sample shuffle buffer per loader, on top of the per-epoch shard shuffle.")
+    on_bad_sample: Literal["error", "skip"] = Field("error", description="A sample that fails to decode stops the run (error) or is counted and skipped (skip).")
+
+
+class LRNConfig(_Section):
+    enabled: bool = Field(True, description="Use Local Response Normalization after conv1 and conv2.")
+    k: float = Field(2.0, description="Additive constant k in the paper's formula.")
+    n: int = Field(5, gt=0, description="Number of adjacent channels summed (odd; the window is centred).")
+    alpha: float = Field(1e-4, gt=0, description="Paper's alpha, NOT divided by n (torch's local_response_norm divides it).")
+    beta: float = Field(0.75, gt=0, description="Exponent beta.")
+
+
+class ModelConfig(_Section):
+    name: str = Field("alexnet-small", description="Model name from `cnnctl models`.")
+    num_classes: int | None = Field(None, gt=1, description="Number of classes; None takes it from the training manifest.")
+    towers: int = Field(2, ge=1, le=2, description="AlexNet towers (1 or 2): grouped conv2/conv4/conv5 when 2.")
+    width: float = Field(1.0, gt=0, description="Channel multiplier of the small AlexNet variants.")
+    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on fc6 and fc7.")
+    lrn: LRNConfig = Field(default_factory=LRNConfig, description="Local Response Normalization settings.")
+    init_from: str | None = Field(None, description="Checkpoint whose matching layers initialise the model (fine-tuning, VGG A -> D).")
+
+
+class OptimConfig(_Section):
+    lr: float = Field(0.01, gt=0, description="Base learning rate (for the reference batch when scale_lr=linear).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(False, description="Nesterov momentum.")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay, as in the papers.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
+    scale_lr: Literal["none", "linear"] = Field("none", description="linear: lr = lr * batch_size / reference_batch (Goyal et al. 2017).")
+    reference_batch: int = Field(256, gt=0, description="Batch size the base lr refers to under scale_lr=linear.")
+
+
+class ScheduleConfig(_Section):
+    kind: Literal["constant", "step", "cosine", "onecycle"] = Field("cosine", description="Learning-rate schedule, stepped per iteration.")
+    epochs: int = Field(10, gt=0, description="Number of training epochs.")
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up from lr/100 over this many epochs.")
+    step_epochs: int = Field(30, gt=0, description="step: divide lr by `gamma` every this many epochs.")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: the factor applied every step_epochs.")
+    final_lr_fraction: float = Field(0.0, ge=0, le=1, description="cosine/onecycle: the lr at the end, as a fraction of the peak.")
+
+
+class ParallelConfig(_Section):
+    nodes: int = Field(1, ge=1, description="Ray nodes the workers spread across.")
+    workers_per_node: int = Field(2, ge=1, description="Ray Train workers per node.")
+    mp: int = Field(1, ge=1, le=2, description="Tower (model) parallel degree: 2 splits AlexNet's towers over a rank pair.")
+    gpus: bool = Field(False, description="One GPU per worker and the NCCL backend; otherwise CPU and gloo.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved for each worker.")
+    threads_per_worker: int = Field(1, ge=1, description="torch intra-op threads in each worker.")
+    address: str | None = Field(None, description="Ray cluster address; None starts a local Ray for the run.")
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.workers_per_node
+
+
+class RunSection(_Section):
+    name: str = Field("demo-fashion", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; rerunning the same name resumes it.")
+    storage: str = Field("runs", description="fsspec URL (or local folder) under which runs are stored.")
+    seed: int = Field(0, description="Seed of model init, data order and augmentation.")
+    max_failures: int = Field(2, ge=-1, description="Worker failures Ray Train recovers from (from the newest checkpoint).")
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept.")
+    log_every: int = Field(50, ge=1, description="Print the training loss every this many steps (rank 0).")
+
+
+class TuneConfig(_Section):
+    num_samples: int = Field(8, ge=1, description="Number of trials.")
+    metric: str = Field("val_top1", description="Metric that ranks trials.")
+    mode: Literal["max", "min"] = Field("max", description="Whether the metric is maximised or minimised.")
+    max_concurrent: int = Field(1, ge=1, description="Trials running at once.")
+
+
+class RunConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig, description="Shards and input pipeline.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Network.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="SGD optimiser.")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Epochs and learning-rate schedule.")
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Workers, nodes and the dp x mp mesh.")
+    run: RunSection = Field(default_factory=RunSection, description="Run name, storage, seed and fault tolerance.")
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="Ray Tune sweep settings.")
+
+
+class ConfigError(Exception):
+    """A config that cannot be resolved; ``lines`` holds one message per problem."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _load_yaml(path: Path, what: str) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"{what} {path}: no such file"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{what} {path}: not valid YAML ({exc})"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{what} {path}: expected a mapping at the top level"])
+    return data
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["a.b=1", "c=x"]`` -> nested dict; values are parsed as YAML scalars (``1e-4``, ``true``, ``[1,2]``)."""
+    merged: dict = {}
+    errors = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not p for p in key.split(".")):
+            errors.append(f"--set {item!r}: expected a.b=value")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        merged = _deep_merge(merged, _nest(key, value))
+    if errors:
+        raise ConfigError(errors)
+    return merged
+
+
+def preset_path(name: str) -> Path:
+    path = CONFIGS_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+        raise ConfigError([f"preset {name!r}: not found in configs/ (known: {known})"])
+    return path
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        else:
+            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return lines
+
+
+def resolve(
+    preset: str | None = None,
+    config_file: Path | None = None,
+    sets: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Apply defaults < preset < --config < --set < flags, validate once, and return the tree.
+
+    ``flags`` maps dotted paths to explicit CLI values; None values mean "not given".
+    """
+    merged: dict = {}
+    if preset:
+        merged = _deep_merge(merged, _load_yaml(preset_path(preset), "preset"))
+    if config_file:
+        merged = _deep_merge(merged, _load_yaml(Path(config_file), "--config"))
+    merged = _deep_merge(merged, parse_set(sets or []))
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            merged = _deep_merge(merged, _nest(dotted, value))
+    try:
+        cfg = RunConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+    problems = check(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def check(cfg: RunConfig) -> list[str]:
+    """Cross-field rules that single fields cannot express."""
+    problems = []
+    p = cfg.parallel
+    if p.world % p.mp:
+        problems.append(f"parallel.mp: {p.mp} does not divide the world size {p.world} (nodes x workers_per_node)")
+    if p.mp == 2 and p.workers_per_node % 2:
+        problems.append("parallel.workers_per_node: must be even when mp=2, so each tower pair stays on one node")
+    dp = max(p.world // p.mp, 1)
+    if cfg.data.batch_size % dp:
+        problems.append(f"data.batch_size: {cfg.data.batch_size} is not divisible by dp={dp}")
+    if cfg.model.lrn.n % 2 == 0:
+        problems.append(f"model.lrn.n: must be odd (the window is centred), got {cfg.model.lrn.n}")
+    return problems
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

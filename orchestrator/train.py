@@ -1,0 +1,194 @@
+"""`cnnctl train`: the per-worker training loop and the Ray Train driver around it.
+
+``Trainer`` is plain PyTorch over an initialised process group, so tests can run it without Ray;
+``train_loop`` adds the few Ray lines (resume checkpoint, report) and ``fit`` starts the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from models.parallel import Mesh
+from orchestrator import checkpoint as ckpt
+from orchestrator.config import RunConfig, to_yaml
+from orchestrator.data import eval_stream, make_loader, normalizer, train_stream
+from orchestrator.metrics import MetricsLog
+from orchestrator.modeling import build_model, evaluate, summarize, topk_correct
+from orchestrator.schedule import lr_at
+from shards.reader import Split
+
+Report = Callable[[dict, str | None], None]  # (metrics, checkpoint folder or None)
+
+
+def run_dir(cfg: RunConfig) -> str:
+    return ckpt.storage_path(cfg.run.storage).rstrip("/") + "/" + cfg.run.name
+
+
+class Trainer:
+    """One rank's share of a run: model, optimizer, data and the epoch loop."""
+
+    def __init__(self, cfg: RunConfig, resume_from: str | None = None):
+        self.cfg = cfg
+        torch.set_num_threads(cfg.parallel.threads_per_worker)
+        self.mesh = Mesh.init(cfg.parallel.mp)
+        self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if cfg.parallel.gpus else torch.device("cpu")
+        self.is_logger = self.mesh.rank == 0
+        torch.manual_seed(cfg.run.seed)  # identical init on every rank
+        model = build_model(cfg, cfg.model.num_classes).to(self.device)
+        self.train_data = train_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp))
+        self.val_data = eval_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp))
+        self.normalize = normalizer(cfg, self.train_data.manifest).to(self.device)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                         nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
+        self.start_epoch, self.step = 0, 0
+        if resume_from:
+            self._restore(model, resume_from)
+        # Gradients are averaged within the dp group only (a tower pair holds different weights).
+        self.model = DistributedDataParallel(model, process_group=self.mesh.dp_group) if self.mesh.dp > 1 else model
+        self.log = MetricsLog(run_dir(cfg), enabled=self.is_logger, start_epoch=self.start_epoch)
+
+    def _restore(self, model: torch.nn.Module, path: str) -> None:
+        model.load_state_dict(ckpt.load_weights(path))
+        state = ckpt.load_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch, self.step = state["epoch"] + 1, state["step"]
+        if self.is_logger:
+            print(f"resuming from {path}: epoch {self.start_epoch}, step {self.step}", flush=True)
+
+    def _all_sum(self, values: list[float]) -> list[float]:
+        if self.mesh.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, group=self.mesh.dp_group)  # each dp group sees every sample exactly once
+        return t.tolist()
+
+    def _gather(self, value: int) -> list[int]:
+        """Every rank's value, in world-rank order (the metrics prove that ranks stepped equally)."""
+        if self.mesh.world == 1:
+            return [value]
+        out = [torch.zeros(1, dtype=torch.int64) for _ in range(self.mesh.world)]
+        dist.all_gather(out, torch.tensor([value]))
+        return [int(t) for t in out]
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, model = self.cfg, self.model
+        self.train_data.set_epoch(epoch)
+        steps = len(self.train_data)
+        model.train()
+        loss_sum, hits, seen = 0.0, 0, 0
+        t0 = time.perf_counter()
+        for i, (images, labels) in enumerate(make_loader(cfg, self.train_data)):
+            lr = lr_at(cfg, self.step, steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = self.normalize(images.to(self.device, non_blocking=True)), labels.to(self.device)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            loss_sum += float(loss.detach()) * len(labels)
+            hits += topk_correct(logits.detach(), labels, (1,))[0]
+            seen += len(labels)
+            if self.is_logger and (i + 1) % cfg.run.log_every == 0:
+                rate = seen * self.mesh.dp / (time.perf_counter() - t0)
+                print(f"epoch {epoch} step {i + 1}/{steps} loss {loss_sum / seen:.4f} lr {lr:.4g} {rate:.0f} img/s", flush=True)
+        elapsed = time.perf_counter() - t0
+        steps_per_rank = self._gather(i + 1)
+        loss_sum, hits, seen = self._all_sum([loss_sum, hits, seen])
+        return {"train_loss": loss_sum / seen, "train_top1": hits / seen, "lr": lr,
+                "images_per_sec": seen / elapsed, "steps_per_rank": steps_per_rank}
+
+    def validate(self) -> dict:
+        model = ckpt.unwrap(self.model)  # no DDP forward: ranks may take different eval batch counts
+        model.eval()
+        sums = evaluate(lambda x: model(self.normalize(x)), make_loader(self.cfg, self.val_data), self.device)
+        model.train()
+        loss, top1, top5, count = self._all_sum([sums["loss_sum"], sums["top1"], sums["top5"], sums["count"]])
+        s = summarize({"loss_sum": loss, "top1": top1, "top5": top5, "count": int(count)})
+        return {"val_loss": s["loss"], "val_top1": s["top1"], "val_top5": s["top5"], "val_count": s["count"]}
+
+    def state(self, epoch: int) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "epoch": epoch, "step": self.step,
+                "torch_rng": torch.get_rng_state(), "numpy_seed": int(np.random.get_state()[1][0])}
+
+    def run(self, report: Report) -> None:
+        for epoch in range(self.start_epoch, self.cfg.schedule.epochs):
+            t0 = time.perf_counter()
+            metrics = {"epoch": epoch, **self.train_epoch(epoch), **self.validate()}
+            metrics["epoch_time_s"] = time.perf_counter() - t0
+            metrics["world_rank"], metrics["dp"], metrics["mp"] = self.mesh.rank, self.mesh.dp, self.mesh.mp
+            if not self.is_logger:
+                report(metrics, None)
+                continue
+            self.log.write(metrics)
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}), flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt.save(tmp, self.model, self.cfg, self.state(epoch), {"epoch": epoch, "metrics": metrics})
+                report(metrics, tmp)
+        self.log.close()
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train worker entry point."""
+    import ray.train
+
+    cfg = RunConfig.model_validate(config)
+    random.seed(cfg.run.seed)
+    resume = ray.train.get_checkpoint()  # the newest checkpoint of this run: after a worker failure or a rerun
+    world_rank = ray.train.get_context().get_world_rank()
+
+    def report(metrics: dict, folder: str | None) -> None:
+        # Every rank reports each epoch (Ray Train synchronises on it); rank 0 attaches the checkpoint.
+        metrics = {**metrics, "world_rank": world_rank}
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+
+    with resume.as_directory() if resume else nullcontext(None) as resume_dir:
+        trainer = Trainer(cfg, resume_from=resume_dir)
+    trainer.run(report)
+
+
+def fit(cfg: RunConfig):
+    """Start cfg.parallel.world Ray Train workers and run the training loop; returns Ray's Result."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from orchestrator.cluster import connect
+
+    p = cfg.parallel
+    # Workers run in their own working folders: local paths must be absolute before they travel.
+    cfg.data.root = ckpt.storage_path(cfg.data.root)
+    cfg.run.storage = ckpt.storage_path(cfg.run.storage)
+    connect(p.address, cpus_needed=p.world * p.cpus_per_worker)
+    out = Path(run_dir(cfg)) if "://" not in cfg.run.storage else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+    resources = {"CPU": p.cpus_per_worker, **({"GPU": 1} if p.gpus else {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=cfg.model_dump(mode="json"),
+        torch_config=TorchConfig(backend="nccl" if p.gpus else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=p.world, use_gpu=p.gpus, resources_per_worker=resources,
+                                               placement_strategy="PACK" if p.nodes == 1 else "SPREAD"),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=ckpt.storage_path(cfg.run.storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+        ),
+    )
+    return trainer.fit()

@@ -1,0 +1,89 @@
+"""Shard names, URL safety and the per-split manifest (DESIGN.md §3).
+
+The manifest is written last and is the commit marker of a split: a split without one is incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import fsspec
+
+FORMAT = "cnnctl-shards/1"
+KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+# fsspec protocols that run shell commands or reach arbitrary code paths are refused outright;
+# webdataset would treat "pipe:" as a command line.
+_REFUSED = ("pipe:", "pipe+", "shell:", "exec:")
+
+
+class UnsafeURLError(ValueError):
+    pass
+
+
+def check_url(url: str) -> str:
+    low = url.strip().lower()
+    if low.startswith(_REFUSED) or "|" in low.split("://", 1)[0]:
+        raise UnsafeURLError(f"{url}: shell-executing URLs (pipe: and the like) are refused")
+    return url
+
+
+def join(root: str, name: str) -> str:
+    return root.rstrip("/") + "/" + name
+
+
+def shard_name(prefix: str, split: str, index: int) -> str:
+    return f"{prefix}-{split}-{index:06d}.tar"
+
+
+def manifest_name(prefix: str, split: str) -> str:
+    return f"{prefix}-{split}.manifest.json"
+
+
+def manifest_url(root: str, prefix: str, split: str) -> str:
+    return join(root, manifest_name(prefix, split))
+
+
+def load(url: str) -> dict:
+    """Read a manifest; a missing one means the split was never completed."""
+    check_url(url)
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{url}: no manifest (the split is missing or its packing never finished)")
+    with fs.open(path, "rb") as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{url}: not a cnnctl shard manifest (format={manifest.get('format')!r})")
+    return manifest
+
+
+def shard_urls(url: str, manifest: dict) -> list[str]:
+    """Shard URLs of a manifest, resolved next to it."""
+    root = url.rsplit("/", 1)[0] if "/" in url else "."
+    return [join(root, s["name"]) for s in manifest["shards"]]
+
+
+def save(url: str, manifest: dict) -> None:
+    """Publish the manifest; local folders get it atomically through a rename."""
+    data = json.dumps(manifest, indent=1, sort_keys=False).encode()
+    publish_bytes(url, data)
+
+
+def publish_bytes(url: str, data: bytes) -> None:
+    """Make ``url`` hold ``data`` all at once, never a prefix of it.
+
+    Local files are written to a temporary name and renamed; object stores make a single PUT
+    visible only when it completes.
+    """
+    check_url(url)
+    fs, path = fsspec.core.url_to_fs(url)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if "file" in fs.protocol or "local" in fs.protocol:
+        tmp = f"{path}.tmp"
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)
