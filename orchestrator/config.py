@@ -153,6 +153,19 @@ def _nest(dotted: str, value: Any) -> dict:
     return out
 
 
+def _scalar(raw: str) -> Any:
+    """A --set value: int, float (``1e-4`` too, which YAML 1.1 leaves a string), or any YAML scalar/list."""
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_set(items: list[str]) -> dict:
     """``["a.b=1", "c=x"]`` -> nested dict; values are parsed as YAML scalars (``1e-4``, ``true``, ``[1,2]``)."""
     merged: dict = {}
@@ -162,11 +175,7 @@ def parse_set(items: list[str]) -> dict:
         if not sep or not key or any(not p for p in key.split(".")):
             errors.append(f"--set {item!r}: expected a.b=value")
             continue
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        merged = _deep_merge(merged, _nest(key, value))
+        merged = _deep_merge(merged, _nest(key, _scalar(raw)))
     if errors:
         raise ConfigError(errors)
     return merged

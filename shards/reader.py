@@ -103,34 +103,49 @@ class ShardStream(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return self.split.dp_rank * workers + worker, self.split.dp_size * workers, workers
 
-    def _my_part(self, rng: random.Random) -> tuple[list[str], Callable[[int], bool]]:
-        """Shard-level split when there are enough shards, else sample-level (every k-th sample)."""
+    def _my_part(self) -> tuple[list[str], Callable[[int], bool]]:
+        """Shard-level split when there are enough shards, else sample-level (every k-th sample).
+
+        The shard order is shuffled with a seed shared by all ranks (seed, epoch), so the ranks'
+        parts stay disjoint; it changes every epoch, and a wrap-around re-reads the same part.
+        """
         unit, units, _ = self._unit()
         urls = list(self.urls)
         if self.train:
-            rng.shuffle(urls)
+            random.Random(f"{self.seed}/{self.epoch}").shuffle(urls)
         if len(urls) >= units:
             return urls[unit::units], lambda i: True
         return urls, lambda i: i % units == unit
 
-    def _samples(self, rng: random.Random) -> Iterator[Sample]:
-        urls, mine = self._my_part(rng)
-        raw = wds.tariterators.tar_file_expander(open_shards(iter(urls)), handler=wds.reraise_exception)
-        for i, sample in enumerate(wds.tariterators.group_by_keys(raw, handler=wds.reraise_exception)):
-            if not mine(i):
-                continue
+    def _samples(self) -> Iterator[Sample]:
+        urls, mine = self._my_part()
+        expected = {mf.join(u.rsplit("/", 1)[0], sh["name"]): sh["count"] for u, sh in zip(self.urls, self.manifest["shards"])}
+        i = 0
+        for url in urls:
+            count = 0
             try:
-                yield decode_sample(sample)
+                raw = wds.tariterators.tar_file_expander(open_shards(iter([url])), handler=wds.reraise_exception)
+                for sample in wds.tariterators.group_by_keys(raw, handler=wds.reraise_exception):
+                    count += 1
+                    i += 1
+                    if mine(i - 1):
+                        yield decode_sample(sample)
+                if count != expected[url]:
+                    raise BadSample(f"{url}: truncated or damaged, {count} of {expected[url]} samples")
             except BadSample:
                 if self.on_bad_sample == "error":
                     raise
                 self.bad_samples += 1
+            except Exception as exc:  # tarfile and fsspec errors: name the shard
+                if self.on_bad_sample == "error":
+                    raise BadSample(f"{url}: unreadable after {count} samples ({type(exc).__name__}: {exc})") from exc
+                self.bad_samples += 1
 
-    def _stream(self, rng: random.Random) -> Iterator[Sample]:
+    def _stream(self) -> Iterator[Sample]:
         """Training: the part, forever, reshuffled each pass. Evaluation: the part, once."""
         while True:
             count = 0
-            for sample in self._samples(rng):
+            for sample in self._samples():
                 count += 1
                 yield sample
             if not self.train or count == 0:
@@ -143,7 +158,7 @@ class ShardStream(IterableDataset):
         worker = info.id if info else 0
         # The DataLoader takes batches from workers in turn, so worker w owns steps w, w+W, ...
         my_steps = len(range(worker, self.steps, workers))
-        stream = self._stream(rng)
+        stream = self._stream()
         if self.train and self.shuffle_buffer > 1:
             stream = _shuffled(stream, self.shuffle_buffer, rng)
         images, labels, done = [], [], 0

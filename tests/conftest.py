@@ -1,0 +1,58 @@
+"""Session-wide fixtures: real Fashion-MNIST shards, a tree of real image files, one Ray instance."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from orchestrator.sharding import PackRequest, run_pack
+from shards.sources import FASHION_MNIST_DIR, fashion_mnist
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def pack_request(source: str, dest: str, **kw) -> PackRequest:
+    base = dict(splits=[], prefix=None, image_format=None, resize=None, center_crop=False, quality=90,
+                shard_size=100, seed=0, workers=1, overwrite=False, max_errors=0, per_class_limit=None)
+    return PackRequest(source, dest, **{**base, **kw})
+
+
+@pytest.fixture(scope="session")
+def fmnist_root(tmp_path_factory) -> str:
+    """A real Fashion-MNIST subset: 60 train and 20 test images per class, 200 per shard."""
+    if not FASHION_MNIST_DIR.exists():
+        pytest.fail(f"{FASHION_MNIST_DIR} missing: `make test` installs Debian's dataset-fashion-mnist")
+    root = tmp_path_factory.mktemp("fmnist")
+    run_pack(pack_request("fashion-mnist", str(root), splits=["train"], per_class_limit=60, shard_size=200))
+    run_pack(pack_request("fashion-mnist", str(root), splits=["test"], per_class_limit=20, shard_size=200))
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def image_tree(tmp_path_factory) -> Path:
+    """root/<class>/*.{JPEG,png}: real Fashion-MNIST pixels written as RGB JPEGs and grayscale PNGs."""
+    root = tmp_path_factory.mktemp("tree")
+    images = fashion_mnist("test").records[:60]
+    for i, rec in enumerate(images):
+        folder = root / f"n{rec.label:08d}"
+        folder.mkdir(exist_ok=True)
+        img = Image.fromarray(np.kron(rec.pixels, np.ones((2, 2), np.uint8)))  # 56x56
+        if i % 3:
+            img.convert("RGB").save(folder / f"n{rec.label:08d}_{i}.JPEG", quality=95)
+        else:
+            img.save(folder / f"n{rec.label:08d}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (a start costs 10-20 s), on loopback only."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,65 @@
+"""A real 2-worker Ray Train run on a real Fashion-MNIST subset, then `cnnctl eval` on its checkpoint."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator import checkpoint as ckpt
+from orchestrator.cli import app
+from orchestrator.config import resolve
+from orchestrator.metrics import read
+from orchestrator.train import fit, run_dir
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, fmnist_root, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("runs")
+    cfg = resolve("demo-fashion", None, [
+        f"data.root={fmnist_root}", f"run.storage={storage}", "run.name=e2e", "schedule.epochs=2",
+        "data.batch_size=64", "model.width=0.5", "run.log_every=2",
+    ])
+    cfg.model.num_classes = 10
+    result = fit(cfg)
+    return cfg, result
+
+
+def test_both_ranks_step_equally_and_checkpoints_exist(trained):
+    cfg, result = trained
+    assert result.error is None
+    rows = read(run_dir(cfg))
+    assert [r["epoch"] for r in rows] == [0, 1]
+    steps = 600 // 2 // 32  # 600 training images, dp=2, 32 per rank
+    assert all(r["steps_per_rank"] == [steps, steps] for r in rows)
+    assert all(r["val_count"] == 200 for r in rows)
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec", "epoch_time_s"):
+        assert key in rows[-1]
+    path = ckpt.find(run_dir(cfg))
+    assert (path / "model.safetensors").exists() and ckpt.is_complete(path)
+    assert ckpt.load_state(path)["epoch"] == 1
+    assert ckpt.load_config(path).run.name == "e2e"
+    assert (Path(run_dir(cfg)) / "config.yaml").exists()
+    assert list((Path(run_dir(cfg)) / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_eval_cli_reproduces_the_final_val_accuracy(trained, tmp_path):
+    cfg, result = trained
+    out = tmp_path / "eval.json"
+    res = CliRunner().invoke(app, ["eval", run_dir(cfg), "--split", "test", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    written = json.loads(out.read_text())
+    assert written["count"] == 200
+    # the same weights on the same split: eval equals what the last epoch reported
+    assert written["top1"] == pytest.approx(read(run_dir(cfg))[-1]["val_top1"], abs=1e-9)
+    assert 0 <= written["top1"] <= written["top5"] <= 1
+
+
+def test_rerunning_a_finished_run_resumes_instead_of_restarting(trained):
+    cfg, _ = trained
+    before = read(run_dir(cfg))
+    result = fit(cfg)  # same name: Ray restores the run; nothing is left to train
+    assert result.error is None
+    assert read(run_dir(cfg)) == before

@@ -1,0 +1,83 @@
+"""CLI wiring and error messages through typer's CliRunner."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+
+runner = CliRunner()
+COMMANDS = ["shard", "train", "eval"]
+
+
+def test_help_explains_every_command_and_option():
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0
+    for cmd in COMMANDS:
+        assert cmd in top.output
+        res = runner.invoke(app, [cmd, "--help"], terminal_width=200)
+        assert res.exit_code == 0, res.output
+        # every option line carries help text (typer prints the option, then its description)
+        assert "Usage:" in res.output and len(res.output.splitlines()) > 8
+
+
+def test_train_unknown_key_exits_1_naming_the_field():
+    res = runner.invoke(app, ["train", "--set", "model.lrn.gamma=1"])
+    assert res.exit_code == 1
+    assert "model.lrn.gamma: unknown key" in res.output
+
+
+def test_train_bad_type_exits_1_naming_the_field():
+    res = runner.invoke(app, ["train", "--set", "schedule.epochs=many"])
+    assert res.exit_code == 1
+    assert "schedule.epochs:" in res.output
+
+
+def test_train_bad_config_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("optim: {lr: 0.1, momentumm: 0.9}\n")
+    res = runner.invoke(app, ["train", "--config", str(f)])
+    assert res.exit_code == 1 and "optim.momentumm: unknown key" in res.output
+
+
+def test_train_dry_run_prints_resolved_config_and_shape():
+    res = runner.invoke(app, ["train", "--preset", "demo-fashion", "--nodes", "2", "--set", "optim.lr=0.02", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    body, _, shape = res.output.rpartition("# cluster:")
+    cfg = yaml.safe_load(body)
+    assert cfg["parallel"]["nodes"] == 2 and cfg["optim"]["lr"] == 0.02
+    assert "world 4 (dp=4 x mp=1)" in shape
+
+
+def test_train_missing_data_is_a_clear_error_before_ray(tmp_path):
+    res = runner.invoke(app, ["train", "--data", str(tmp_path / "nothing")])
+    assert res.exit_code == 1
+    assert "no manifest" in res.output and "nothing" in res.output
+
+
+def test_shard_refuses_pipe_urls_and_missing_sources(tmp_path):
+    res = runner.invoke(app, ["shard", "fashion-mnist", "pipe:cat > /tmp/x"])
+    assert res.exit_code == 1 and "refused" in res.output
+    res = runner.invoke(app, ["shard", str(tmp_path / "missing"), str(tmp_path / "out")])
+    assert res.exit_code == 1 and "missing" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_shard_bad_resize(image_tree, tmp_path):
+    res = runner.invoke(app, ["shard", str(image_tree), str(tmp_path / "o"), "--resize", "big"])
+    assert res.exit_code == 1 and "--resize" in res.output
+
+
+def test_eval_missing_checkpoint(tmp_path):
+    res = runner.invoke(app, ["eval", str(tmp_path)])
+    assert res.exit_code == 1 and "no complete checkpoint" in res.output
+
+
+def test_shard_cli_writes_manifest(image_tree, tmp_path):
+    out = tmp_path / "s"
+    res = runner.invoke(app, ["shard", str(image_tree), str(out), "--shard-size", "16", "--resize", "48"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / f"{image_tree.name}-train.manifest.json").read_text())
+    assert manifest["num_samples"] == 60 and len(manifest["shards"]) == 4

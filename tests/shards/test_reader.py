@@ -1,0 +1,106 @@
+"""The rank-aware loader: equal steps per rank, exact evaluation partitions, no hangs."""
+
+import random
+
+import numpy as np
+import pytest
+
+from shards import manifest as mf
+from shards.reader import BadSample, ShardStream, Split, loader
+from shards.transforms import CenterCrop, CropFlip
+from shards.writer import PackOptions, pack
+from shards.sources import fashion_mnist
+
+
+@pytest.fixture(scope="module")
+def seven_shards(tmp_path_factory):
+    """700 real Fashion-MNIST images in 7 shards, and the same in 1 shard."""
+    root = tmp_path_factory.mktemp("seven")
+    listing = fashion_mnist("test")
+    listing.records = listing.records[:700]
+    pack(listing, str(root), "seven", PackOptions(image_format="png", resize=None, shard_size=100))
+    pack(listing, str(root), "one", PackOptions(image_format="png", resize=None, shard_size=700))
+    return root
+
+
+def _run(url, dp_size, workers=0, train=True, batch=32, epoch=0):
+    out = []
+    for rank in range(dp_size):
+        stream = ShardStream(url, Split(rank, dp_size), batch, CenterCrop(28), train=train, seed=1)
+        stream.set_epoch(epoch)
+        out.append(list(loader(stream, workers=workers)))
+    return out
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("prefix, dp_size, workers", [("seven", 2, 0), ("seven", 2, 2), ("one", 4, 0), ("one", 4, 2)])
+def test_every_rank_takes_the_same_number_of_steps(seven_shards, prefix, dp_size, workers):
+    url = mf.manifest_url(str(seven_shards), prefix, "test")
+    per_rank = _run(url, dp_size, workers)
+    expected = 700 // dp_size // 32
+    assert [len(b) for b in per_rank] == [expected] * dp_size
+    for batches in per_rank:
+        assert all(x.shape == (32, 3, 28, 28) and x.dtype.is_floating_point is False for x, _ in batches)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("prefix, dp_size, workers", [("seven", 2, 0), ("seven", 3, 2), ("one", 4, 0)])
+def test_evaluation_covers_the_split_exactly_once(seven_shards, prefix, dp_size, workers):
+    url = mf.manifest_url(str(seven_shards), prefix, "test")
+    per_rank = _run(url, dp_size, workers, train=False)
+    labels = np.concatenate([y.numpy() for batches in per_rank for _, y in batches])
+    assert len(labels) == 700
+    truth = np.array([r.label for r in fashion_mnist("test").records[:700]])
+    assert np.array_equal(np.sort(labels), np.sort(truth))
+
+
+def test_training_shards_do_not_overlap_within_a_pass(seven_shards):
+    url = mf.manifest_url(str(seven_shards), "seven", "test")
+    a, b = _run(url, 2, batch=50)
+    ia = {bytes(x.numpy().tobytes()) for xs, _ in a for x in xs}
+    ib = {bytes(x.numpy().tobytes()) for xs, _ in b for x in xs}
+    assert len(ia & ib) == 0
+
+
+def test_same_seed_same_batches_and_epochs_differ(seven_shards):
+    url = mf.manifest_url(str(seven_shards), "seven", "test")
+    first, again, other = _run(url, 1), _run(url, 1), _run(url, 1, epoch=1)
+    assert all((x1 == x2).all() for (x1, _), (x2, _) in zip(first[0], again[0]))
+    assert not all((x1 == x2).all() for (x1, _), (x2, _) in zip(first[0], other[0]))
+
+
+def test_tower_pair_ranks_get_identical_batches(seven_shards):
+    # Both ranks of a tower pair share a dp rank, so they build the same reader.
+    url = mf.manifest_url(str(seven_shards), "seven", "test")
+    s0 = list(loader(ShardStream(url, Split(1, 2), 32, CropFlip(28, 2), seed=3)))
+    s1 = list(loader(ShardStream(url, Split(1, 2), 32, CropFlip(28, 2), seed=3)))
+    assert all((x0 == x1).all() and (y0 == y1).all() for (x0, y0), (x1, y1) in zip(s0, s1))
+
+
+def test_truncated_shard_names_the_url(seven_shards, tmp_path):
+    import shutil
+
+    for p in seven_shards.iterdir():
+        if p.name.startswith("seven"):
+            shutil.copy(p, tmp_path / p.name)
+    victim = tmp_path / "seven-test-000003.tar"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2 + 100])
+    url = mf.manifest_url(str(tmp_path), "seven", "test")
+    with pytest.raises(Exception, match="seven-test-000003.tar"):
+        list(loader(ShardStream(url, Split(0, 1), 32, CenterCrop(28), train=False)))
+
+
+def test_crop_flip_is_a_crop_of_the_padded_image():
+    img = np.arange(28 * 28 * 3, dtype=np.uint8).reshape(28, 28, 3)
+    out = CropFlip(28, 2)(img, random.Random(0))
+    assert out.shape == (3, 28, 28)
+    padded = np.pad(img, ((2, 2), (2, 2), (0, 0))).transpose(2, 0, 1)
+    found = any((padded[:, t:t + 28, l:l + 28] == out).all() or (padded[:, t:t + 28, l:l + 28][:, :, ::-1] == out).all()
+                for t in range(5) for l in range(5))
+    assert found
+
+
+def test_refuses_pipe_urls():
+    with pytest.raises(mf.UnsafeURLError):
+        ShardStream("pipe:cat x", Split(), 8, CenterCrop(28))
