@@ -19,4 +19,14 @@ def connect(address: str | None, cpus_needed: float = 0) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     cpus = max(os.cpu_count() or 1, int(-(-cpus_needed // 1)))
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1")
+    local_only()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+
+
+def local_only() -> None:
+    """Keep a single-node local Ray on loopback.
+
+    Ray otherwise swaps 127.0.0.1 for the machine's routable address; with multi-node support off
+    (a local Ray for one run is one node) it keeps the loopback address for the node and its workers.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -53,6 +53,9 @@ def ray_local():
     """One local Ray for the whole session (a start costs 10-20 s), on loopback only."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+    from orchestrator.cluster import local_only
+
+    local_only()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
     yield ray
     ray.shutdown()
