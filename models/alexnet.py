@@ -30,7 +30,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .lrn import LRN, PAPER, LRNParams
+from .lrn import LRN, PAPER, LRNParams, check_n
 
 Conv = tuple[int, int, int, int]  # (out_channels, kernel, stride, padding)
 GROUPED = (False, True, False, True, True)  # conv1..conv5: which ones see only their own tower
@@ -61,7 +61,8 @@ def lrn_params(lrn: LRNParams | Mapping | None) -> LRNParams | None:
     unknown = set(lrn) - set(LRNParams._fields)
     if unknown:
         raise ValueError(f"unknown LRN key(s) {sorted(unknown)}; expected n, k, alpha, beta")
-    return PAPER._replace(**lrn)
+    p = PAPER._replace(**lrn)
+    return LRNParams(check_n(p.n), float(p.k), float(p.alpha), float(p.beta))
 
 
 class AlexNet(nn.Module):
@@ -90,6 +91,8 @@ class AlexNet(nn.Module):
         super().__init__()
         if towers not in (1, 2):
             raise ValueError(f"towers must be 1 or 2, got {towers!r}")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {sorted(_INITS)}, got {init!r}")
         if not width > 0:
             raise ValueError(f"width must be > 0, got {width!r}")
         self.towers, self.input_size, self.lrn = towers, input_size, lrn_params(lrn)

@@ -39,7 +39,7 @@ class LRNParams(NamedTuple):
 PAPER = LRNParams()
 
 
-def _check_n(n: int) -> int:
+def check_n(n: int) -> int:
     if isinstance(n, bool) or int(n) != n or n < 1 or n % 2 == 0:
         raise ValueError(f"LRN window n must be a positive odd integer (the paper uses 5), got {n!r}")
     return int(n)
@@ -50,7 +50,7 @@ def from_torch(size: int, alpha: float, beta: float = 0.75, k: float = 1.0) -> L
 
     torch computes `k + alpha/size * sum`, so the paper's alpha is torch's alpha / size.
     """
-    return LRNParams(n=_check_n(size), k=float(k), alpha=float(alpha) / size, beta=float(beta))
+    return LRNParams(n=check_n(size), k=float(k), alpha=float(alpha) / size, beta=float(beta))
 
 
 def from_caffe(local_size: int, alpha: float, beta: float = 0.75, k: float = 1.0) -> LRNParams:
@@ -59,7 +59,7 @@ def from_caffe(local_size: int, alpha: float, beta: float = 0.75, k: float = 1.0
     Caffe also computes `k + alpha/local_size * sum`: bvlc_alexnet's (5, 1e-4, 0.75, k=1) is the
     paper's alpha divided by 5.
     """
-    return LRNParams(n=_check_n(local_size), k=float(k), alpha=float(alpha) / local_size, beta=float(beta))
+    return LRNParams(n=check_n(local_size), k=float(k), alpha=float(alpha) / local_size, beta=float(beta))
 
 
 def to_torch(p: LRNParams) -> dict:
@@ -124,7 +124,7 @@ def lrn(
     `groups` splits the channels into equal blocks normalised separately: in the two-tower AlexNet
     each GPU normalised only its own kernel maps, so the window stops at the tower boundary.
     """
-    n = _check_n(n)
+    n = check_n(n)
     if x.dim() < 3:
         raise ValueError(f"LRN expects (N, C, ...) with at least 3 dims, got shape {tuple(x.shape)}")
     if groups < 1 or x.shape[1] % groups:
@@ -138,7 +138,7 @@ class LRN(nn.Module):
 
     def __init__(self, n: int = 5, k: float = 2.0, alpha: float = 1e-4, beta: float = 0.75, groups: int = 1):
         super().__init__()
-        self.n, self.k, self.alpha, self.beta = _check_n(n), float(k), float(alpha), float(beta)
+        self.n, self.k, self.alpha, self.beta = check_n(n), float(k), float(alpha), float(beta)
         self.groups = int(groups)
 
     @classmethod

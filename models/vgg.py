@@ -66,13 +66,16 @@ class VGG(nn.Module):
         super().__init__()
         self.towers = 1
         self.lrn = lrn_params(lrn) if "LRN" in cfg else None
-        self.features = make_features(cfg, self.lrn)
-        self.avgpool = nn.AdaptiveAvgPool2d(7)
-        self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(4096, num_classes),
-        )
+        device = torch.empty(0).device  # the caller's default device (cpu, cuda or meta)
+        with torch.device("meta"):  # skip the layers' default init: it is overwritten below
+            self.features = make_features(cfg, self.lrn)
+            self.avgpool = nn.AdaptiveAvgPool2d(7)
+            self.classifier = nn.Sequential(
+                nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                nn.Linear(4096, num_classes),
+            )
+        self.to_empty(device=device)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.normal_(m.weight, 0.0, 0.01)
