@@ -67,7 +67,9 @@ def build(name: str, *, num_classes: int = 1000, **overrides) -> nn.Module:
 
 
 def describe(name: str, **overrides) -> dict:
-    """One `cnnctl models` row. Built on the meta device, so even VGG-E costs no memory or compute."""
+    """One `cnnctl models` row: name, params, gmacs (multiply-adds of one image at input_size, counted
+    by FlopCounterMode as flops / 2), input_size, towers, lrn (dict or None). Built on the meta device,
+    so even VGG-E costs no memory or compute."""
     with torch.device("meta"):
         model = build(name, **overrides)
         x = torch.empty(1, 3, model.input_size, model.input_size)
@@ -79,7 +81,7 @@ def describe(name: str, **overrides) -> dict:
         "gmacs": counter.get_total_flops() / 2 / 1e9,
         "input_size": model.input_size,
         "towers": model.towers,
-        "lrn": model.lrn,
+        "lrn": model.lrn._asdict() if model.lrn else None,
     }
 
 
