@@ -3,13 +3,28 @@
 Ranks are laid out mp-inner: ranks 2i and 2i+1 hold the two towers of one model replica and sit on
 the same node. The dp group of a rank is every rank with the same tower index; gradients are
 averaged within it.
+
+Wrapping a model is ordered: `apply_tower_split` (mp) -> DistributedDataParallel over `dp_group` ->
+compile. `canonical_state_dict` / `load_canonical` see through all three, so checkpoints hold the
+canonical layout whatever the mesh (DESIGN.md §5). `run_local` starts a gloo group on loopback
+without Ray, for tests and bench/.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import torch
 import torch.distributed as dist
+import torch.multiprocessing as tmp
+from torch import nn
+
+from .alexnet import AlexNet
+from .towers import TowerParallelAlexNet
 
 
 @dataclass
@@ -61,3 +76,88 @@ class Mesh:
             if d == mesh.dp_rank:
                 mesh.mp_group = group
         return mesh
+
+
+def apply_tower_split(model: nn.Module, mesh: Mesh) -> nn.Module:
+    """This rank's tower of `model` when mesh.mp == 2 (the model itself when mp == 1).
+
+    Call it on the canonical model, identically initialised on both ranks of the pair, before the
+    optimizer is built (the optimizer must hold the local halves) and before DDP.
+    """
+    if mesh.mp == 1:
+        return model
+    towers = getattr(model, "towers", None)
+    if not isinstance(model, AlexNet) or towers != mesh.mp:
+        raise ValueError(
+            f"parallel.mp={mesh.mp} splits AlexNet's {mesh.mp} towers over a rank pair, but "
+            f"{type(model).__name__} (towers={towers}) has none to split; use an AlexNet with "
+            f"towers={mesh.mp}, or mp=1 (data parallel only)"
+        )
+    if mesh.mp_group is None:
+        raise ValueError("the mesh has no mp_group: build it with Mesh.init(mp) inside an initialised process group")
+    return TowerParallelAlexNet.from_canonical(model, mesh)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", getattr(model, "module", None))
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def canonical_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The canonical (unsplit) state of a plain, tower-split, DDP- or compile-wrapped model.
+
+    For a tower-split model this is a collective over the pair: both ranks must call it, and both
+    get the whole state.
+    """
+    model = unwrap(model)
+    if isinstance(model, TowerParallelAlexNet):
+        return model.canonical_state_dict()
+    return model.state_dict()
+
+
+def load_canonical(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
+    """Load a canonical state (any mp it was trained with) into a plain or tower-split model. Local."""
+    model = unwrap(model)
+    if isinstance(model, TowerParallelAlexNet):
+        return model.load_canonical_state_dict(state_dict, strict=strict)
+    return model.load_state_dict(state_dict, strict=strict)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_rank(rank: int, fn: Callable, world: int, port: int, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # `world` processes share the cores; oversubscription is far slower
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_local(fn: Callable, world: int, *args, timeout_s: float = 60.0) -> None:
+    """Run `fn(rank, world, *args)` in `world` spawned processes over a gloo group on loopback.
+
+    A rank that raises fails the call with its traceback; if the ranks have not all finished after
+    `timeout_s` (a collective hang), they are killed and TimeoutError is raised.
+    """
+    ctx = tmp.start_processes(_local_rank, args=(fn, world, _free_port(), args), nprocs=world, join=False,
+                              start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ctx.join(timeout=max(deadline - time.monotonic(), 0.01)):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{world} local ranks still running after {timeout_s:.0f} s (a hung collective?)")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
