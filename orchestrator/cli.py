@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from orchestrator.config import ConfigError, RunConfig, resolve, to_yaml
 
@@ -37,32 +38,87 @@ def _config(preset, config_file, sets, flags) -> RunConfig:
         raise fail(exc.lines) from None
 
 
-@app.command()
+class _ShardGroup(TyperGroup):
+    """`cnnctl shard SOURCE DEST ...` is `cnnctl shard pack SOURCE DEST ...`: a first word that is
+    not a subcommand goes to `pack`, so the short form keeps working beside `verify` and `info`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["pack", *args]
+        return super().parse_args(ctx, args)
+
+
+shard_app = typer.Typer(
+    cls=_ShardGroup, no_args_is_help=True,
+    help="Pack datasets into WebDataset shards (`cnnctl shard SOURCE DEST` = `cnnctl shard pack SOURCE DEST`), verify them, summarise them.",
+)
+app.add_typer(shard_app, name="shard")
+
+
+@shard_app.command("pack")
 def shard(
-    source: Annotated[str, typer.Argument(help="'fashion-mnist', or a folder laid out as <class>/<image>.")],
-    dest: Annotated[str, typer.Argument(help="Destination folder or fsspec URL (s3://bucket/path, memory://...).")],
+    source: Annotated[str, typer.Argument(help="'fashion-mnist'; a class-folder tree (train/<wnid>/*.JPEG); a flat validation folder; ILSVRC2012_img_train.tar or ILSVRC2012_img_val.tar; or an ImageNet root holding train and val in any of these forms.")],
+    dest: Annotated[str, typer.Argument(help="Destination folder or fsspec URL (s3://bucket/path, gs://..., memory://...). pipe: and other shell URLs are refused.")],
     *,
-    split: Annotated[Optional[list[str]], typer.Option("--split", help="Split name(s) to write. fashion-mnist: train and test by default; a folder: train.")] = None,
+    layout: Annotated[str, typer.Option(help="Source layout: auto, fashion-mnist, class-folders, val-flat, train-tar, val-tar or imagenet (a root with train and val).")] = "auto",
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="Split name(s) to write. fashion-mnist: train and test; an ImageNet root: train and val; one folder or tar: train (val for validation layouts).")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="Validation labels: Kaggle's LOC_val_solution.csv or the devkit's ILSVRC2012_validation_ground_truth.txt (default: found next to the source).")] = None,
+    synsets: Annotated[Optional[str], typer.Option(help="ILSVRC2012_ID -> wnid map for the devkit ground truth: meta.mat or a text file of '<ID> <wnid>' lines (default: found next to the source).")] = None,
     prefix: Annotated[Optional[str], typer.Option(help="Shard name prefix (default: the source name).")] = None,
     image_format: Annotated[Optional[str], typer.Option("--image-format", help="jpg (RGB baseline JPEG) or png (lossless). Default: png for fashion-mnist, jpg otherwise.")] = None,
-    resize: Annotated[Optional[str], typer.Option(help="Shorter side in pixels, or 'none' to keep the original size. Default: none for fashion-mnist, 256 otherwise.")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="Shorter side in pixels, or 'none' to keep the size (and the original bytes of RGB baseline JPEGs). Default: none for fashion-mnist, 256 otherwise.")] = None,
     center_crop: Annotated[bool, typer.Option("--center-crop", help="Center-crop to a square after resizing (AlexNet's 256x256).")] = False,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality when re-encoding.")] = 90,
-    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Samples per shard.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of the permutation that assigns samples to shards.")] = 0,
-    workers: Annotated[int, typer.Option(min=1, help="Local processes encoding shards.")] = 1,
-    overwrite: Annotated[bool, typer.Option("--overwrite/--resume", help="Rebuild every shard, or skip shards an earlier run already published.")] = False,
-    max_errors: Annotated[int, typer.Option("--max-errors", min=0, help="Rejected inputs tolerated (recorded in the manifest) before aborting.")] = 0,
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Samples per shard (default 1000 unless --shard-bytes is given; with both, the smaller).")] = None,
+    shard_bytes: Annotated[Optional[str], typer.Option("--shard-bytes", help="Target shard size, e.g. 256MB: samples per shard from a seeded sample's mean encoded size.")] = None,
     per_class_limit: Annotated[Optional[int], typer.Option("--per-class-limit", min=1, help="Keep the first N images of each class (ImageNet-100-style subsets, quick tests).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the permutation that assigns samples to shards (and of the statistics sample).")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Local processes encoding shards.")] = 1,
+    address: Annotated[Optional[str], typer.Option(help="Write the shards as Ray tasks on this existing cluster ('auto', 'host:6379'); every node must reach SOURCE and DEST.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--resume", help="Rebuild every shard, or resume: keep the shards an earlier run of the same command published.")] = False,
+    max_errors: Annotated[int, typer.Option("--max-errors", min=0, help="Rejected inputs tolerated (recorded in the manifest) before aborting without a manifest.")] = 0,
 ) -> None:
     """Pack a dataset into WebDataset tar shards plus a manifest per split (written last)."""
     from orchestrator.sharding import PackRequest, run_pack
 
-    req = PackRequest(source, dest, split or [], prefix, image_format, resize, center_crop, quality, shard_size, seed, workers, overwrite, max_errors, per_class_limit)
+    req = PackRequest(source, dest, split or [], prefix, image_format, resize, center_crop, quality, shard_size, seed, workers, overwrite,
+                      max_errors, per_class_limit, layout=layout, labels=labels, synsets=synsets, shard_bytes=shard_bytes, address=address)
     try:
         run_pack(req)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         raise fail(getattr(exc, "lines", None) or str(exc)) from None
+
+
+@shard_app.command("verify")
+def shard_verify(
+    url: Annotated[str, typer.Argument(help="A manifest URL, or the folder/URL holding the shards (every split there is checked).")],
+    *,
+    decode: Annotated[bool, typer.Option("--decode", help="Also decode every image (slower).")] = False,
+) -> None:
+    """Re-read every shard: tar integrity, sha256 and counts against the manifest, unique keys, labels in range."""
+    from rich.console import Console
+
+    from orchestrator.sharding import run_verify
+
+    try:
+        problems = run_verify(url, decode, Console())
+    except (ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    if problems:
+        raise fail(problems)
+
+
+@shard_app.command("info")
+def shard_info(url: Annotated[str, typer.Argument(help="A manifest URL, or the folder/URL holding the shards.")]) -> None:
+    """Print a summary table of the packed splits: samples, shards, size, classes, rejected inputs, options."""
+    from rich.console import Console
+
+    from orchestrator.sharding import info_table
+
+    try:
+        Console().print(info_table(url))
+    except (ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command()

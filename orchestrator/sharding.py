@@ -1,17 +1,22 @@
-"""`cnnctl shard`: pick the source layout, then pack every split with a progress bar and a summary."""
+"""`cnnctl shard`: pick the source layout, then pack every split with a progress bar and a summary;
+`cnnctl shard verify` and `cnnctl shard info` read a packed destination back."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from shards import manifest as mf
 from shards import sources
-from shards.writer import PackOptions, TooManyErrors, pack
+from shards.verify import verify
+from shards.writer import MapFn, PackOptions, TooManyErrors, bounded_map, pack
+
+SIZE_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20, "G": 2**30, "GB": 2**30, "GIB": 2**30}
 
 
 @dataclass
@@ -24,32 +29,23 @@ class PackRequest:
     resize: str | None
     center_crop: bool
     quality: int
-    shard_size: int
+    shard_size: int | None
     seed: int
     workers: int
     overwrite: bool
     max_errors: int
     per_class_limit: int | None = None
+    layout: str = "auto"
+    labels: str | None = None
+    synsets: str | None = None
+    shard_bytes: str | None = None
+    address: str | None = None
 
 
 class PackError(RuntimeError):
     def __init__(self, lines: list[str]):
         self.lines = lines
         super().__init__("\n".join(lines))
-
-
-def _listings(req: PackRequest) -> tuple[str, list[sources.Listing], dict]:
-    """The source's splits, its name (the default prefix) and its per-layout defaults."""
-    if req.source == "fashion-mnist":
-        splits = req.splits or ["train", "test"]
-        return "fashion-mnist", [sources.fashion_mnist(s) for s in splits], {"image_format": "png", "resize": None}
-    root = Path(req.source)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{req.source}: neither 'fashion-mnist' nor an existing folder")
-    splits = req.splits or ["train"]
-    if len(splits) != 1:
-        raise ValueError("a class-folder source is one split; pass a single --split")
-    return root.name or "data", [sources.class_folders(root, splits[0])], {"image_format": "jpg", "resize": 256}
 
 
 def _resize(value: str | None, default: int | None) -> int | None:
@@ -62,16 +58,50 @@ def _resize(value: str | None, default: int | None) -> int | None:
     return int(value)
 
 
+def parse_bytes(value: str | None) -> int | None:
+    """'256MB', '1GiB', '500000' -> bytes (binary units)."""
+    if value is None:
+        return None
+    text = value.strip().upper()
+    digits = text.rstrip("KMGIB ")
+    unit = text[len(digits):].strip()
+    try:
+        number = float(digits)
+    except ValueError:
+        number = -1
+    if number <= 0 or unit not in SIZE_UNITS:
+        raise ValueError(f"--shard-bytes {value!r}: a size such as 256MB, 1GB or 500000")
+    return int(number * SIZE_UNITS[unit])
+
+
+def ray_map(address: str) -> MapFn:
+    """Write shards as Ray tasks on an existing cluster (every node must reach the destination)."""
+
+    def run(fn: Callable, jobs: list) -> Iterator[tuple[int, object]]:
+        import ray  # only --address needs Ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False)
+        task = ray.remote(num_cpus=1, max_retries=2)(fn)  # a shard is idempotent: a retry rewrites it
+        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        yield from bounded_map(lambda job: task.remote(job).future(), jobs, window)
+
+    return run
+
+
 def run_pack(req: PackRequest, console: Console | None = None) -> list[dict]:
     console = console or Console(stderr=True)
     mf.check_url(req.dest)
-    name, listings, defaults = _listings(req)
+    name, layout, listings = sources.open_source(req.source, req.layout, req.splits, req.labels, req.synsets)
+    small = layout == "fashion-mnist"  # kept lossless and grayscale at 28x28
     opts = PackOptions(
-        image_format=req.image_format or defaults["image_format"], resize=_resize(req.resize, defaults["resize"]),
-        center_crop=req.center_crop, quality=req.quality, shard_size=req.shard_size, seed=req.seed,
-        workers=req.workers, overwrite=req.overwrite, max_errors=req.max_errors,
+        image_format=req.image_format or ("png" if small else "jpg"), resize=_resize(req.resize, None if small else 256),
+        center_crop=req.center_crop, quality=req.quality, shard_bytes=parse_bytes(req.shard_bytes),
+        shard_size=req.shard_size if req.shard_size or req.shard_bytes else 1000,
+        seed=req.seed, workers=req.workers, overwrite=req.overwrite, max_errors=req.max_errors,
     )
     prefix = req.prefix or name
+    map_fn = ray_map(req.address) if req.address else None
     manifests = []
     for listing in listings:
         if req.per_class_limit:
@@ -81,7 +111,7 @@ def run_pack(req: PackRequest, console: Console | None = None) -> list[dict]:
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task("pack", total=len(listing.records))
             try:
-                manifest, reused = pack(listing, req.dest, prefix, opts, progress=lambda n: bar.advance(task, n))
+                manifest, reused = pack(listing, req.dest, prefix, opts, progress=lambda n: bar.advance(task, n), map_fn=map_fn)
             except TooManyErrors as exc:
                 lines = [f"{r['source']}: {r['reason']}" for r in exc.rejected] + [str(exc)]
                 raise PackError(lines) from None
@@ -93,6 +123,34 @@ def run_pack(req: PackRequest, console: Console | None = None) -> list[dict]:
             f"{len(manifest['classes'])} classes, {elapsed:.1f}s -> {mf.manifest_url(req.dest, prefix, listing.split)}"
         )
         for r in manifest["rejected"]:
-            console.print(f"  rejected {r['source']}: {r['reason']}")
+            console.print(f"  rejected {r['source']}: {r['reason']}", markup=False)
         manifests.append(manifest)
     return manifests
+
+
+def run_verify(url: str, decode: bool, console: Console) -> list[str]:
+    """Verify every split under ``url``; the problems, one line each, naming the shard."""
+    problems = []
+    for murl in mf.find(url):
+        manifest, found = verify(murl, decode=decode)
+        problems.extend(found)
+        verdict = "[green]ok[/]" if not found else f"[red]{len(found)} problem(s)[/]"
+        console.print(f"{murl}: {manifest['num_samples']} samples in {len(manifest['shards'])} shards: {verdict}")
+    return problems
+
+
+def info_table(url: str) -> Table:
+    """One row per split under ``url``: what is there and how it was made."""
+    table = Table(title=url)
+    for col in ("split", "samples", "shards", "MiB", "classes", "rejected", "image", "seed", "mean RGB"):
+        table.add_column(col, justify="left" if col in ("split", "image") else "right")
+    for murl in mf.find(url):
+        m = mf.load(murl)
+        o = m["options"]
+        image = f"{o['image_format']} q{o['quality']} " + (f"short {o['resize']}" if o["resize"] else "orig size") + (" crop" if o["center_crop"] else "")
+        table.add_row(
+            f"{m['prefix']}-{m['split']}", str(m["num_samples"]), str(len(m["shards"])),
+            f"{sum(s['bytes'] for s in m['shards']) / 2**20:.1f}", str(len(m["classes"])), str(len(m["rejected"])),
+            image, str(o["seed"]), " ".join(f"{v:.3f}" for v in m["stats"]["mean_rgb"]),
+        )
+    return table

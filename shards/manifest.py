@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 
 import fsspec
 
@@ -81,9 +82,24 @@ def publish_bytes(url: str, data: bytes) -> None:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     if "file" in fs.protocol or "local" in fs.protocol:
-        tmp = f"{path}.tmp"
+        # A unique name: a worker orphaned by a killed run may still be writing the same shard.
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
         with fs.open(tmp, "wb") as f:
             f.write(data)
         fs.mv(tmp, path)
     else:
         fs.pipe_file(path, data)
+
+
+def find(url: str) -> list[str]:
+    """Manifest URLs: ``url`` itself when it names one, else every manifest directly under it."""
+    check_url(url)
+    if url.endswith(".manifest.json"):
+        return [url]
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"{url}: neither a manifest nor a folder of shards")
+    found = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".manifest.json"))
+    if not found:
+        raise FileNotFoundError(f"{url}: no *.manifest.json here (the packing never finished?)")
+    return [join(url, name) for name in found]

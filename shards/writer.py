@@ -3,6 +3,10 @@
 Shard i holds the samples at positions [i*S, (i+1)*S) of a seeded permutation of the whole split,
 so its bytes depend only on (listing, seed, shard size, i): any shard can be rebuilt alone and a
 rerun is byte-identical. Shards are published only when complete; the manifest is written last.
+
+A run first publishes ``<prefix>-<split>.pending.json`` holding a fingerprint of the listing and
+the options. A rerun resumes only a run with the same fingerprint: shards of another listing or
+other options are never mixed in.
 """
 
 from __future__ import annotations
@@ -10,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
 import fsspec
 import numpy as np
-from PIL import Image
 
 from shards import codec
 from shards import manifest as mf
@@ -25,6 +30,10 @@ from shards.sources import Listing, Record
 
 STATS_SAMPLE = 10_000
 STATS_PIXELS = 4096  # pixels taken per image, on a fixed grid
+BYTES_SAMPLE = 64  # images encoded to turn --shard-bytes into a sample count
+BYTES_MARGIN = 0.9  # aim under --shard-bytes: shard sizes vary around the estimate
+Stats = tuple[np.ndarray, np.ndarray, int]  # sum, sum of outer products, pixel count
+MapFn = Callable[[Callable, list], Iterator[tuple[int, object]]]  # -> (job index, result), any order
 
 
 @dataclass(frozen=True)
@@ -33,17 +42,32 @@ class PackOptions:
     resize: int | None = 256  # shorter side; None keeps the original size (and bytes, when possible)
     center_crop: bool = False  # AlexNet's 256x256
     quality: int = 90
-    shard_size: int = 1000
+    shard_size: int | None = 1000  # samples per shard ...
+    shard_bytes: int | None = None  # ... and/or a byte target, turned into a sample count
     seed: int = 0
     workers: int = 1
     overwrite: bool = False
     max_errors: int = 0
+
+    @property
+    def target(self) -> codec.Target:
+        return codec.Target(self.resize, self.center_crop, self.image_format, self.quality)
 
 
 class TooManyErrors(RuntimeError):
     def __init__(self, rejected: list[dict], limit: int):
         self.rejected = rejected
         super().__init__(f"{len(rejected)} inputs rejected, more than --max-errors {limit}; no manifest was written")
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    url: str
+    records: list[Record]
+    wnids: list[str]
+    target: codec.Target
+    overwrite: bool
+    stats_keys: frozenset[str] = field(default_factory=frozenset)
 
 
 @dataclass
@@ -54,35 +78,26 @@ class ShardResult:
     sha256: str
     rejected: list[dict]
     reused: bool
+    stats: Stats
 
 
-def load_rgb(record: Record, opts: PackOptions) -> tuple[Image.Image, bytes | None, tuple[int, int]]:
-    """Pixels as the shard will hold them, the original bytes if they can be kept, and the original size."""
+def encode(record: Record, target: codec.Target) -> codec.Encoded:
     if record.pixels is not None:
-        img = Image.fromarray(record.pixels)
-        raw = None
-    else:
-        raw = record.read()
-        img = codec.open_image(raw, record.source)
-    orig_size = img.size
-    keep = raw is not None and opts.image_format == "jpg" and opts.resize is None and not opts.center_crop and codec.is_plain_rgb_jpeg(img)
-    if opts.image_format == "jpg" or img.mode not in ("L", "RGB"):
-        img = codec.to_rgb(img)
-    img = codec.resize_shorter(img, opts.resize)
-    if opts.center_crop:
-        img = codec.center_crop(img, min(img.size))
-    return img, (raw if keep else None), orig_size
+        return codec.transcode_pixels(record.pixels, target)
+    return codec.transcode(record.read(), target)
 
 
-def encode(record: Record, opts: PackOptions) -> tuple[bytes, dict]:
-    img, raw, orig_size = load_rgb(record, opts)
-    if raw is not None:
-        data = raw
-    elif opts.image_format == "jpg":
-        data = codec.encode_jpeg(np.asarray(img), opts.quality)
-    else:
-        data = codec.encode_png(img)
-    return data, {"orig_size": list(orig_size)}
+def _pixel_stats(pixels: np.ndarray) -> Stats:
+    px = pixels.reshape(-1, 1).repeat(3, 1) if pixels.ndim == 2 else pixels.reshape(-1, 3)
+    px = px[:: max(1, len(px) // STATS_PIXELS)].astype(np.float64) / 255.0
+    return px.sum(0), px.T @ px, len(px)
+
+
+def _add_stats(a: Stats, b: Stats) -> Stats:
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+
+
+NO_STATS: Stats = (np.zeros(3), np.zeros((3, 3)), 0)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -93,84 +108,103 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def build_shard(records: list[Record], classes: list[dict], opts: PackOptions) -> tuple[bytes, list[dict]]:
+def build_shard(job: ShardJob) -> tuple[bytes, list[dict], Stats]:
     """Tar bytes for one shard (deterministic: fixed mtimes, owners and member order)."""
-    buf, rejected = io.BytesIO(), []
-    ext = "jpg" if opts.image_format == "jpg" else "png"
+    buf, rejected, stats = io.BytesIO(), [], NO_STATS
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for rec in records:
+        for rec in job.records:
             try:
-                data, meta = encode(rec, opts)
-            except (codec.BadImage, OSError, ValueError) as exc:
+                enc = encode(rec, job.target)
+            except (codec.BadImage, OSError) as exc:
                 rejected.append({"source": rec.source, "reason": str(exc)})
                 continue
-            info = {"wnid": classes[rec.label]["wnid"], "source": rec.source, **meta}
-            _add(tar, f"{rec.key}.{ext}", data)
+            info = {"wnid": job.wnids[rec.label], "source": rec.source, "orig_size": list(enc.orig_size)}
+            _add(tar, f"{rec.key}.{job.target.fmt}", enc.data)
             _add(tar, f"{rec.key}.cls", str(rec.label).encode())
             _add(tar, f"{rec.key}.json", json.dumps(info, sort_keys=True).encode())
-    return buf.getvalue(), rejected
+            if rec.key in job.stats_keys:
+                stats = _add_stats(stats, _pixel_stats(enc.pixels))
+    return buf.getvalue(), rejected, stats
 
 
-def _existing(url: str, records: list[Record], opts: PackOptions) -> ShardResult | None:
-    fs, path = fsspec.core.url_to_fs(url)
-    if opts.overwrite or not fs.exists(path):
+def shard_keys(data: bytes) -> set[str] | None:
+    """Sample keys of a complete shard, or None when the tar is damaged."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            return {m.name.rsplit(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".cls")}
+    except tarfile.TarError:
+        return None
+
+
+def _existing(job: ShardJob) -> ShardResult | None:
+    """The shard an earlier run of the same fingerprint published, if it is sound."""
+    fs, path = fsspec.core.url_to_fs(job.url)
+    if job.overwrite or not fs.exists(path):
         return None
     data = fs.cat_file(path)
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        keys = {m.name.rsplit(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".cls")}
-    # A rejected input left no member; re-encoding just those few recovers the reason.
-    rejected = []
-    for rec in records:
+    keys = shard_keys(data)
+    if keys is None or not keys <= {r.key for r in job.records}:
+        return None
+    # Inputs missing from it are the rejected ones: re-encoding just those recovers the reason,
+    # and re-encoding the few sampled for statistics gives exactly the numbers of a clean run.
+    rejected, stats = [], NO_STATS
+    for rec in job.records:
+        if rec.key in keys and rec.key not in job.stats_keys:
+            continue
+        try:
+            enc = encode(rec, job.target)
+        except (codec.BadImage, OSError) as exc:
+            rejected.append({"source": rec.source, "reason": str(exc)})
+            continue
         if rec.key not in keys:
-            try:
-                encode(rec, opts)
-                reason = "missing from an existing shard (rerun with --overwrite)"
-            except (codec.BadImage, OSError, ValueError) as exc:
-                reason = str(exc)
-            rejected.append({"source": rec.source, "reason": reason})
-    return ShardResult(url.rsplit("/", 1)[-1], len(keys), len(data), hashlib.sha256(data).hexdigest(), rejected, True)
+            return None  # it encodes now: the shard is not what this run would write
+        stats = _add_stats(stats, _pixel_stats(enc.pixels))
+    return ShardResult(job.url.rsplit("/", 1)[-1], len(keys), len(data), hashlib.sha256(data).hexdigest(), rejected, True, stats)
 
 
-def write_shard(url: str, records: list[Record], classes: list[dict], opts: PackOptions) -> ShardResult:
-    done = _existing(url, records, opts)
+def write_shard(job: ShardJob) -> ShardResult:
+    done = _existing(job)
     if done is not None:
         return done
-    data, rejected = build_shard(records, classes, opts)
-    mf.publish_bytes(url, data)
-    return ShardResult(url.rsplit("/", 1)[-1], len(records) - len(rejected), len(data), hashlib.sha256(data).hexdigest(), rejected, False)
+    data, rejected, stats = build_shard(job)
+    mf.publish_bytes(job.url, data)
+    name = job.url.rsplit("/", 1)[-1]
+    return ShardResult(name, len(job.records) - len(rejected), len(data), hashlib.sha256(data).hexdigest(), rejected, False, stats)
 
 
-def plan(n: int, opts: PackOptions) -> list[np.ndarray]:
-    """Positions of each shard: a seeded permutation of the split, cut into shard_size pieces.
+def _tar_bytes(size: int) -> int:
+    return 512 + -(-size // 512) * 512
+
+
+def shard_size(records: list[Record], opts: PackOptions) -> int:
+    """Samples per shard: --shard-size, or what fits --shard-bytes by a seeded sample's mean size."""
+    if not opts.shard_bytes:
+        return opts.shard_size or 1000
+    picks = np.random.default_rng(opts.seed + 2).permutation(len(records))[:BYTES_SAMPLE]
+    sizes = []
+    for j in sorted(picks):
+        try:
+            sizes.append(_tar_bytes(len(encode(records[j], opts.target).data)) + 2 * 1024)  # + .cls and .json
+        except (codec.BadImage, OSError):
+            continue
+    fits = int(BYTES_MARGIN * opts.shard_bytes / np.mean(sizes)) if sizes else 1
+    return max(1, min(fits, opts.shard_size or fits))
+
+
+def plan(n: int, size: int, seed: int) -> list[np.ndarray]:
+    """Positions of each shard: a seeded permutation of the split, cut into pieces of ``size``.
 
     ImageNet folders are class-sorted, and a shuffle buffer at read time cannot fix class-sorted shards.
     """
-    order = np.random.default_rng(opts.seed).permutation(n)
-    return [order[i : i + opts.shard_size] for i in range(0, n, opts.shard_size)]
+    order = np.random.default_rng(seed).permutation(n)
+    return [order[i : i + size] for i in range(0, n, size)]
 
 
-def _stats_partial(records: list[Record], opts: PackOptions) -> tuple[np.ndarray, np.ndarray, int]:
-    s, ss, count = np.zeros(3), np.zeros((3, 3)), 0
-    for rec in records:
-        try:
-            img, _, _ = load_rgb(rec, opts)
-        except (codec.BadImage, OSError, ValueError):
-            continue
-        px = np.asarray(codec.to_rgb(img), dtype=np.float64).reshape(-1, 3) / 255.0
-        px = px[:: max(1, len(px) // STATS_PIXELS)]
-        s += px.sum(0)
-        ss += px.T @ px
-        count += len(px)
-    return s, ss, count
-
-
-def rgb_stats(partials: list[tuple[np.ndarray, np.ndarray, int]], images: int) -> dict:
+def rgb_stats(partial: Stats, images: int) -> dict:
     """Mean RGB, per-channel std and the RGB covariance eigen-decomposition (AlexNet §4.1 PCA lighting)."""
-    s = sum(p[0] for p in partials)
-    ss = sum(p[1] for p in partials)
-    count = sum(p[2] for p in partials)
-    mean = s / count
-    cov = ss / count - np.outer(mean, mean)
+    s, ss, count = partial
+    mean = s / max(count, 1)
+    cov = ss / max(count, 1) - np.outer(mean, mean)
     eigval, eigvec = np.linalg.eigh(cov)
     order = np.argsort(eigval)[::-1]
     return {
@@ -184,15 +218,77 @@ def rgb_stats(partials: list[tuple[np.ndarray, np.ndarray, int]], images: int) -
     }
 
 
-def _map(fn: Callable, jobs: list[tuple], workers: int) -> Iterator:
-    if workers <= 1:
-        yield from (fn(*job) for job in jobs)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(fn, *zip(*jobs))
+def bounded_map(submit: Callable[[object], Future], jobs: list, window: int) -> Iterator[tuple[int, object]]:
+    """(index, result) of each job as it finishes, with at most ``window`` submitted and unfinished."""
+    todo, pending = iter(enumerate(jobs)), {}
+    try:
+        while True:
+            for i, job in todo:
+                pending[submit(job)] = i
+                if len(pending) >= window:
+                    break
+            if not pending:
+                return
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield pending.pop(fut), fut.result()
+    finally:  # an abort (too many errors) must not run the queued jobs
+        for fut in pending:
+            fut.cancel()
 
 
-def pack(listing: Listing, dest: str, prefix: str, opts: PackOptions, progress: Callable[[int], None] = lambda n: None) -> tuple[dict, int]:
+def local_map(workers: int) -> MapFn:
+    """Run jobs in this process, or in ``workers`` local processes."""
+
+    def run(fn: Callable, jobs: list) -> Iterator[tuple[int, object]]:
+        if workers <= 1:
+            yield from ((i, fn(job)) for i, job in enumerate(jobs))
+            return
+        with ProcessPoolExecutor(workers) as pool:
+            yield from bounded_map(lambda job: pool.submit(fn, job), jobs, 2 * workers)
+
+    return run
+
+
+def fingerprint(records: list[Record], classes: list[dict], options: dict) -> str:
+    h = hashlib.sha256(json.dumps({"options": options, "classes": classes}, sort_keys=True).encode())
+    for r in records:
+        h.update(f"{r.key}\t{r.label}\t{r.source}\n".encode())
+    return h.hexdigest()
+
+
+def _start(dest: str, prefix: str, split: str, print_: str, overwrite: bool, n_shards: int) -> dict | None:
+    """The finished manifest of this very run, if there is one; else claim the destination for it."""
+    murl, purl = mf.manifest_url(dest, prefix, split), mf.join(dest, f"{prefix}-{split}.pending.json")
+    fs, mpath = fsspec.core.url_to_fs(murl)
+    old = json.loads(fs.cat_file(mpath)) if fs.exists(mpath) else None
+    if old is not None and not overwrite:
+        if old.get("fingerprint") != print_:
+            raise ValueError(f"{murl}: a finished split with other options or another source listing is there; pass --overwrite to replace it")
+        if all(fs.exists(mf.join(mpath.rsplit('/', 1)[0], s["name"])) for s in old["shards"]) and len(old["shards"]) == n_shards:
+            return old
+    _, ppath = fsspec.core.url_to_fs(purl)
+    if fs.exists(ppath) and not overwrite and json.loads(fs.cat_file(ppath)).get("fingerprint") != print_:
+        raise ValueError(f"{purl}: an unfinished run with other options or another source listing is there; rerun it as it was, or pass --overwrite")
+    if old is not None:
+        fs.rm(mpath)  # the split stops being complete before any of its shards changes
+    mf.publish_bytes(purl, json.dumps({"fingerprint": print_}).encode())
+    return None
+
+
+def _tidy(dest: str, prefix: str, split: str, keep: set[str]) -> None:
+    """Remove the pending marker, shards of an earlier larger plan and temp files of killed runs."""
+    fs, root = fsspec.core.url_to_fs(dest)
+    fs.invalidate_cache(root)
+    pattern = re.compile(rf"^{re.escape(prefix)}-{re.escape(split)}(-\d{{6}}\.tar(\.tmp.*)?|\.pending\.json)$")
+    for path in fs.ls(root, detail=False):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if pattern.match(name) and name not in keep:
+            fs.rm(path)
+
+
+def pack(listing: Listing, dest: str, prefix: str, opts: PackOptions, progress: Callable[[int], None] = lambda n: None,
+         map_fn: MapFn | None = None) -> tuple[dict, int]:
     """Write every shard of ``listing`` under ``dest``, then its manifest.
 
     Returns the manifest and how many complete shards an earlier run had already published.
@@ -202,20 +298,36 @@ def pack(listing: Listing, dest: str, prefix: str, opts: PackOptions, progress: 
         raise ValueError(f"prefix {prefix!r} and split {listing.split!r} must match [A-Za-z0-9_-]+")
     if opts.image_format not in ("jpg", "png"):
         raise ValueError(f"image format {opts.image_format!r}: jpg or png")
+    if len(listing.rejected) > opts.max_errors:
+        raise TooManyErrors(list(listing.rejected), opts.max_errors)
     records = listing.records
-    pieces = plan(len(records), opts)
-    jobs = [(mf.join(dest, mf.shard_name(prefix, listing.split, i)), [records[j] for j in idx], listing.classes, opts) for i, idx in enumerate(pieces)]
-    rejected = list(listing.rejected)
-    results = []
-    for job, res in zip(jobs, _map(write_shard, jobs, opts.workers)):
-        results.append(res)
-        rejected.extend(res.rejected)
-        progress(len(job[1]))
-        if len(rejected) > opts.max_errors:
-            raise TooManyErrors(rejected, opts.max_errors)
+    size = shard_size(records, opts)
+    options = {k: v for k, v in asdict(opts).items() if k not in ("workers", "overwrite", "max_errors")} | {"shard_size": size}
+    print_ = fingerprint(records, listing.classes, options)
+    pieces = plan(len(records), size, opts.seed)
+    done = _start(dest, prefix, listing.split, print_, opts.overwrite, len(pieces))
+    if done is not None:
+        progress(len(records))
+        return done, len(done["shards"])
     sample = np.sort(np.random.default_rng(opts.seed + 1).permutation(len(records))[:STATS_SAMPLE])
-    chunks = np.array_split(sample, max(1, opts.workers * 4))
-    partials = list(_map(_stats_partial, [([records[j] for j in c], opts) for c in chunks if len(c)], opts.workers))
+    sampled = frozenset(records[j].key for j in sample)
+    wnids = [c["wnid"] for c in listing.classes]
+    jobs = []
+    for i, idx in enumerate(pieces):
+        recs = [records[j] for j in idx]
+        url = mf.join(dest, mf.shard_name(prefix, listing.split, i))
+        jobs.append(ShardJob(url, recs, wnids, opts.target, opts.overwrite, sampled & {r.key for r in recs}))
+    rejected, results = list(listing.rejected), [None] * len(jobs)
+    with closing((map_fn or local_map(opts.workers))(write_shard, jobs)) as running:
+        for i, res in running:
+            results[i] = res
+            rejected.extend(res.rejected)
+            progress(len(jobs[i].records))
+            if len(rejected) > opts.max_errors:
+                raise TooManyErrors(rejected, opts.max_errors)
+    stats, sampled_sources = NO_STATS, {records[j].source for j in sample}
+    for res in results:  # in shard order, so a resumed run sums exactly as a clean one
+        stats = _add_stats(stats, res.stats)
     manifest = {
         "format": mf.FORMAT,
         "prefix": prefix,
@@ -224,9 +336,11 @@ def pack(listing: Listing, dest: str, prefix: str, opts: PackOptions, progress: 
         "shards": [{"name": r.name, "count": r.count, "bytes": r.bytes, "sha256": r.sha256} for r in results],
         "classes": listing.classes,
         "source": listing.description | {"listed": len(records) + len(listing.rejected)},
-        "options": {k: v for k, v in asdict(opts).items() if k not in ("workers", "overwrite")},
+        "options": options | {"max_errors": opts.max_errors},
+        "fingerprint": print_,
         "rejected": sorted(rejected, key=lambda r: r["source"]),
-        "stats": rgb_stats(partials, len(sample)),
+        "stats": rgb_stats(stats, len(sample) - sum(r["source"] in sampled_sources for r in rejected)),
     }
     mf.save(mf.manifest_url(dest, prefix, listing.split), manifest)
+    _tidy(dest, prefix, listing.split, {r.name for r in results} | {mf.manifest_name(prefix, listing.split)})
     return manifest, sum(r.reused for r in results)

@@ -1,0 +1,120 @@
+"""ImageNet label files: which wnid each validation image is, and human names for wnids.
+
+Validation labels come in two real forms:
+- Kaggle's ``LOC_val_solution.csv``: ``ImageId,PredictionString``; the first token of the
+  prediction string is the wnid.
+- The devkit's ``ILSVRC2012_validation_ground_truth.txt``: line i is the ILSVRC2012_ID of
+  ``ILSVRC2012_val_<i:08d>``. IDs are not the sorted-wnid index (ID 1 is n02119789), so a map
+  from ID to wnid is needed: the devkit's ``meta.mat`` or a text file of ``<ID> <wnid>`` lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+KAGGLE_SOLUTION = "LOC_val_solution.csv"
+GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+META_MAT = "meta.mat"
+SYNSET_NAMES = "LOC_synset_mapping.txt"
+WNID_RE = re.compile(r"^n\d{8}$")
+
+
+class LabelError(ValueError):
+    pass
+
+
+def find(dirs: list[Path], name: str) -> Path | None:
+    """The first ``name`` in ``dirs`` or in their devkit ``data`` folders."""
+    for d in dirs:
+        for candidate in (d / name, d / "ILSVRC2012_devkit_t12" / "data" / name):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def synset_names(path: Path) -> dict[str, str]:
+    """``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca`` per line, in sorted-wnid order."""
+    names = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            wnid, _, name = line.strip().partition(" ")
+            if not WNID_RE.match(wnid):
+                raise LabelError(f"{path} line {n}: {wnid!r} is not a wnid (n########)")
+            names[wnid] = name.strip() or wnid
+    return names
+
+
+def kaggle_solution(path: Path) -> dict[str, str]:
+    """``LOC_val_solution.csv`` -> {image id: wnid}."""
+    out = {}
+    with open(path, newline="") as f:
+        rows = csv.reader(f)
+        header = next(rows, None)
+        if not header or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
+            raise LabelError(f"{path}: expected the header 'ImageId,PredictionString', got {header}")
+        for n, row in enumerate(rows, 2):
+            tokens = row[1].split() if len(row) > 1 else []
+            if not tokens or not WNID_RE.match(tokens[0]):
+                raise LabelError(f"{path} line {n}: the PredictionString does not start with a wnid")
+            out[row[0].strip()] = tokens[0]
+    return out
+
+
+def id_map(path: Path) -> tuple[dict[int, str], dict[str, str]]:
+    """ILSVRC2012_ID -> wnid, and wnid -> words, from ``meta.mat`` or ``<ID> <wnid> [words]`` lines."""
+    if path.suffix == ".mat":
+        import scipy.io  # only the devkit's meta.mat needs it
+
+        try:
+            synsets = scipy.io.loadmat(path, squeeze_me=True)["synsets"]
+            ids, wnids = synsets["ILSVRC2012_ID"], synsets["WNID"]
+        except Exception as exc:
+            raise LabelError(f"{path}: not the devkit's meta.mat ({type(exc).__name__}: {exc})") from None
+        words = synsets["words"] if "words" in (synsets.dtype.names or ()) else wnids
+        pairs = [(int(i), str(w), str(t)) for i, w, t in zip(ids.ravel(), wnids.ravel(), words.ravel())]
+        pairs = [p for p in pairs if 1 <= p[0] <= 1000]  # higher IDs are WordNet ancestors, not classes
+    else:
+        pairs = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            parts = line.split(maxsplit=2)
+            if not parts:
+                continue
+            if len(parts) < 2 or not parts[0].isdigit() or not WNID_RE.match(parts[1]):
+                raise LabelError(f"{path} line {n}: expected '<ILSVRC2012_ID> <wnid>', got {line.strip()!r}")
+            pairs.append((int(parts[0]), parts[1], parts[2] if len(parts) > 2 else parts[1]))
+    by_id = {i: w for i, w, _ in pairs}
+    if len(by_id) != len(pairs):
+        raise LabelError(f"{path}: an ILSVRC2012_ID appears twice")
+    return by_id, {w: t for _, w, t in pairs}
+
+
+def ground_truth(path: Path, ids: dict[int, str], map_path: Path) -> dict[str, str]:
+    """``ILSVRC2012_validation_ground_truth.txt`` -> {ILSVRC2012_val_<i:08d>: wnid}."""
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        value = line.strip()
+        if not value.isdigit():
+            raise LabelError(f"{path} line {n}: expected an ILSVRC2012_ID, got {value!r}")
+        if int(value) not in ids:
+            raise LabelError(f"{path} line {n}: ILSVRC2012_ID {value} is not in {map_path}")
+        out[f"ILSVRC2012_val_{n:08d}"] = ids[int(value)]
+    return out
+
+
+def val_labels(dirs: list[Path], labels: Path | None = None, synsets: Path | None = None) -> tuple[dict[str, str], dict[str, str], str]:
+    """{image key: wnid}, {wnid: name} from the map (may be empty), and a description of the files used."""
+    labels = labels or find(dirs, KAGGLE_SOLUTION) or find(dirs, GROUND_TRUTH)
+    if labels is None:
+        where = ", ".join(str(d) for d in dirs)
+        raise LabelError(f"no validation labels: pass --labels, or put {KAGGLE_SOLUTION} or {GROUND_TRUTH} in {where}")
+    if not labels.is_file():
+        raise LabelError(f"{labels}: labels file not found")
+    if labels.suffix == ".csv":
+        return kaggle_solution(labels), {}, str(labels)
+    synsets = synsets or find(dirs, META_MAT)
+    if synsets is None or not synsets.is_file():
+        raise LabelError(f"{labels} gives ILSVRC2012_IDs: pass --synsets meta.mat (or a text map of '<ID> <wnid>' lines)")
+    ids, words = id_map(synsets)
+    return ground_truth(labels, ids, synsets), words, f"{labels} + {synsets}"

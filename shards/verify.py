@@ -1,0 +1,86 @@
+"""Re-read a packed split and check it against its manifest (``cnnctl shard verify``).
+
+Each shard is read in full: its bytes and sha256 against the manifest, the tar's integrity, every
+sample's members (image, .cls, .json), labels in range, keys unique across the split, and the
+sample counts. Optionally every image is decoded too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from collections import defaultdict
+
+import fsspec
+
+from shards import codec
+from shards import manifest as mf
+
+IMAGE_EXTS = ("jpg", "png")
+
+
+def _samples(data: bytes) -> dict[str, dict[str, bytes]]:
+    """{key: {ext: bytes}} of a shard; raises tarfile.TarError or ValueError when it is damaged."""
+    samples: dict[str, dict[str, bytes]] = defaultdict(dict)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for m in tar:
+            if not m.isreg() or "/" in m.name or "." not in m.name:
+                raise ValueError(f"member {m.name!r} is not a flat <key>.<ext> file")
+            key, ext = m.name.split(".", 1)
+            samples[key][ext] = tar.extractfile(m).read()
+    return samples
+
+
+def _sample_problems(key: str, members: dict[str, bytes], n_classes: int, decode: bool) -> list[str]:
+    if not mf.KEY_RE.match(key):
+        return [f"key {key!r} is not [A-Za-z0-9_-]+"]
+    images = [e for e in IMAGE_EXTS if e in members]
+    missing = [e for e in ("cls", "json") if e not in members] + ([] if images else ["jpg/png"])
+    if missing:
+        return [f"sample {key} lacks {', '.join(missing)}"]
+    label = members["cls"].decode(errors="replace").strip()
+    if not label.isdigit() or int(label) >= n_classes:
+        return [f"sample {key}: label {label!r} is not a class index 0..{n_classes - 1}"]
+    if decode:
+        try:
+            codec.decode(members[images[0]], images[0])
+        except (codec.BadImage, ValueError) as exc:
+            return [f"sample {key}: image does not decode ({exc})"]
+    return []
+
+
+def verify(url: str, decode: bool = False) -> tuple[dict, list[str]]:
+    """The manifest and one line per problem, each naming its shard; no lines means sound."""
+    manifest = mf.load(url)
+    n_classes, problems, first_seen, total = len(manifest["classes"]), [], {}, 0
+    for entry, shard_url in zip(manifest["shards"], mf.shard_urls(url, manifest)):
+        name, found = entry["name"], []
+        try:
+            with fsspec.open(mf.check_url(shard_url), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            problems.append(f"{name}: missing")
+            continue
+        if len(data) != entry["bytes"]:
+            found.append(f"{len(data)} bytes, the manifest says {entry['bytes']}")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry["sha256"]:
+            found.append(f"sha256 {digest[:16]}..., the manifest says {entry['sha256'][:16]}...")
+        try:
+            samples = _samples(data)
+        except (tarfile.TarError, ValueError, EOFError) as exc:
+            problems.extend(f"{name}: {p}" for p in found + [f"damaged tar ({exc})"])
+            continue
+        for key, members in samples.items():
+            found.extend(_sample_problems(key, members, n_classes, decode))
+            if key in first_seen:
+                found.append(f"key {key} repeats (also in {first_seen[key]})")
+            first_seen.setdefault(key, name)
+        if len(samples) != entry["count"]:
+            found.append(f"{len(samples)} samples, the manifest says {entry['count']}")
+        total += len(samples)
+        problems.extend(f"{name}: {p}" for p in found)
+    if total != manifest["num_samples"] and not problems:
+        problems.append(f"{mf.manifest_name(manifest['prefix'], manifest['split'])}: shards hold {total} samples, num_samples says {manifest['num_samples']}")
+    return manifest, problems
