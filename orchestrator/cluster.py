@@ -1,19 +1,157 @@
-"""Connecting to Ray: a local instance for the run, or an existing cluster (`--address`)."""
+"""Connecting to Ray, and `cnnctl cluster up --local`: a real multi-node Ray cluster on one machine.
+
+A local cluster is a head plus worker raylets, each started as `ray start --block` in its own
+process session whose pid cnnctl records, so `cluster down` stops exactly the processes it started.
+Token authentication is on (RAY_AUTH_MODE=token, one token file shared by every node and client) and
+every node uses a loopback address.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DEFAULT_STATE = Path(os.environ.get("CNNCTL_CLUSTER_DIR", Path.home() / ".cnnctl" / "cluster"))
+# Ray replaces 127.0.0.1 with the machine's routable address when multi-node support is on;
+# another loopback address keeps every node and worker on loopback.
+LOOPBACK = "127.0.0.2"
+NODE_RESOURCE = "cnnctl_node_{}"  # one custom resource per node, so tests can tell the nodes apart
 
 
-def connect(address: str | None, cpus_needed: float = 0) -> None:
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass
+class LocalCluster:
+    address: str
+    token_path: str
+    temp_dir: str
+    pids: list[int]
+    nodes: int
+    cpus_per_node: float
+
+    def env(self) -> dict[str, str]:
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def _state_file(state_dir: Path) -> Path:
+    return Path(state_dir) / "cluster.json"
+
+
+def load(state_dir: Path = DEFAULT_STATE) -> LocalCluster | None:
+    f = _state_file(state_dir)
+    return LocalCluster(**json.loads(f.read_text())) if f.exists() else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_for_nodes(address: str, env: dict, count: int, timeout: float) -> None:
+    """Poll `ray status`-like information until ``count`` nodes are alive."""
+    probe = (
+        "import ray, sys; ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2], logging_level='ERROR');"
+        "print(sum(n['Alive'] for n in ray.nodes()))"
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-c", probe, address, LOOPBACK], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
+            return
+        time.sleep(1)
+    raise ClusterError(f"the local cluster did not reach {count} live nodes within {timeout:.0f}s")
+
+
+def up_local(nodes: int, cpus_per_node: float, state_dir: Path = DEFAULT_STATE, timeout: float = 90) -> LocalCluster:
+    state_dir = Path(state_dir)
+    existing = load(state_dir)
+    if existing and any(alive(p) for p in existing.pids):
+        raise ClusterError(f"a local cluster is already up at {existing.address} (state in {state_dir}); run `cnnctl cluster down` first")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token_path = state_dir / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    token_path.chmod(0o600)
+    temp_dir = Path("/tmp") / f"cnnctl-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
+    port = _free_port(LOOPBACK)
+    cluster = LocalCluster(f"{LOOPBACK}:{port}", str(token_path), str(temp_dir), [], nodes, cpus_per_node)
+    env = {**os.environ, **cluster.env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--block", f"--node-ip-address={LOOPBACK}", f"--num-cpus={cpus_per_node:g}", "--num-gpus=0", "--disable-usage-stats"]
+    logs = state_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    try:
+        for i in range(nodes):
+            role = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"] if i == 0 else [f"--address={cluster.address}"]
+            cmd = [_ray_bin(), "start", *role, *common, f"--resources={json.dumps({NODE_RESOURCE.format(i): 1})}"]
+            with open(logs / f"node-{i}.log", "w") as log:
+                proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cluster.pids.append(proc.pid)
+            _state_file(state_dir).write_text(json.dumps(asdict(cluster), indent=1))
+            _wait_for_nodes(cluster.address, cluster.env(), i + 1, timeout)
+    except Exception:
+        down(state_dir)
+        raise
+    return cluster
+
+
+def down(state_dir: Path = DEFAULT_STATE, grace: float = 20) -> list[int]:
+    """Stop the processes `up_local` started (by their recorded pids and their own sessions)."""
+    cluster = load(state_dir)
+    if cluster is None:
+        return []
+    # Workers first, head last; each `ray start --block` stops its node's processes on SIGTERM.
+    for pid in reversed(cluster.pids):
+        if alive(pid):
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+    _state_file(state_dir).unlink(missing_ok=True)
+    return cluster.pids
+
+
+def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAULT_STATE) -> None:
     """Start (or join) Ray once per process.
 
     A local Ray gets at least the CPUs the run asks for, so a small machine oversubscribes its cores
-    rather than waiting forever for resources that will never appear.
+    rather than waiting forever for resources that will never appear. Joining the cluster that
+    `cnnctl cluster up --local` started picks up its auth token.
     """
+    local = load(state_dir) if address else None
+    if local and address in (local.address, "auto"):
+        # Ray reads RAY_AUTH_MODE when it is imported: set the token before the import.
+        os.environ.update(local.env())
     import ray
 
     if ray.is_initialized():
+        return
+    if local and address in (local.address, "auto"):
+        # A driver on the machine of a local cluster joins through the node at its loopback address.
+        ray.init(address=local.address, _node_ip_address=LOOPBACK, log_to_driver=True)
         return
     if address:
         ray.init(address=address, log_to_driver=True)
@@ -30,3 +168,27 @@ def local_only() -> None:
     (a local Ray for one run is one node) it keeps the loopback address for the node and its workers.
     """
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def place_workers(nodes: int, workers_per_node: int, cpus_per_worker: float, gpus: bool) -> list[dict] | None:
+    """One label selector per worker: exactly ``workers_per_node`` workers on each of ``nodes`` nodes.
+
+    Ray Train numbers workers node by node, so with an even count per node the mp-inner tower pairs
+    (ranks 2i, 2i+1) share a node. A cluster that cannot hold the request is an error now, not an
+    endless wait for a placement group.
+    """
+    import ray
+    from ray._raylet import RAY_NODE_ID_KEY
+
+    need_cpu, need_gpu = workers_per_node * cpus_per_worker, workers_per_node if gpus else 0
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    fit = [n for n in alive if n["Resources"].get("CPU", 0) >= need_cpu and n["Resources"].get("GPU", 0) >= need_gpu]
+    if len(fit) < nodes:
+        raise ClusterError(
+            f"the cluster has {len(alive)} live node(s), {len(fit)} with {need_cpu:g} CPU{f' and {need_gpu} GPU' if need_gpu else ''} "
+            f"free for {workers_per_node} worker(s) each; --nodes {nodes} needs {nodes}"
+        )
+    if nodes == 1 and len(alive) == 1:
+        return None
+    chosen = sorted(fit, key=lambda n: n["NodeID"])[:nodes]
+    return [{RAY_NODE_ID_KEY: n["NodeID"]} for n in chosen for _ in range(workers_per_node)]

@@ -39,7 +39,7 @@ def run_dir(cfg: RunConfig) -> str:
 class Trainer:
     """One rank's share of a run: model, optimizer, data and the epoch loop."""
 
-    def __init__(self, cfg: RunConfig, resume_from: str | None = None):
+    def __init__(self, cfg: RunConfig, resume_from: str | None = None, node: str = "local"):
         self.cfg = cfg
         torch.set_num_threads(cfg.parallel.threads_per_worker)
         self.mesh = Mesh.init(cfg.parallel.mp)
@@ -58,6 +58,7 @@ class Trainer:
         # Gradients are averaged within the dp group only (a tower pair holds different weights).
         self.model = DistributedDataParallel(model, process_group=self.mesh.dp_group) if self.mesh.dp > 1 else model
         self.log = MetricsLog(run_dir(cfg), enabled=self.is_logger, start_epoch=self.start_epoch)
+        self.node_of_rank = self._gather_objects(node)  # where each rank runs, for the metrics
 
     def _restore(self, model: torch.nn.Module, path: str) -> None:
         model.load_state_dict(ckpt.load_weights(path))
@@ -73,6 +74,13 @@ class Trainer:
         t = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(t, group=self.mesh.dp_group)  # each dp group sees every sample exactly once
         return t.tolist()
+
+    def _gather_objects(self, value) -> list:
+        if self.mesh.world == 1:
+            return [value]
+        out = [None] * self.mesh.world
+        dist.all_gather_object(out, value)
+        return out
 
     def _gather(self, value: int) -> list[int]:
         """Every rank's value, in world-rank order (the metrics prove that ranks stepped equally)."""
@@ -130,7 +138,7 @@ class Trainer:
             t0 = time.perf_counter()
             metrics = {"epoch": epoch, **self.train_epoch(epoch), **self.validate()}
             metrics["epoch_time_s"] = time.perf_counter() - t0
-            metrics["world_rank"], metrics["dp"], metrics["mp"] = self.mesh.rank, self.mesh.dp, self.mesh.mp
+            metrics.update(world_rank=self.mesh.rank, dp=self.mesh.dp, mp=self.mesh.mp, node_of_rank=self.node_of_rank)
             if not self.is_logger:
                 report(metrics, None)
                 continue
@@ -144,12 +152,14 @@ class Trainer:
 
 def train_loop(config: dict) -> None:
     """Ray Train worker entry point."""
+    import ray
     import ray.train
 
     cfg = RunConfig.model_validate(config)
     random.seed(cfg.run.seed)
     resume = ray.train.get_checkpoint()  # the newest checkpoint of this run: after a worker failure or a rerun
     world_rank = ray.train.get_context().get_world_rank()
+    node = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict, folder: str | None) -> None:
         # Every rank reports each epoch (Ray Train synchronises on it); rank 0 attaches the checkpoint.
@@ -157,33 +167,34 @@ def train_loop(config: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
 
     with resume.as_directory() if resume else nullcontext(None) as resume_dir:
-        trainer = Trainer(cfg, resume_from=resume_dir)
+        trainer = Trainer(cfg, resume_from=resume_dir, node=node)
     trainer.run(report)
 
 
 def fit(cfg: RunConfig):
     """Start cfg.parallel.world Ray Train workers and run the training loop; returns Ray's Result."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from orchestrator.cluster import connect
+    from orchestrator.cluster import connect, place_workers
 
     p = cfg.parallel
     # Workers run in their own working folders: local paths must be absolute before they travel.
     cfg.data.root = ckpt.storage_path(cfg.data.root)
     cfg.run.storage = ckpt.storage_path(cfg.run.storage)
-    connect(p.address, cpus_needed=p.world * p.cpus_per_worker)
+    connect(p.address, cpus_needed=p.world * p.cpus_per_worker)  # before importing ray.train: auth env
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     out = Path(run_dir(cfg)) if "://" not in cfg.run.storage else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
     resources = {"CPU": p.cpus_per_worker, **({"GPU": 1} if p.gpus else {})}
+    selectors = place_workers(p.nodes, p.workers_per_node, p.cpus_per_worker, p.gpus)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=cfg.model_dump(mode="json"),
         torch_config=TorchConfig(backend="nccl" if p.gpus else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=p.world, use_gpu=p.gpus, resources_per_worker=resources,
-                                               placement_strategy="PACK" if p.nodes == 1 else "SPREAD"),
+                                               label_selector=selectors),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
             storage_path=ckpt.storage_path(cfg.run.storage),

@@ -49,13 +49,18 @@ def image_tree(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the whole session (a start costs 10-20 s), on loopback only."""
-    import ray
+def ray_cluster(tmp_path_factory):
+    """One real 2-node Ray cluster on loopback for the whole session (a start costs 10-20 s), joined
+    by this test process. Token auth is on; each node offers 2 logical CPUs."""
+    from orchestrator import cluster
 
-    from orchestrator.cluster import local_only
+    state = tmp_path_factory.mktemp("cluster")
+    c = cluster.up_local(nodes=2, cpus_per_node=2, state_dir=state)
+    try:
+        cluster.connect(c.address, state_dir=state)  # sets the token env before importing ray
+        import ray
 
-    local_only()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
-    yield ray
-    ray.shutdown()
+        yield c
+        ray.shutdown()
+    finally:
+        cluster.down(state)

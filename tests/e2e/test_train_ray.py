@@ -16,11 +16,11 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def trained(ray_local, fmnist_root, tmp_path_factory):
+def trained(ray_cluster, fmnist_root, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     cfg = resolve("demo-fashion", None, [
         f"data.root={fmnist_root}", f"run.storage={storage}", "run.name=e2e", "schedule.epochs=2",
-        "data.batch_size=64", "model.width=0.5", "run.log_every=2",
+        "data.batch_size=64", "model.width=0.5", "run.log_every=2", f"parallel.address={ray_cluster.address}",
     ])
     cfg.model.num_classes = 10
     result = fit(cfg)
@@ -35,6 +35,7 @@ def test_both_ranks_step_equally_and_checkpoints_exist(trained):
     steps = 600 // 2 // 32  # 600 training images, dp=2, 32 per rank
     assert all(r["steps_per_rank"] == [steps, steps] for r in rows)
     assert all(r["val_count"] == 200 for r in rows)
+    assert len(set(rows[0]["node_of_rank"])) == 1  # nodes=1: both workers on one Ray node
     for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec", "epoch_time_s"):
         assert key in rows[-1]
     path = ckpt.find(run_dir(cfg))
@@ -63,3 +64,25 @@ def test_rerunning_a_finished_run_resumes_instead_of_restarting(trained):
     result = fit(cfg)  # same name: Ray restores the run; nothing is left to train
     assert result.error is None
     assert read(run_dir(cfg)) == before
+
+
+def test_two_nodes_data_parallel(ray_cluster, fmnist_root, tmp_path):
+    cfg = resolve("demo-fashion", None, [
+        f"data.root={fmnist_root}", f"run.storage={tmp_path}", "run.name=two-nodes", "schedule.epochs=1",
+        "data.batch_size=64", "model.width=0.5", "parallel.nodes=2", "parallel.workers_per_node=1",
+        f"parallel.address={ray_cluster.address}",
+    ])
+    cfg.model.num_classes = 10
+    assert fit(cfg).error is None
+    (row,) = read(run_dir(cfg))
+    assert len(set(row["node_of_rank"])) == 2  # the two workers ran on two different Ray nodes
+    assert row["steps_per_rank"] == [9, 9]
+
+
+def test_more_nodes_than_the_cluster_has_fails_fast(ray_cluster, fmnist_root, tmp_path):
+    from orchestrator.cluster import ClusterError
+
+    cfg = resolve("demo-fashion", None, [f"data.root={fmnist_root}", f"run.storage={tmp_path}", "parallel.nodes=3", "data.batch_size=96",
+                                         "parallel.workers_per_node=1", f"parallel.address={ray_cluster.address}"])
+    with pytest.raises(ClusterError, match="--nodes 3 needs 3"):
+        fit(cfg)
