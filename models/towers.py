@@ -59,18 +59,13 @@ class _GatherSum(torch.autograd.Function):
         return out, None
 
 
-class _GatherReplicated(torch.autograd.Function):
-    """Concatenate the pair's halves along dim 1; backward keeps this rank's slice, with no sum.
+class _GatherReplicated(_GatherSum):
+    """`_GatherSum`'s forward; backward keeps this rank's slice of the gradient, with no sum.
 
     fc8 is replicated: both ranks compute the same logits and the same loss from the same gathered
     input, so each rank's gradient w.r.t. the gathered input is already the whole gradient. A
     reduce-scatter here would add two copies of it and double every gradient below fc8.
     """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        ctx.group = group
-        return _gather(x, group)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
