@@ -29,15 +29,11 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
-
-
-def save(path: str | Path, model: torch.nn.Module, cfg: RunConfig, state: dict, meta: dict) -> Path:
+def save(path: str | Path, weights: dict[str, torch.Tensor], cfg: RunConfig, state: dict, meta: dict) -> Path:
+    """Write a checkpoint folder; ``weights`` is the canonical state dict."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    save_file(weights, path / "model.safetensors")
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, path / "model.safetensors")
     torch.save(state, path / "state.pt")
     (path / "config.yaml").write_text(to_yaml(cfg))
     (path / "meta.json").write_text(json.dumps(meta, indent=1))

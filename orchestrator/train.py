@@ -14,13 +14,14 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from models.parallel import Mesh
+import models
+from models.parallel import Mesh, apply_tower_split, canonical_state_dict, unwrap
+from models.towers import TowerParallelAlexNet
 from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig, to_yaml
 from orchestrator.data import eval_stream, make_loader, normalizer, train_stream
@@ -46,27 +47,51 @@ class Trainer:
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if cfg.parallel.gpus else torch.device("cpu")
         self.is_logger = self.mesh.rank == 0
         torch.manual_seed(cfg.run.seed)  # identical init on every rank
-        model = build_model(cfg, cfg.model.num_classes).to(self.device)
-        self.train_data = train_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp))
-        self.val_data = eval_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp))
-        self.normalize = normalizer(cfg, self.train_data.manifest).to(self.device)
+        model = build_model(cfg, cfg.model.num_classes)
+        state = self._load_canonical(model, resume_from)
+        # Ordered steps: tower split (mp) -> device -> optimizer over the local halves -> DDP (dp).
+        model = apply_tower_split(model, self.mesh).to(self.device)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
         self.start_epoch, self.step = 0, 0
-        if resume_from:
-            self._restore(model, resume_from)
+        if state is not None:
+            self._restore_optimizer(model, state)
         # Gradients are averaged within the dp group only (a tower pair holds different weights).
         self.model = DistributedDataParallel(model, process_group=self.mesh.dp_group) if self.mesh.dp > 1 else model
+        self.train_data = train_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp))
+        self.val_data = eval_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp))
+        self.normalize = normalizer(cfg, self.train_data.manifest).to(self.device)
         self.log = MetricsLog(run_dir(cfg), enabled=self.is_logger, start_epoch=self.start_epoch)
         self.node_of_rank = self._gather_objects(node)  # where each rank runs, for the metrics
 
-    def _restore(self, model: torch.nn.Module, path: str) -> None:
-        model.load_state_dict(ckpt.load_weights(path))
-        state = ckpt.load_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+    def _load_canonical(self, model: torch.nn.Module, resume_from: str | None) -> dict | None:
+        """Weights go into the canonical model before any split, so any mp loads any checkpoint."""
+        if resume_from:
+            model.load_state_dict(ckpt.load_weights(resume_from))
+            if self.is_logger:
+                print(f"resuming from {resume_from}", flush=True)
+            return ckpt.load_state(resume_from)
+        if self.cfg.model.init_from:
+            copied = models.load_matching(model, ckpt.load_weights(ckpt.find(self.cfg.model.init_from)))
+            if self.is_logger:
+                print(f"init_from {self.cfg.model.init_from}: copied {len(copied)} tensors", flush=True)
+        return None
+
+    def _momentum(self) -> dict[str, torch.Tensor]:
+        """SGD momentum by canonical parameter name (a collective when the towers are split)."""
+        model = unwrap(self.model)
+        local = {name: self.optimizer.state[p]["momentum_buffer"] for name, p in model.named_parameters()
+                 if "momentum_buffer" in self.optimizer.state.get(p, {})}
+        return model.gather_canonical(local) if isinstance(model, TowerParallelAlexNet) else local
+
+    def _restore_optimizer(self, model: torch.nn.Module, state: dict) -> None:
+        momentum = state["momentum"]
+        if isinstance(model, TowerParallelAlexNet):
+            momentum = model.split_canonical(momentum)
+        for name, p in model.named_parameters():
+            if name in momentum:
+                self.optimizer.state[p]["momentum_buffer"] = momentum[name].to(self.device).clone()
         self.start_epoch, self.step = state["epoch"] + 1, state["step"]
-        if self.is_logger:
-            print(f"resuming from {path}: epoch {self.start_epoch}, step {self.step}", flush=True)
 
     def _all_sum(self, values: list[float]) -> list[float]:
         if self.mesh.world == 1:
@@ -121,7 +146,7 @@ class Trainer:
                 "images_per_sec": seen / elapsed, "steps_per_rank": steps_per_rank}
 
     def validate(self) -> dict:
-        model = ckpt.unwrap(self.model)  # no DDP forward: ranks may take different eval batch counts
+        model = unwrap(self.model)  # no DDP forward: ranks may take different eval batch counts
         model.eval()
         sums = evaluate(lambda x: model(self.normalize(x)), make_loader(self.cfg, self.val_data), self.device)
         model.train()
@@ -130,8 +155,8 @@ class Trainer:
         return {"val_loss": s["loss"], "val_top1": s["top1"], "val_top5": s["top5"], "val_count": s["count"]}
 
     def state(self, epoch: int) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "epoch": epoch, "step": self.step,
-                "torch_rng": torch.get_rng_state(), "numpy_seed": int(np.random.get_state()[1][0])}
+        """Everything but the weights, canonical too: an mp=2 run resumes at mp=1 and back."""
+        return {"momentum": self._momentum(), "epoch": epoch, "step": self.step, "torch_rng": torch.get_rng_state()}
 
     def run(self, report: Report) -> None:
         for epoch in range(self.start_epoch, self.cfg.schedule.epochs):
@@ -139,13 +164,14 @@ class Trainer:
             metrics = {"epoch": epoch, **self.train_epoch(epoch), **self.validate()}
             metrics["epoch_time_s"] = time.perf_counter() - t0
             metrics.update(world_rank=self.mesh.rank, dp=self.mesh.dp, mp=self.mesh.mp, node_of_rank=self.node_of_rank)
+            weights, state = canonical_state_dict(self.model), self.state(epoch)  # collectives: every rank
             if not self.is_logger:
                 report(metrics, None)
                 continue
             self.log.write(metrics)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}), flush=True)
             with tempfile.TemporaryDirectory() as tmp:
-                ckpt.save(tmp, self.model, self.cfg, self.state(epoch), {"epoch": epoch, "metrics": metrics})
+                ckpt.save(tmp, weights, self.cfg, state, {"epoch": epoch, "metrics": metrics})
                 report(metrics, tmp)
         self.log.close()
 
