@@ -127,6 +127,45 @@ def load_canonical(model: nn.Module, state_dict: Mapping[str, torch.Tensor], str
     return model.load_state_dict(state_dict, strict=strict)
 
 
+def _split_model(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """(the split model or None, {optimizer state index: (parameter name, parameter)})."""
+    model = unwrap(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    # optimizer.state_dict() numbers the parameters in param_groups order.
+    order = [p for group in optimizer.param_groups for p in group["params"]]
+    return (model if isinstance(model, TowerParallelAlexNet) else None), {i: (names[id(p)], p) for i, p in enumerate(order)}
+
+
+def canonical_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """`optimizer.state_dict()` with every per-parameter tensor (SGD momentum, Adam moments) in
+    canonical shape, so a resume at another mp keeps its momentum. A collective over the pair for a
+    tower-split model: both ranks call it after the same steps, so their states have the same keys."""
+    state = optimizer.state_dict()
+    split, params = _split_model(model, optimizer)
+    if split is None:
+        return state
+    out = {}
+    for i, per_param in state["state"].items():
+        name, p = params[i]
+        out[i] = {k: split.gather_canonical({name: v})[name] if torch.is_tensor(v) and v.shape == p.shape else v
+                  for k, v in per_param.items()}
+    return {**state, "state": out}
+
+
+def load_canonical_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: Mapping) -> None:
+    """Load a `canonical_optimizer_state` (saved at any mp) into the optimizer of `model`. Local."""
+    split, params = _split_model(model, optimizer)
+    if split is not None:
+        local = {}
+        for i, per_param in state["state"].items():
+            name = params[int(i)][0]
+            local[i] = {k: split.split_canonical({name: v})[name].clone()
+                        if torch.is_tensor(v) and v.dim() > 0 else v
+                        for k, v in per_param.items()}
+        state = {**state, "state": local}
+    optimizer.load_state_dict(state)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import models
-from models.parallel import Mesh, apply_tower_split, canonical_state_dict, run_local
+from models.parallel import (
+    Mesh, apply_tower_split, canonical_optimizer_state, canonical_state_dict, load_canonical_optimizer, run_local,
+)
 
 BATCH, STEPS = 8, 3
 
@@ -51,23 +53,40 @@ def _rank(rank: int, world: int, mp: int, out: str) -> None:
     ddp = DistributedDataParallel(model, process_group=mesh.dp_group)
     train(ddp.train(), optimizer, batches(model.input_size), mesh.dp_rank, mesh.dp)
     state = canonical_state_dict(ddp)  # a collective over the pair: every rank calls it
-    torch.save({k: v.clone() for k, v in state.items()}, f"{out}-{rank}.pt")
+    moments = canonical_optimizer_state(ddp, optimizer)
+    # A resume at this mp restores exactly this rank's own optimizer state.
+    fresh = sgd(model)
+    load_canonical_optimizer(ddp, fresh, moments)
+    for i, s in optimizer.state_dict()["state"].items():
+        assert torch.equal(fresh.state_dict()["state"][i]["momentum_buffer"], s["momentum_buffer"])
+    torch.save({"model": state, "momentum": momentum(state, moments)}, f"{out}-{rank}.pt")
 
 
-def reference() -> dict[str, torch.Tensor]:
+def momentum(state: dict, optimizer_state: dict) -> dict[str, torch.Tensor]:
+    """The SGD momentum buffers by parameter name (the optimizer numbers them in model order)."""
+    return {k: s["momentum_buffer"] for k, s in zip(state, optimizer_state["state"].values(), strict=True)}
+
+
+def reference() -> dict[str, dict[str, torch.Tensor]]:
     model = build().train()
-    train(model, sgd(model), batches(model.input_size))
-    return model.state_dict()
+    optimizer = sgd(model)
+    train(model, optimizer, batches(model.input_size))
+    state = model.state_dict()
+    return {"model": state, "momentum": momentum(state, optimizer.state_dict())}
 
 
-def check(out: str, world: int, want: dict[str, torch.Tensor]) -> None:
+def check(out: str, world: int, want: dict[str, dict[str, torch.Tensor]]) -> None:
     start = build().state_dict()
     for rank in range(world):  # every rank: the replicated fc8 and every dp replica must agree too
         got = torch.load(f"{out}-{rank}.pt", weights_only=True)
-        assert list(got) == list(want)
-        for key, w in want.items():
-            assert not torch.equal(w, start[key]), f"{key} never moved: the check would prove nothing"
-            torch.testing.assert_close(got[key], w, rtol=1e-5, atol=1e-6, msg=f"rank {rank} {key}")
+        for part in ("model", "momentum"):
+            assert list(got[part]) == list(want[part])
+            for key, w in want[part].items():
+                # Canonical shape, and moved (weights) or non-zero (momentum): else the check proves nothing.
+                assert w.shape == start[key].shape, key
+                assert not torch.equal(w, start[key] if part == "model" else torch.zeros_like(w)), key
+                atol = 1e-5 * float(w.abs().max())
+                torch.testing.assert_close(got[part][key], w, rtol=1e-5, atol=atol, msg=f"rank {rank} {part} {key}")
 
 
 @pytest.mark.timeout(90)
