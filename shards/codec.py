@@ -18,6 +18,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 JPEG_SOI = b"\xff\xd8"
+_SIGNATURES = ((JPEG_SOI, "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
 # Antialiased bilinear, as torchvision's Resize; bicubic costs ~30% more for no training benefit.
 RESAMPLE = Image.BILINEAR
 _SEQUENTIAL_SOF = (0xC0, 0xC1)  # baseline / extended sequential Huffman: kept as they are
@@ -70,7 +71,8 @@ def open_image(data: bytes, name: str = "") -> Image.Image:
     except BadImage:
         raise
     except UnidentifiedImageError:
-        raise BadImage("not an image (content matches no known image format)") from None
+        kind = next((k for sig, k in _SIGNATURES if data.startswith(sig)), None)
+        raise BadImage(f"corrupt {kind} (Pillow cannot parse it)" if kind else "not an image (content matches no known image format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"decompression bomb ({exc})") from None
     except Exception as exc:  # Pillow raises many types for corrupt data

@@ -71,7 +71,7 @@ def unsafe_reason(info: tarfile.TarInfo) -> str | None:
     return None
 
 
-def _walk(f, start: int, size: int, where: str, nested: bool, members: list[Member], rejected: list[dict]) -> None:
+def _walk(f, start: int, size: int, where: str, nested: bool, members: list[Member], rejected: list[dict], archive: str) -> None:
     try:
         tar = tarfile.open(fileobj=io.BufferedReader(_Window(f, start, size), 1 << 16), mode="r:")
     except tarfile.TarError as exc:
@@ -81,7 +81,7 @@ def _walk(f, start: int, size: int, where: str, nested: bool, members: list[Memb
             try:
                 info = tar.next()
             except tarfile.TarError as exc:
-                rejected.append({"source": where or ".", "reason": f"corrupt tar header, the rest is unreadable ({exc})"})
+                rejected.append({"source": where or archive, "reason": f"corrupt tar header, the rest is unreadable ({exc})"})
                 return
             if info is None:
                 return
@@ -94,9 +94,11 @@ def _walk(f, start: int, size: int, where: str, nested: bool, members: list[Memb
                 reason = "truncated archive member"
             if reason:
                 rejected.append({"source": source, "reason": reason})
+                if reason.startswith("truncated"):
+                    return  # nothing after it can be there
             elif nested and name.endswith(".tar") and "/" not in name:
                 try:
-                    _walk(f, start + info.offset_data, info.size, source, False, members, rejected)
+                    _walk(f, start + info.offset_data, info.size, source, False, members, rejected, archive)
                 except TarError as exc:
                     rejected.append({"source": source, "reason": str(exc)})
             else:
@@ -109,7 +111,7 @@ def scan(path: str | os.PathLike, nested: bool = True) -> tuple[list[Member], li
     rejected: list[dict] = []
     with open(path, "rb") as f:
         try:
-            _walk(f, 0, os.fstat(f.fileno()).st_size, "", nested, members, rejected)
+            _walk(f, 0, os.fstat(f.fileno()).st_size, "", nested, members, rejected, os.path.basename(path))
         except TarError as exc:
             raise TarError(f"{path}: {exc}") from None
     return members, rejected

@@ -56,7 +56,7 @@ class PackOptions:
 
 class TooManyErrors(RuntimeError):
     def __init__(self, rejected: list[dict], limit: int):
-        self.rejected = rejected
+        self.rejected = sorted(rejected, key=lambda r: r["source"])
         super().__init__(f"{len(rejected)} inputs rejected, more than --max-errors {limit}; no manifest was written")
 
 

@@ -1,0 +1,118 @@
+"""`cnnctl shard` end to end: the short form and the subcommands, a kill mid-run, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as photos
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+
+runner = CliRunner()
+CNNCTL = str(Path(sys.executable).parent / "cnnctl")
+
+
+@pytest.fixture(scope="module")
+def photo_tree(tmp_path_factory) -> Path:
+    """80 JPEGs of ~500x375 (ImageNet's typical size) cut from two photos, in 4 class folders."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    sources = [photos.astronaut(), photos.coffee()]
+    for i in range(80):
+        src = sources[i % 2]
+        top, left = rng.integers(0, 100, 2)
+        img = Image.fromarray(src[top : top + 300, left : left + 400]).resize((500, 375))
+        folder = root / f"n0{i % 4}000000"
+        folder.mkdir(exist_ok=True)
+        img.save(folder / f"img_{i:03d}.JPEG", quality=95)
+    return root
+
+
+def test_short_form_and_subcommands(image_tree, tmp_path):
+    out = tmp_path / "s"
+    res = runner.invoke(app, ["shard", str(image_tree), str(out), "--shard-size", "16", "--resize", "48"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["shard", "pack", str(image_tree), str(tmp_path / "p"), "--shard-size", "16", "--resize", "48"])
+    assert res.exit_code == 0, res.output
+    assert (out / f"{image_tree.name}-train-000000.tar").read_bytes() == (tmp_path / "p" / f"{image_tree.name}-train-000000.tar").read_bytes()
+    res = runner.invoke(app, ["shard", "verify", str(out)])
+    assert res.exit_code == 0 and "60 samples in 4 shards: ok" in res.output
+    res = runner.invoke(app, ["shard", "info", str(out)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and f"{image_tree.name}-train" in res.output and "jpg q90 short 48" in res.output
+    bad = out / f"{image_tree.name}-train-000002.tar"
+    bad.write_bytes(bad.read_bytes()[:-1024])
+    res = runner.invoke(app, ["shard", "verify", str(out)])
+    assert res.exit_code == 1 and f"error: {bad.name}: " in res.output
+
+
+def test_help_for_each_subcommand():
+    for cmd in (["shard", "--help"], ["shard", "pack", "--help"], ["shard", "verify", "--help"], ["shard", "info", "--help"]):
+        res = runner.invoke(app, cmd, terminal_width=200)
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["shard", "pack", "--help"], terminal_width=200)
+    for option in ("--layout", "--labels", "--synsets", "--shard-bytes", "--address", "--resume", "--max-errors", "--center-crop"):
+        assert option in res.output
+
+
+def test_pipe_url_is_refused_and_creates_nothing(image_tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for dest in ("pipe:cat > x.tar", "PIPE:tee y"):
+        res = runner.invoke(app, ["shard", str(image_tree), dest])
+        assert res.exit_code == 1 and "refused" in res.output
+    res = runner.invoke(app, ["shard", "verify", "pipe:cat /etc/passwd"])
+    assert res.exit_code == 1 and "refused" in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_inputs_one_line_each_and_no_manifest(tmp_path):
+    tree = tmp_path / "tree" / "n01440764"
+    tree.mkdir(parents=True)
+    Image.fromarray(photos.chelsea()).save(tree / "good.JPEG")
+    (tree / "empty.JPEG").write_bytes(b"")
+    (tree / "text.JPEG").write_text("hello")
+    res = runner.invoke(app, ["shard", str(tmp_path / "tree"), str(tmp_path / "out")])
+    assert res.exit_code == 1
+    errors = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    assert errors[:2] == ["error: n01440764/empty.JPEG: empty file (0 bytes)",
+                          "error: n01440764/text.JPEG: not an image (content matches no known image format)"]
+    assert not list((tmp_path / "out").glob("*.manifest.json"))
+    res = runner.invoke(app, ["shard", str(tmp_path / "tree"), str(tmp_path / "out"), "--max-errors", "2"])
+    assert res.exit_code == 0 and "1 samples in 1 shards" in res.output and "2 rejected" in res.output
+
+
+def _shards(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.tar")) if folder.exists() else []
+
+
+def test_kill_mid_run_then_rerun_is_byte_identical(photo_tree, tmp_path):
+    args = [str(photo_tree), "--shard-size", "2", "--resize", "256", "--seed", "7"]
+    clean = tmp_path / "clean"
+    subprocess.run([CNNCTL, "shard", args[0], str(clean), *args[1:]], check=True, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([CNNCTL, "shard", args[0], str(out), *args[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(_shards(out)) < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert 5 <= len(_shards(out)) < 40 and not list(out.glob("*.manifest.json"))
+    res = subprocess.run([CNNCTL, "shard", args[0], str(out), *args[1:]], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "reused" in res.stderr and " 0 reused" not in res.stderr
+    manifest = json.loads((out / f"{photo_tree.name}-train.manifest.json").read_text())
+    assert manifest == json.loads((clean / f"{photo_tree.name}-train.manifest.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in clean.iterdir())  # no temp files left
+    for shard in _shards(clean):
+        assert (out / shard.name).read_bytes() == shard.read_bytes()
+    assert manifest["num_samples"] == 80 and len(manifest["shards"]) == 40
+    res = runner.invoke(app, ["shard", "verify", str(out)])
+    assert res.exit_code == 0, res.output

@@ -1,0 +1,51 @@
+"""`verify` re-reads every shard and names each bad one."""
+
+import json
+import shutil
+
+import pytest
+
+from shards import manifest as mf
+from shards.sources import open_source
+from shards.verify import verify
+from shards.writer import PackOptions, pack
+
+
+@pytest.fixture()
+def packed(imagenet, tmp_path):
+    _, _, [listing] = open_source(str(imagenet / "val"))
+    manifest, _ = pack(listing, str(tmp_path), "v", PackOptions(resize=40, shard_size=3))
+    return tmp_path, manifest, mf.manifest_url(str(tmp_path), "v", "val")
+
+
+def test_a_sound_split_has_no_problems(packed):
+    _, manifest, url = packed
+    got, problems = verify(url, decode=True)
+    assert problems == [] and got == manifest and len(manifest["shards"]) == 3
+
+
+def test_each_damage_is_named_with_its_shard(packed):
+    root, manifest, url = packed
+    a, b, c = (root / s["name"] for s in manifest["shards"])
+    data = bytearray(a.read_bytes())
+    data[700] ^= 0xFF  # inside the first image
+    a.write_bytes(bytes(data))
+    b.write_bytes(b.read_bytes()[:1500])
+    c.unlink()
+    _, problems = verify(url, decode=True)
+    assert problems[0].startswith(f"{a.name}: sha256 ") and any(p.startswith(f"{a.name}: sample ") and "does not decode" in p for p in problems)
+    assert f"{b.name}: 1500 bytes, the manifest says {manifest['shards'][1]['bytes']}" in problems
+    assert any(p.startswith(f"{b.name}: damaged tar") for p in problems)
+    assert f"{c.name}: missing" in problems
+
+
+def test_repeated_keys_and_labels_out_of_range(packed):
+    root, manifest, url = packed
+    first, second = manifest["shards"][0], manifest["shards"][1]
+    shutil.copy(root / first["name"], root / second["name"])
+    manifest["shards"][1] = {**first, "name": second["name"]}
+    manifest["classes"] = manifest["classes"][:1]
+    (root / "v-val.manifest.json").write_text(json.dumps(manifest))
+    _, problems = verify(url)
+    assert any(p.startswith(f"{second['name']}: key ") and f"repeats (also in {first['name']})" in p for p in problems)
+    assert any(p.startswith(f"{first['name']}: sample ") and "is not a class index 0..0" in p for p in problems)
