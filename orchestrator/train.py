@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import tempfile
 import time
@@ -62,7 +63,8 @@ class Trainer:
         self.val_data = eval_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp))
         self.normalize = normalizer(cfg, self.train_data.manifest).to(self.device)
         self.log = MetricsLog(run_dir(cfg), enabled=self.is_logger, start_epoch=self.start_epoch)
-        self.node_of_rank = self._gather_objects(node)  # where each rank runs, for the metrics
+        # Where each rank runs (Ray node, process id), reported with the metrics.
+        self.node_of_rank, self.pid_of_rank = zip(*self._gather_objects((node, os.getpid())))
 
     def _load_canonical(self, model: torch.nn.Module, resume_from: str | None) -> dict | None:
         """Weights go into the canonical model before any split, so any mp loads any checkpoint."""
@@ -163,7 +165,7 @@ class Trainer:
             t0 = time.perf_counter()
             metrics = {"epoch": epoch, **self.train_epoch(epoch), **self.validate()}
             metrics["epoch_time_s"] = time.perf_counter() - t0
-            metrics.update(world_rank=self.mesh.rank, dp=self.mesh.dp, mp=self.mesh.mp, node_of_rank=self.node_of_rank)
+            metrics.update(world_rank=self.mesh.rank, dp=self.mesh.dp, mp=self.mesh.mp, node_of_rank=list(self.node_of_rank), pid_of_rank=list(self.pid_of_rank))
             weights, state = canonical_state_dict(self.model), self.state(epoch)  # collectives: every rank
             if not self.is_logger:
                 report(metrics, None)

@@ -86,3 +86,23 @@ def test_more_nodes_than_the_cluster_has_fails_fast(ray_cluster, fmnist_root, tm
                                          "parallel.workers_per_node=1", f"parallel.address={ray_cluster.address}"])
     with pytest.raises(ClusterError, match="--nodes 3 needs 3"):
         fit(cfg)
+
+
+def test_hybrid_on_two_nodes_and_the_checkpoint_evaluates_at_mp1(ray_cluster, fmnist_root, tmp_path):
+    """dp=2 x mp=2 over 4 workers on 2 Ray nodes; each tower pair shares a node; the canonical
+    checkpoint then evaluates in one process (mp=1) to the same accuracy."""
+    cfg = resolve("demo-fashion", None, [
+        f"data.root={fmnist_root}", f"run.storage={tmp_path}", "run.name=hybrid", "schedule.epochs=1",
+        "data.batch_size=64", "model.width=0.5", "parallel.nodes=2", "parallel.workers_per_node=2", "parallel.mp=2",
+        f"parallel.address={ray_cluster.address}",
+    ])
+    cfg.model.num_classes = 10
+    assert fit(cfg).error is None
+    (row,) = read(run_dir(cfg))
+    nodes = row["node_of_rank"]
+    assert (row["dp"], row["mp"]) == (2, 2) and len(set(nodes)) == 2
+    assert nodes[0] == nodes[1] and nodes[2] == nodes[3]  # tower pairs (2i, 2i+1) share a node
+    assert row["steps_per_rank"] == [9, 9, 9, 9]
+    res = CliRunner().invoke(app, ["eval", run_dir(cfg), "--split", "test", "--out", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e.json").read_text())["top1"] == pytest.approx(row["val_top1"], abs=1e-9)
