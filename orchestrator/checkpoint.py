@@ -82,7 +82,11 @@ def load_state(path: str | Path) -> dict:
         raise CheckpointError(f"{path}/state.pt: refused, it is not a plain tensor/state file ({first})") from None
 
 
-def newest_complete(run_dir: str | Path) -> Path | None:
+def resume_point(candidate: str | Path | None, run_dir: str | Path) -> Path | None:
+    """The checkpoint to resume from: Ray's newest, unless it is torn (no marker), in which case
+    the newest complete one in the run folder; None when there is none."""
+    if candidate is not None and is_complete(candidate):
+        return Path(candidate)
     try:
         return find(run_dir)
     except CheckpointError:

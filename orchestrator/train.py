@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import models
-from models.parallel import Mesh, apply_tower_split, canonical_state_dict, unwrap
-from models.towers import TowerParallelAlexNet
+from models.parallel import (Mesh, apply_tower_split, canonical_optimizer_state, canonical_state_dict,
+                             load_canonical_optimizer, unwrap)
 from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig, to_yaml
 from orchestrator.data import eval_stream, make_loader, normalizer, train_stream
@@ -56,7 +56,8 @@ class Trainer:
                                          nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
         self.start_epoch, self.step = 0, 0
         if state is not None:
-            self._restore_optimizer(model, state)
+            load_canonical_optimizer(model, self.optimizer, state["optimizer"])
+            self.start_epoch, self.step = state["epoch"] + 1, state["step"]
         # Gradients are averaged within the dp group only (a tower pair holds different weights).
         self.model = DistributedDataParallel(model, process_group=self.mesh.dp_group) if self.mesh.dp > 1 else model
         self.train_data = train_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp))
@@ -78,22 +79,6 @@ class Trainer:
             if self.is_logger:
                 print(f"init_from {self.cfg.model.init_from}: copied {len(copied)} tensors", flush=True)
         return None
-
-    def _momentum(self) -> dict[str, torch.Tensor]:
-        """SGD momentum by canonical parameter name (a collective when the towers are split)."""
-        model = unwrap(self.model)
-        local = {name: self.optimizer.state[p]["momentum_buffer"] for name, p in model.named_parameters()
-                 if "momentum_buffer" in self.optimizer.state.get(p, {})}
-        return model.gather_canonical(local) if isinstance(model, TowerParallelAlexNet) else local
-
-    def _restore_optimizer(self, model: torch.nn.Module, state: dict) -> None:
-        momentum = state["momentum"]
-        if isinstance(model, TowerParallelAlexNet):
-            momentum = model.split_canonical(momentum)
-        for name, p in model.named_parameters():
-            if name in momentum:
-                self.optimizer.state[p]["momentum_buffer"] = momentum[name].to(self.device).clone()
-        self.start_epoch, self.step = state["epoch"] + 1, state["step"]
 
     def _all_sum(self, values: list[float]) -> list[float]:
         if self.mesh.world == 1:
@@ -158,7 +143,7 @@ class Trainer:
 
     def state(self, epoch: int) -> dict:
         """Everything but the weights, canonical too: an mp=2 run resumes at mp=1 and back."""
-        return {"momentum": self._momentum(), "epoch": epoch, "step": self.step, "torch_rng": torch.get_rng_state()}
+        return {"optimizer": canonical_optimizer_state(self.model, self.optimizer), "epoch": epoch, "step": self.step, "torch_rng": torch.get_rng_state()}
 
     def run(self, report: Report) -> None:
         for epoch in range(self.start_epoch, self.cfg.schedule.epochs):
@@ -195,7 +180,8 @@ def train_loop(config: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
 
     with resume.as_directory() if resume else nullcontext(None) as resume_dir:
-        trainer = Trainer(cfg, resume_from=resume_dir, node=node)
+        start = ckpt.resume_point(resume_dir, run_dir(cfg)) if resume else None
+        trainer = Trainer(cfg, resume_from=start, node=node)
     trainer.run(report)
 
 
