@@ -32,6 +32,7 @@ demo: setup
 	$(VENV)/bin/cnnctl shard fashion-mnist data/fashion-mnist --shard-size 5000 --workers 2 && \
 	$(VENV)/bin/cnnctl train --preset demo-fashion && \
 	$(VENV)/bin/cnnctl eval runs/demo-fashion --split test && \
+	$(VENV)/bin/cnnctl report runs/demo-fashion && \
 	echo "demo wall time: $$(( $$(date +%s) - start )) s"
 
 # pytest exits 5 when it collected no tests; that is a failure here, never a silent pass.

@@ -179,6 +179,22 @@ def eval_(
     typer.echo(json.dumps(result, indent=1))
 
 
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="Run folder (runs/<name>) holding metrics.jsonl.")],
+    *,
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: <run>/report.png).")] = None,
+) -> None:
+    """Draw loss, accuracy, learning rate and img/s against epoch as a PNG."""
+    from orchestrator.report import plot_run
+
+    try:
+        path = plot_run(run, out)
+    except FileNotFoundError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"wrote {path}")
+
+
 cluster_app = typer.Typer(help="A real multi-node Ray cluster on this machine (head + worker raylets, token auth, loopback).", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 StateDir = Annotated[Optional[Path], typer.Option("--state-dir", help="Where the cluster's pids, token and logs are kept (default ~/.cnnctl/cluster).")]

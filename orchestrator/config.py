@@ -66,11 +66,13 @@ class OptimConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    kind: Literal["constant", "step", "cosine", "onecycle"] = Field("cosine", description="Learning-rate schedule, stepped per iteration.")
+    kind: Literal["constant", "step", "cosine", "onecycle", "plateau"] = Field("cosine", description="Learning-rate schedule: constant, step, cosine, onecycle (linear decay), or plateau (÷10 when val_top1 stops improving, the papers' rule).")
     epochs: int = Field(10, gt=0, description="Number of training epochs.")
     warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up from lr/100 over this many epochs.")
     step_epochs: int = Field(30, gt=0, description="step: divide lr by `gamma` every this many epochs.")
     gamma: float = Field(0.1, gt=0, le=1, description="step: the factor applied every step_epochs.")
+    patience: int = Field(2, ge=0, description="plateau: epochs without a val_top1 gain before lr is divided by 10.")
+    max_drops: int = Field(3, ge=0, description="plateau: at most this many ÷10 drops (3 in both papers).")
     final_lr_fraction: float = Field(0.0, ge=0, le=1, description="cosine/onecycle: the lr at the end, as a fraction of the peak.")
 
 

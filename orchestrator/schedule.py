@@ -14,7 +14,8 @@ def peak_lr(cfg: RunConfig) -> float:
     return cfg.optim.lr
 
 
-def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
+def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int, drops: int = 0) -> float:
+    """The lr at a global step; ``drops`` counts the plateau schedule's ÷10 steps so far."""
     s = cfg.schedule
     peak = peak_lr(cfg)
     total = s.epochs * steps_per_epoch
@@ -23,6 +24,8 @@ def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
         return peak * (0.01 + 0.99 * step / warmup)
     if s.kind == "constant":
         return peak
+    if s.kind == "plateau":
+        return peak * 0.1**drops
     if s.kind == "step":
         return peak * s.gamma ** (step // (s.step_epochs * steps_per_epoch))
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -31,3 +34,27 @@ def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
         return low + (peak - low) * 0.5 * (1 + math.cos(math.pi * progress))
     # onecycle after warm-up: linear decay to the final fraction
     return peak + (low - peak) * progress
+
+
+class Plateau:
+    """Divide lr by 10 when val_top1 has not improved for ``patience`` epochs (AlexNet §5, VGG §3.1).
+
+    Every rank sees the same all-reduced val_top1, so every rank takes the same decision.
+    """
+
+    def __init__(self, patience: int, max_drops: int, state: dict | None = None):
+        self.patience, self.max_drops = patience, max_drops
+        self.best, self.bad, self.drops = float("-inf"), 0, 0
+        if state:
+            self.best, self.bad, self.drops = state["best"], state["bad"], state["drops"]
+
+    def update(self, val_top1: float) -> None:
+        if val_top1 > self.best + 1e-4:
+            self.best, self.bad = val_top1, 0
+            return
+        self.bad += 1
+        if self.bad > self.patience and self.drops < self.max_drops:
+            self.drops, self.bad = self.drops + 1, 0
+
+    def state(self) -> dict:
+        return {"best": self.best, "bad": self.bad, "drops": self.drops}

@@ -28,7 +28,7 @@ from orchestrator.config import RunConfig, to_yaml
 from orchestrator.data import eval_stream, make_loader, normalizer, train_stream
 from orchestrator.metrics import MetricsLog
 from orchestrator.modeling import build_model, evaluate, summarize, topk_correct
-from orchestrator.schedule import lr_at
+from orchestrator.schedule import Plateau, lr_at
 from shards.reader import Split
 
 Report = Callable[[dict, str | None], None]  # (metrics, checkpoint folder or None)
@@ -58,6 +58,7 @@ class Trainer:
         if state is not None:
             load_canonical_optimizer(model, self.optimizer, state["optimizer"])
             self.start_epoch, self.step = state["epoch"] + 1, state["step"]
+        self.plateau = Plateau(cfg.schedule.patience, cfg.schedule.max_drops, state and state.get("plateau"))
         # Gradients are averaged within the dp group only (a tower pair holds different weights).
         self.model = DistributedDataParallel(model, process_group=self.mesh.dp_group) if self.mesh.dp > 1 else model
         self.train_data = train_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp))
@@ -110,7 +111,7 @@ class Trainer:
         loss_sum, hits, seen = 0.0, 0, 0
         t0 = time.perf_counter()
         for i, (images, labels) in enumerate(make_loader(cfg, self.train_data)):
-            lr = lr_at(cfg, self.step, steps)
+            lr = lr_at(cfg, self.step, steps, self.plateau.drops)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             images, labels = self.normalize(images.to(self.device, non_blocking=True)), labels.to(self.device)
@@ -143,12 +144,14 @@ class Trainer:
 
     def state(self, epoch: int) -> dict:
         """Everything but the weights, canonical too: an mp=2 run resumes at mp=1 and back."""
-        return {"optimizer": canonical_optimizer_state(self.model, self.optimizer), "epoch": epoch, "step": self.step, "torch_rng": torch.get_rng_state()}
+        return {"optimizer": canonical_optimizer_state(self.model, self.optimizer), "epoch": epoch, "step": self.step,
+                "plateau": self.plateau.state(), "torch_rng": torch.get_rng_state()}
 
     def run(self, report: Report) -> None:
         for epoch in range(self.start_epoch, self.cfg.schedule.epochs):
             t0 = time.perf_counter()
             metrics = {"epoch": epoch, **self.train_epoch(epoch), **self.validate()}
+            self.plateau.update(metrics["val_top1"])
             metrics["epoch_time_s"] = time.perf_counter() - t0
             metrics.update(world_rank=self.mesh.rank, dp=self.mesh.dp, mp=self.mesh.mp, node_of_rank=list(self.node_of_rank), pid_of_rank=list(self.pid_of_rank))
             weights, state = canonical_state_dict(self.model), self.state(epoch)  # collectives: every rank

@@ -103,3 +103,21 @@ def test_unsafe_urls_and_keys_are_refused(tmp_path):
     (tree / "bad name!.png").write_bytes(b"")
     listing = class_folders(tmp_path / "t", "train")
     assert listing.records == [] and "cannot be a sample key" in listing.rejected[0]["reason"]
+
+
+def test_shard_bytes_are_what_tarfile_writes(image_tree, tmp_path):
+    """The writer builds USTAR headers itself (for speed): they must be tarfile's, byte for byte."""
+    import io
+    import tarfile
+
+    manifest, _ = pack(class_folders(image_tree, "train"), str(tmp_path), "t", PackOptions(shard_size=64, resize=40))
+    data = (tmp_path / manifest["shards"][0]["name"]).read_bytes()
+    again = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=again, mode="w", format=tarfile.USTAR_FORMAT) as out:
+        members = src.getmembers()
+        assert len(members) == 3 * manifest["shards"][0]["count"]
+        for m in members:
+            info = tarfile.TarInfo(m.name)
+            info.size, info.mtime, info.mode, info.uname, info.gname = m.size, 0, 0o644, "", ""
+            out.addfile(info, src.extractfile(m))
+    assert again.getvalue() == data
