@@ -1,0 +1,103 @@
+"""Ray Train loop vs a bare PyTorch loop: same model, batch, data and thread count, in one run.
+
+Prints the img/s of each and their ratio (goal >= 0.97), and the time from `cnnctl train` to its
+first training step with a local Ray (goal <= 15 s). Needs the demo shards:
+    cnnctl shard fashion-mnist data/fashion-mnist --shard-size 5000
+Run: .venv/bin/python bench/train_step.py [--samples 12800] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.config import resolve  # noqa: E402
+from orchestrator.data import make_loader, normalizer, train_stream  # noqa: E402
+from orchestrator.metrics import read  # noqa: E402
+from orchestrator.modeling import build_model  # noqa: E402
+from orchestrator.train import fit, run_dir  # noqa: E402
+from shards.reader import Split  # noqa: E402
+
+
+def config(args, name):
+    return resolve("demo-fashion", None, [
+        f"data.root={ROOT / 'data/fashion-mnist'}", f"data.limit={args.samples}", "schedule.epochs=2",
+        f"run.storage={args.storage}", f"run.name={name}", "parallel.workers_per_node=1", "run.log_every=1000",
+    ])
+
+
+def bare(args) -> float:
+    """The same work without Ray: stream -> normalise -> forward/backward/SGD, one thread."""
+    cfg = config(args, "bare")
+    torch.set_num_threads(cfg.parallel.threads_per_worker)
+    torch.manual_seed(0)
+    model = build_model(cfg, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    stream = train_stream(cfg, Split())
+    norm = normalizer(cfg, stream.manifest)
+    rate = 0.0
+    for epoch in range(2):  # the first epoch warms up; the second is timed, as in the Ray run
+        stream.set_epoch(epoch)
+        seen, t0 = 0, time.perf_counter()
+        for images, labels in make_loader(cfg, stream):
+            loss = F.cross_entropy(model(norm(images)), labels, label_smoothing=cfg.optim.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(labels)
+        rate = seen / (time.perf_counter() - t0)
+    return rate
+
+
+def ray_loop(args, name) -> float:
+    cfg = config(args, name)
+    fit(cfg)
+    return read(run_dir(cfg))[-1]["images_per_sec"]
+
+
+def time_to_first_step(args) -> float:
+    cmd = [str(ROOT / ".venv/bin/cnnctl"), "train", "--preset", "demo-fashion", "--name", "first-step",
+           "--set", f"run.storage={args.storage}", "--set", "run.log_every=1", "--set", "data.limit=2560",
+           "--epochs", "1", "--data", str(ROOT / "data/fashion-mnist")]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+    first = None
+    for line in proc.stdout:
+        if first is None and " step 1/" in line:
+            first = time.perf_counter() - t0
+    proc.wait()
+    return first if first is not None else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=12800, help="training samples per epoch")
+    ap.add_argument("--storage", default="/tmp/cnnctl-bench-runs")
+    args = ap.parse_args()
+    subprocess.run(["rm", "-rf", args.storage], check=True)
+    b1 = bare(args)
+    r = ray_loop(args, "ray")
+    b2 = bare(args)
+    base = (b1 + b2) / 2
+    print(f"bare PyTorch loop : {b1:8.1f} / {b2:8.1f} img/s (before / after the Ray run)")
+    print(f"Ray Train loop    : {r:8.1f} img/s (1 worker, same model, batch, data and 1 thread)")
+    print(f"ratio Ray / bare  : {r / base:.3f}  (goal >= 0.97)")
+    import ray
+
+    ray.shutdown()
+    t = time_to_first_step(args)
+    print(f"cnnctl train -> first step, local Ray: {t:.1f} s  (goal <= 15 s)")
+
+
+if __name__ == "__main__":
+    main()
