@@ -26,6 +26,7 @@ FASHION_MNIST_CLASSES = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
 IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
+MAX_KEY = 94  # "<key>.json" must fit USTAR's 100-byte name field
 LAYOUTS = ("auto", "fashion-mnist", "class-folders", "val-flat", "train-tar", "val-tar", "imagenet")
 TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
 KAGGLE_DIR = Path("ILSVRC", "Data", "CLS-LOC")
@@ -125,6 +126,8 @@ def admit(candidates: list[Candidate], wnids: list[str], why_unlabelled: str = "
             reason = f"not an image file extension ({ext or 'none'})"
         elif not KEY_RE.match(stem):
             reason = "file name cannot be a sample key ([A-Za-z0-9_-]+)"
+        elif len(stem) > MAX_KEY:
+            reason = f"file name longer than {MAX_KEY} characters cannot be a tar member name"
         elif c.wnid is None:
             reason = why_unlabelled
         elif c.wnid not in index:

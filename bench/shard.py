@@ -1,0 +1,131 @@
+"""How close `cnnctl shard --resize 256` comes to the codec limit.
+
+Builds an ImageNet-like corpus (JPEGs of about 500x375 at quality 96, random crops and scales of
+scikit-image's photos, in class folders), then measures in the same run, interleaved over rounds:
+
+- pack:  the pack function with `cnnctl shard`'s options (--resize 256, --workers 2), listing included;
+- codec: a bare read -> decode (DCT-scaled) -> resize -> encode loop over the same files, one loop
+         per worker process: what the codecs alone allow (the goal is pack >= 0.9x this);
+- naive: a one-process Pillow loop (open, convert, resize, save), as a script would do it.
+
+Usage: python bench/shard.py [--images 2000] [--workers 2] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import simplejpeg
+from PIL import Image
+from skimage import data as photos
+
+from shards import codec
+from shards.sources import open_source
+from shards.writer import PackOptions, pack
+
+SHORT = 256
+QUALITY = 90
+
+
+def build_corpus(root: Path, n: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    srcs = [photos.astronaut(), photos.coffee(), photos.chelsea(), photos.rocket(), photos.immunohistochemistry(), photos.hubble_deep_field()]
+    paths = []
+    for i in range(n):
+        src = srcs[rng.integers(len(srcs))]
+        h, w = src.shape[:2]
+        scale = rng.uniform(0.5, 1.0)
+        ch, cw = int(h * scale), int(w * scale)
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        size = (500, int(rng.integers(333, 376))) if rng.random() < 0.75 else (int(rng.integers(333, 376)), 500)
+        img = Image.fromarray(src[top : top + ch, left : left + cw]).resize(size, Image.BICUBIC)
+        folder = root / f"n{i % 50:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"n{i % 50:08d}_{i}.JPEG"
+        img.save(path, quality=96)
+        paths.append(path)
+    return paths
+
+
+def codec_loop(paths: list[Path]) -> int:
+    """Bare decode -> resize -> encode, the same codec calls the sharder makes; returns bytes out."""
+    out = 0
+    for p in paths:
+        data = p.read_bytes()
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        tw, th = codec.output_size(w, h, SHORT)
+        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=tw, min_height=th)
+        if arr.shape[:2] != (th, tw):
+            arr = np.asarray(Image.fromarray(arr).resize((tw, th), codec.RESAMPLE))
+        out += len(simplejpeg.encode_jpeg(arr, quality=QUALITY, colorspace="RGB", colorsubsampling="420"))
+    return out
+
+
+def naive_loop(paths: list[Path]) -> int:
+    out = 0
+    for p in paths:
+        img = Image.open(p).convert("RGB")
+        w, h = img.size
+        img = img.resize((round(w * SHORT / min(w, h)), round(h * SHORT / min(w, h))))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=QUALITY)
+        out += buf.tell()
+    return out
+
+
+def run_pack(root: Path, dest: Path, workers: int) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    _, _, [listing] = open_source(str(root))
+    manifest, _ = pack(listing, str(dest), "bench", PackOptions(resize=SHORT, quality=QUALITY, workers=workers, overwrite=True))
+    return time.perf_counter() - t0, sum(s["bytes"] for s in manifest["shards"])
+
+
+def run_codec(paths: list[Path], workers: int) -> float:
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(codec_loop, [paths[i::workers] for i in range(workers)]))
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=2000, help="corpus size")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes for pack and the codec loop")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root, dest = Path(tmp, "corpus"), Path(tmp, "shards")
+        t0 = time.perf_counter()
+        paths = build_corpus(root, args.images)
+        mean_in = sum(p.stat().st_size for p in paths) / len(paths)
+        print(f"corpus: {len(paths)} JPEGs, ~500x375 q96, {mean_in / 1024:.1f} KiB each, built in {time.perf_counter() - t0:.1f}s")
+        n = len(paths)
+        times = {"pack": [], "codec": [], "naive": []}
+        shard_bytes = codec_bytes = 0
+        codec_loop(paths[:20]), naive_loop(paths[:20])  # warm the page cache and imports
+        for _ in range(args.rounds):
+            elapsed, shard_bytes = run_pack(root, dest, args.workers)
+            times["pack"].append(elapsed)
+            times["codec"].append(run_codec(paths, args.workers))
+            t0 = time.perf_counter()
+            naive_loop(paths[: n // 4])  # a quarter is enough for a one-process baseline
+            times["naive"].append((time.perf_counter() - t0) * 4)
+        codec_bytes = codec_loop(paths[:200]) / 200
+        rate = {k: n / statistics.median(v) for k, v in times.items()}
+        print(f"pack  (cnnctl shard --resize {SHORT} --workers {args.workers}): {rate['pack']:7.1f} img/s")
+        print(f"codec (decode->resize->encode x {args.workers} processes):   {rate['codec']:7.1f} img/s")
+        print(f"naive (one-process PIL loop):                    {rate['naive']:7.1f} img/s")
+        print(f"pack / codec limit: {rate['pack'] / rate['codec']:.2f}x (goal >= 0.9x)")
+        print(f"pack / naive PIL:   {rate['pack'] / rate['naive']:.2f}x")
+        print(f"bytes per image: {shard_bytes / n:.0f} in shards (tar headers, .cls, .json included), {codec_bytes:.0f} JPEG alone")
+
+
+if __name__ == "__main__":
+    main()
