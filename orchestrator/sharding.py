@@ -143,14 +143,14 @@ def info_table(url: str) -> Table:
     """One row per split under ``url``: what is there and how it was made."""
     table = Table(title=url)
     for col in ("split", "samples", "shards", "MiB", "classes", "rejected", "image", "seed", "mean RGB"):
-        table.add_column(col, justify="left" if col in ("split", "image") else "right")
+        table.add_column(col, justify="left" if col in ("split", "image") else "right", no_wrap=col == "split")
     for murl in mf.find(url):
         m = mf.load(murl)
         o = m["options"]
-        image = f"{o['image_format']} q{o['quality']} " + (f"short {o['resize']}" if o["resize"] else "orig size") + (" crop" if o["center_crop"] else "")
+        image = o["image_format"] + (f" q{o['quality']}" if o["image_format"] == "jpg" else "") + (f" short {o['resize']}" if o["resize"] else " orig") + (" crop" if o["center_crop"] else "")
         table.add_row(
             f"{m['prefix']}-{m['split']}", str(m["num_samples"]), str(len(m["shards"])),
             f"{sum(s['bytes'] for s in m['shards']) / 2**20:.1f}", str(len(m["classes"])), str(len(m["rejected"])),
-            image, str(o["seed"]), " ".join(f"{v:.3f}" for v in m["stats"]["mean_rgb"]),
+            image, str(o["seed"]), " ".join(f"{v:.2f}" for v in m["stats"]["mean_rgb"]),
         )
     return table
