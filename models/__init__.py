@@ -22,12 +22,12 @@ from . import alexnet as _alexnet
 from . import vgg as _vgg
 from .alexnet import AlexNet
 from .dense import to_dense
-from .lrn import LRN, LRNParams, from_caffe, from_torch, lrn, to_torch
+from .lrn import LRN, LRNParams, from_caffe, from_torch, to_torch
 from .vgg import VGG, init_from
 
 __all__ = [
     "ALIASES", "LRN", "AlexNet", "LRNParams", "VGG", "build", "describe", "from_caffe", "from_torch",
-    "init_from", "load_matching", "lrn", "names", "table", "to_dense", "to_torch",
+    "init_from", "load_matching", "names", "table", "to_dense", "to_torch",
 ]
 
 _ALEXNET_OVERRIDES = ("towers", "width", "lrn", "dropout", "init")
