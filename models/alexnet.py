@@ -7,8 +7,10 @@
   tower, no LRN, dropout before fc6/fc7, torch's default init, torchvision's state-dict keys
   (`features.N`, `classifier.N`). 61,100,840 parameters.
 - `alexnet-small`: the same net scaled for 28-64 px inputs (Fashion-MNIST): conv1 5x5/1, conv2 5x5,
-  pooled to 2x2 before fc6 (28 px: 28 -> 13 -> 6 -> 2). Two towers, LRN, overlapping pooling and
-  dropout are kept. Kaiming init (the paper's N(0, 0.01) does not start a net this narrow quickly).
+  32/64/96/96/64 channels, fc6/fc7 512, pooled to 2x2 before fc6 (28 px: 28 -> 13 -> 6 -> 2). Two
+  towers, LRN, overlapping pooling and dropout are kept. He (kaiming) init for the convs and fc6/fc7,
+  N(0, 0.01) for fc8, zero biases: it reached 0.909 Fashion-MNIST test top-1 in 8 epochs. About
+  1,200 img/s fwd+bwd on one CPU thread at batch 128 (1,500 in channels_last), 12 MMACs per image.
 
 Deviations from the paper: input 227 not 224 (227 is what makes conv1 give 55x55); the paper's
 4096-wide fc6 is reached through an `avgpool` (AdaptiveAvgPool2d) that is the identity at the native
