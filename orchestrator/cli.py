@@ -131,6 +131,7 @@ def train(
     workers_per_node: Annotated[Optional[int], typer.Option("--workers-per-node", help="Ray Train workers per node (parallel.workers_per_node).")] = None,
     gpus: Annotated[Optional[bool], typer.Option("--gpus/--cpu", help="One GPU per worker with NCCL, or CPU with gloo (parallel.gpus).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster address ('auto', 'ray://host:10001', ...). Default: start a local Ray.")] = None,
+    parallel: Annotated[Optional[str], typer.Option("--parallel", help="dp: data parallel (mp=1); mp: AlexNet's two towers on a rank pair (mp=2, dp=1); hybrid: both (mp=2, dp=world/2).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (schedule.epochs).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name; rerunning the same name resumes it (run.name).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Folder or URL holding the shards (data.root).")] = None,
@@ -140,10 +141,16 @@ def train(
     from orchestrator.data import check_data, num_classes
     from orchestrator.train import fit, run_dir
 
-    flags = {"parallel.nodes": nodes, "parallel.workers_per_node": workers_per_node, "parallel.gpus": gpus,
+    mp = {None: None, "dp": 1, "mp": 2, "hybrid": 2}.get(parallel, -1)
+    if mp == -1:
+        raise fail(f"--parallel {parallel!r}: dp, mp or hybrid")
+    flags = {"parallel.mp": mp, "parallel.nodes": nodes, "parallel.workers_per_node": workers_per_node, "parallel.gpus": gpus,
              "parallel.address": address, "schedule.epochs": epochs, "run.name": name, "data.root": data}
     cfg = _config(preset, config, set_, flags)
     p = cfg.parallel
+    dp = p.world // p.mp
+    if (parallel == "mp" and dp != 1) or (parallel == "hybrid" and dp < 2):
+        raise fail(f"--parallel {parallel}: world {p.world} gives dp={dp}; mp means dp=1 (world 2), hybrid dp>=2 (world >= 4)")
     shape = f"{p.nodes} node(s) x {p.workers_per_node} worker(s) = world {p.world} (dp={p.world // p.mp} x mp={p.mp}), {p.cpus_per_worker} CPU{' + 1 GPU' if p.gpus else ''} per worker"
     if dry_run:
         typer.echo(to_yaml(cfg) + f"# cluster: {shape}")

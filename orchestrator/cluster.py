@@ -63,6 +63,10 @@ def load(state_dir: Path = DEFAULT_STATE) -> LocalCluster | None:
 
 
 def alive(pid: int) -> bool:
+    try:  # reap it first if it is our own exited child (a zombie still answers kill 0)
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -116,20 +120,24 @@ def up_local(nodes: int, cpus_per_node: float, state_dir: Path = DEFAULT_STATE, 
     return cluster
 
 
-def down(state_dir: Path = DEFAULT_STATE, grace: float = 20) -> list[int]:
+def down(state_dir: Path = DEFAULT_STATE, grace: float = 10) -> list[int]:
     """Stop the processes `up_local` started (by their recorded pids and their own sessions)."""
     cluster = load(state_dir)
     if cluster is None:
         return []
     # Workers first, head last; each `ray start --block` stops its node's processes on SIGTERM.
     for pid in reversed(cluster.pids):
-        if alive(pid):
-            os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+            if not alive(pid):
+                break
+            os.killpg(pid, sig)  # the node's own session: its raylet, gcs and workers
+            deadline = time.monotonic() + wait
             while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+        try:  # anything of that session the leader left behind
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     _state_file(state_dir).unlink(missing_ok=True)
     return cluster.pids
 

@@ -52,10 +52,18 @@ def image_tree(tmp_path_factory) -> Path:
 def ray_cluster(tmp_path_factory):
     """One real 2-node Ray cluster on loopback for the whole session (a start costs 10-20 s), joined
     by this test process. Token auth is on; each node offers 2 logical CPUs."""
+    from typer.testing import CliRunner
+
     from orchestrator import cluster
+    from orchestrator.cli import app
 
     state = tmp_path_factory.mktemp("cluster")
-    c = cluster.up_local(nodes=2, cpus_per_node=2, state_dir=state)
+    up = CliRunner().invoke(app, ["cluster", "up", "--local", "--nodes", "2", "--cpus-per-node", "2", "--state-dir", str(state)])
+    assert up.exit_code == 0, up.output
+    c = cluster.load(state)
+    assert c.address in up.output and c.address.startswith("127.")
+    status = CliRunner().invoke(app, ["cluster", "status", "--state-dir", str(state)])
+    assert status.exit_code == 0 and "nodes 2/2 alive" in status.output, status.output
     try:
         cluster.connect(c.address, state_dir=state)  # sets the token env before importing ray
         import ray
@@ -63,4 +71,6 @@ def ray_cluster(tmp_path_factory):
         yield c
         ray.shutdown()
     finally:
-        cluster.down(state)
+        down = CliRunner().invoke(app, ["cluster", "down", "--state-dir", str(state)])
+        assert down.exit_code == 0 and "stopped 2 node(s)" in down.output
+        assert not any(cluster.alive(pid) for pid in c.pids)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 
 runner = CliRunner()
-COMMANDS = ["shard", "train", "eval"]
+COMMANDS = ["shard", "train", "eval", "report", "cluster"]
 
 
 def test_help_explains_every_command_and_option():
@@ -81,3 +81,24 @@ def test_shard_cli_writes_manifest(image_tree, tmp_path):
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / f"{image_tree.name}-train.manifest.json").read_text())
     assert manifest["num_samples"] == 60 and len(manifest["shards"]) == 4
+
+
+def test_parallel_modes_set_mp_and_check_the_world():
+    res = runner.invoke(app, ["train", "--preset", "demo-fashion", "--parallel", "hybrid", "--nodes", "2", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "world 4 (dp=2 x mp=2)" in res.output
+    res = runner.invoke(app, ["train", "--preset", "demo-fashion", "--parallel", "mp", "--dry-run"])
+    assert res.exit_code == 0 and "dp=1 x mp=2" in res.output
+    res = runner.invoke(app, ["train", "--parallel", "hybrid", "--dry-run"])
+    assert res.exit_code == 1 and "hybrid" in res.output
+    res = runner.invoke(app, ["train", "--parallel", "tp", "--dry-run"])
+    assert res.exit_code == 1 and "dp, mp or hybrid" in res.output
+
+
+def test_cluster_commands_without_a_cluster(tmp_path):
+    res = runner.invoke(app, ["cluster", "status", "--state-dir", str(tmp_path)])
+    assert res.exit_code == 1 and "no local cluster" in res.output
+    res = runner.invoke(app, ["cluster", "up", "--nodes", "2"])
+    assert res.exit_code == 1 and "--local" in res.output
+    res = runner.invoke(app, ["cluster", "down", "--state-dir", str(tmp_path)])
+    assert res.exit_code == 0 and "no local cluster was up" in res.output
