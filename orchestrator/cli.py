@@ -186,6 +186,26 @@ def eval_(
     typer.echo(json.dumps(result, indent=1))
 
 
+@app.command("models")
+def models_(
+    *,
+    num_classes: Annotated[int, typer.Option("--num-classes", min=2, help="Classes of the final layer.")] = 1000,
+) -> None:
+    """Table of the registered models: parameters, GMACs at the native input size (measured with
+    torch.utils.flop_counter), input size, towers, LRN."""
+    import models
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "parameters", "GMACs", "input", "towers", "LRN (paper units: n, k, alpha, beta)")
+    for name in models.names():
+        row = models.describe(name, num_classes=num_classes)
+        lrn = row["lrn"]
+        lrn_text = f"n={lrn['n']} k={lrn['k']:g} alpha={lrn['alpha']:g} beta={lrn['beta']:g}" if lrn else "-"
+        table.add_row(name, f"{row['params']:,}", f"{row['gmacs']:.3f}", f"{row['input_size']}²", str(row["towers"]), lrn_text)
+    Console(width=140).print(table)
+
+
 @app.command()
 def report(
     run: Annotated[str, typer.Argument(help="Run folder (runs/<name>) holding metrics.jsonl.")],

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 
 runner = CliRunner()
-COMMANDS = ["shard", "train", "eval", "report", "cluster"]
+COMMANDS = ["shard", "train", "eval", "report", "cluster", "models"]
 
 
 def test_help_explains_every_command_and_option():
@@ -102,3 +102,12 @@ def test_cluster_commands_without_a_cluster(tmp_path):
     assert res.exit_code == 1 and "--local" in res.output
     res = runner.invoke(app, ["cluster", "down", "--state-dir", str(tmp_path)])
     assert res.exit_code == 0 and "no local cluster was up" in res.output
+
+
+def test_models_table_pins_the_paper_counts():
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0, res.output
+    for name, params in [("alexnet ", "60,965,224"), ("alexnet-owt", "61,100,840"), ("vgg-a-lrn", "132,863,336"),
+                         ("vgg-d", "138,357,544"), ("vgg-e", "143,667,240")]:
+        line = next(l for l in res.output.splitlines() if f"│ {name}" in l)
+        assert params in line
