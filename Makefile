@@ -41,6 +41,9 @@ test: setup
 
 bench: setup
 	$(PY) bench/lrn.py
+	$(PY) bench/shard.py
+	$(VENV)/bin/cnnctl shard fashion-mnist data/fashion-mnist --shard-size 5000 --workers 2
+	$(PY) bench/train_step.py
 
 clean:
 	rm -rf runs data/fashion-mnist .pytest_cache
