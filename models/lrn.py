@@ -75,11 +75,12 @@ def _padded(x: torch.Tensor, h: int, fill: float) -> tuple[torch.Tensor, torch.T
     """
     n, g, c, *rest = x.shape
     if len(rest) == 2 and x.stride(2) == 1 and x.stride(1) == c and not x.is_contiguous():
-        buf = torch.empty((n, *rest, g, c + 2 * h), dtype=x.dtype, device=x.device).permute(0, 3, 4, 1, 2)
+        # channels_last: the pads are 2h values in every pixel; one dense fill beats strided ones.
+        buf = torch.full((n, *rest, g, c + 2 * h), fill, dtype=x.dtype, device=x.device).permute(0, 3, 4, 1, 2)
     else:
         buf = torch.empty((n, g, c + 2 * h, *rest), dtype=x.dtype, device=x.device)
-    buf[:, :, :h].fill_(fill)
-    buf[:, :, c + h :].fill_(fill)
+        buf[:, :, :h].fill_(fill)
+        buf[:, :, c + h :].fill_(fill)
     return buf, buf[:, :, h : h + c]
 
 
