@@ -1,8 +1,9 @@
 """LRN forward+backward cost against ReLU (the baseline) and torch's eager LRN, in one process.
 
-    .venv/bin/python bench/lrn.py [--shape 128 64 32 32] [--threads N] [--repeat 7] [--channels-last]
+    .venv/bin/python bench/lrn.py [--shape 128 64 32 32] [--threads N] [--repeat 10] [--channels-last]
 
-Timing is the minimum of --repeat rounds after one warm-up; candidates take turns in each round. The issue's target: ours/ReLU <= 5.
+Timing is the minimum of --repeat rounds after one warm-up; candidates take turns in each round.
+The issue's target: ours/ReLU <= 5.
 """
 
 from __future__ import annotations
