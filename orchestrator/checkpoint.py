@@ -41,8 +41,12 @@ def save(path: str | Path, weights: dict[str, torch.Tensor], cfg: RunConfig, sta
     return path
 
 
+FILES = ("model.safetensors", "state.pt", "config.yaml", "meta.json", MARKER)
+
+
 def is_complete(path: str | Path) -> bool:
-    return (Path(path) / MARKER).exists()
+    """The marker is written last, but a copy (Ray's upload) may land files in any order: check all."""
+    return all((Path(path) / f).exists() for f in FILES)
 
 
 def _epoch(path: Path) -> int:
@@ -83,10 +87,13 @@ def load_state(path: str | Path) -> dict:
 
 
 def resume_point(candidate: str | Path | None, run_dir: str | Path) -> Path | None:
-    """The checkpoint to resume from: Ray's newest, unless it is torn (no marker), in which case
-    the newest complete one in the run folder; None when there is none."""
+    """The checkpoint to resume from: Ray's newest, unless it is torn (no marker) or Ray has none
+    (workers lost before Ray registered their last report), in which case the newest complete one
+    in the run folder; None when there is none."""
     if candidate is not None and is_complete(candidate):
         return Path(candidate)
+    if "://" in str(run_dir):  # object-store runs rely on Ray's own record
+        return None
     try:
         return find(run_dir)
     except CheckpointError:

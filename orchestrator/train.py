@@ -183,7 +183,7 @@ def train_loop(config: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
 
     with resume.as_directory() if resume else nullcontext(None) as resume_dir:
-        start = ckpt.resume_point(resume_dir, run_dir(cfg)) if resume else None
+        start = ckpt.resume_point(resume_dir, run_dir(cfg))
         trainer = Trainer(cfg, resume_from=start, node=node)
     trainer.run(report)
 
