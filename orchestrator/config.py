@@ -83,6 +83,7 @@ class ParallelConfig(_Section):
     gpus: bool = Field(False, description="One GPU per worker and the NCCL backend; otherwise CPU and gloo.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved for each worker.")
     threads_per_worker: int = Field(1, ge=1, description="torch intra-op threads in each worker.")
+    channels_last: bool = Field(True, description="Run the model and its inputs in channels_last memory format (faster convolutions and pooling on CPU and GPU).")
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray for the run.")
 
     @property

@@ -19,7 +19,19 @@ def load_model(path: Path) -> tuple[torch.nn.Module, object]:
     cfg = ckpt.load_config(path)
     model = build_model(cfg, cfg.model.num_classes)
     model.load_state_dict(ckpt.load_weights(path))
+    if cfg.parallel.channels_last:  # evaluate in the memory format the run trained in
+        model = model.to(memory_format=torch.channels_last)
     return model.eval(), cfg
+
+
+class _Prepare(torch.nn.Module):
+    def __init__(self, normalize: torch.nn.Module, channels_last: bool):
+        super().__init__()
+        self.normalize, self.channels_last = normalize, channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test", out: Path | None = None, threads: int = 2) -> dict:
@@ -31,7 +43,7 @@ def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test
         cfg.data.root = data
     url = mf.manifest_url(cfg.data.root, cfg.data.prefix, split)
     stream = eval_stream(cfg, Split(), manifest=url)
-    norms = [normalizer(c, stream.manifest) for _, c in loaded]
+    norms = [_Prepare(normalizer(c, stream.manifest), c.parallel.channels_last) for _, c in loaded]
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         if len(loaded) == 1:

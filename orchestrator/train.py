@@ -51,7 +51,8 @@ class Trainer:
         model = build_model(cfg, cfg.model.num_classes)
         state = self._load_canonical(model, resume_from)
         # Ordered steps: tower split (mp) -> device -> optimizer over the local halves -> DDP (dp).
-        model = apply_tower_split(model, self.mesh).to(self.device)
+        self.memory_format = torch.channels_last if cfg.parallel.channels_last else torch.contiguous_format
+        model = apply_tower_split(model, self.mesh).to(self.device, memory_format=self.memory_format)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
         self.start_epoch, self.step = 0, 0
@@ -88,6 +89,11 @@ class Trainer:
         dist.all_reduce(t, group=self.mesh.dp_group)  # each dp group sees every sample exactly once
         return t.tolist()
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> normalised float on the device, in the model's memory format."""
+        x = self.normalize(images.to(self.device, non_blocking=True))
+        return x.contiguous(memory_format=self.memory_format)
+
     def _gather_objects(self, value) -> list:
         if self.mesh.world == 1:
             return [value]
@@ -114,7 +120,7 @@ class Trainer:
             lr = lr_at(cfg, self.step, steps, self.plateau.drops)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            images, labels = self.normalize(images.to(self.device, non_blocking=True)), labels.to(self.device)
+            images, labels = self.prepare(images), labels.to(self.device)
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
@@ -136,7 +142,7 @@ class Trainer:
     def validate(self) -> dict:
         model = unwrap(self.model)  # no DDP forward: ranks may take different eval batch counts
         model.eval()
-        sums = evaluate(lambda x: model(self.normalize(x)), make_loader(self.cfg, self.val_data), self.device)
+        sums = evaluate(lambda x: model(self.prepare(x)), make_loader(self.cfg, self.val_data), self.device)
         model.train()
         loss, top1, top5, count = self._all_sum([sums["loss_sum"], sums["top1"], sums["top5"], sums["count"]])
         s = summarize({"loss_sum": loss, "top1": top1, "top5": top5, "count": int(count)})
