@@ -55,6 +55,43 @@ shard_app = typer.Typer(
 app.add_typer(shard_app, name="shard")
 
 
+def _pack_plan(req) -> str:
+    """`cnnctl shard --dry-run`: what would be packed, resolved without listing or reading an image.
+
+    SOURCE may be a path that exists only where the command will run (a cluster node's volume),
+    so the layout and splits are detected only when it is here."""
+    import yaml
+
+    from orchestrator.sharding import _resize, parse_bytes
+    from shards import manifest as mf
+    from shards import sources
+
+    mf.check_url(req.dest)
+    if req.layout not in sources.LAYOUTS:
+        raise ValueError(f"--layout {req.layout!r}: one of {', '.join(sources.LAYOUTS)}")
+    here = req.source == "fashion-mnist" or Path(req.source).exists()
+    layout = sources.detect(req.source) if req.layout == "auto" and here else req.layout
+    defaults = {"fashion-mnist": ["train", "test"], "imagenet": ["train", "val"], "auto": ["detected from the source"]}
+    single = ["val" if layout.startswith("val") or Path(req.source).name.lower() in ("val", "validation") else "train"]
+    small = layout == "fashion-mnist"
+    prefix = req.prefix or ("fashion-mnist" if small else Path(req.source).name.removesuffix(".tar") or "data")
+    plan = {
+        "source": req.source,
+        "layout": layout if here or layout != "auto" else "auto (detected where the command runs: the source is not on this machine)",
+        "splits": req.splits or defaults.get(layout, single),
+        "destination": req.dest,
+        "shards": f"{prefix}-<split>-NNNNNN.tar, then {prefix}-<split>.manifest.json (written last)",
+        "options": {
+            "image_format": req.image_format or ("png" if small else "jpg"), "resize": _resize(req.resize, None if small else 256),
+            "center_crop": req.center_crop, "quality": req.quality, "shard_size": req.shard_size or (None if req.shard_bytes else 1000),
+            "shard_bytes": parse_bytes(req.shard_bytes), "per_class_limit": req.per_class_limit, "seed": req.seed,
+            "existing_shards": "rebuilt (--overwrite)" if req.overwrite else "kept (--resume)", "max_errors": req.max_errors,
+        },
+        "runs_on": f"Ray tasks on the cluster at {req.address}" if req.address else f"{req.workers} local process(es)",
+    }
+    return yaml.safe_dump(plan, sort_keys=False, width=200).rstrip() + "\n# dry run: nothing was read, started or written"
+
+
 @shard_app.command("pack")
 def shard(
     source: Annotated[str, typer.Argument(help="'fashion-mnist'; a class-folder tree (train/<wnid>/*.JPEG); a flat validation folder; ILSVRC2012_img_train.tar or ILSVRC2012_img_val.tar; or an ImageNet root holding train and val in any of these forms.")],
@@ -77,6 +114,7 @@ def shard(
     address: Annotated[Optional[str], typer.Option(help="Write the shards as Ray tasks on this existing cluster ('auto', 'host:6379'); every node must reach SOURCE and DEST.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite/--resume", help="Rebuild every shard, or resume: keep the shards an earlier run of the same command published.")] = False,
     max_errors: Annotated[int, typer.Option("--max-errors", min=0, help="Rejected inputs tolerated (recorded in the manifest) before aborting without a manifest.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved layout, splits, destination and options; read no image, start nothing, write nothing.")] = False,
 ) -> None:
     """Pack a dataset into WebDataset tar shards plus a manifest per split (written last)."""
     from orchestrator.sharding import PackRequest, run_pack
@@ -84,6 +122,9 @@ def shard(
     req = PackRequest(source, dest, split or [], prefix, image_format, resize, center_crop, quality, shard_size, seed, workers, overwrite,
                       max_errors, per_class_limit, layout=layout, labels=labels, synsets=synsets, shard_bytes=shard_bytes, address=address)
     try:
+        if dry_run:
+            typer.echo(_pack_plan(req))
+            return
         run_pack(req)
     except (ValueError, OSError, RuntimeError) as exc:
         raise fail(getattr(exc, "lines", None) or str(exc)) from None
