@@ -313,5 +313,117 @@ def cluster_down(*, state_dir: StateDir = None) -> None:
     typer.echo(f"stopped {len(pids)} node(s)" if pids else "no local cluster was up")
 
 
+class _TuneGroup(TyperGroup):
+    """`cnnctl tune [OPTIONS]` is `cnnctl tune run [OPTIONS]`; `cnnctl tune report NAME` redraws."""
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+tune_app = typer.Typer(cls=_TuneGroup, help="Ray Tune sweeps over LRN settings and lr schedules; each trial is a Ray Train run (`cnnctl tune [OPTIONS]` = `cnnctl tune run [OPTIONS]`).")
+app.add_typer(tune_app, name="tune")
+
+
+@tune_app.command("run")
+def tune_run(
+    *,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    set_: Sets = None,
+    search: Annotated[Optional[str], typer.Option(help="Search space: lrn, lr-schedule, lrn+lr (configs/search/) or a YAML file (tune.search).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="fifo, asha (early stopping on the metric) or pbt (exploit/explore) (tune.scheduler).")] = None,
+    num_samples: Annotated[Optional[int], typer.Option("--num-samples", help="Trials (x the grid size when the space has grid dimensions) (tune.num_samples).")] = None,
+    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="Trials at once; lowered to what the cluster's CPUs hold (tune.max_concurrent).")] = None,
+    trial_workers: Annotated[Optional[int], typer.Option("--trial-workers", help="Ray Train workers per trial (tune.trial_workers).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs of each trial (schedule.epochs).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Sweep name; its folder is <run.storage>/<name> (tune.name).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Folder or URL holding the shards (data.root).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster address. Default: start a local Ray.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the sweep of this name after its driver stopped: finished trials are kept, the rest resume.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved base config, the search space and the cluster shape; start nothing.")] = False,
+) -> None:
+    """Search hyperparameters with Ray Tune; print and save the results table, the best config and plots."""
+    from orchestrator import search_space
+    from orchestrator import tune as sweeps
+
+    flags = {"tune.search": search, "tune.scheduler": scheduler, "tune.num_samples": num_samples, "tune.max_concurrent": max_concurrent,
+             "tune.trial_workers": trial_workers, "schedule.epochs": epochs, "tune.name": resume or name, "data.root": data,
+             "parallel.address": address}
+    cfg = _config(preset, config, set_, flags)
+    if resume:
+        folder = sweeps.sweep_dir(cfg)
+        if not (folder / "sweep.yaml").exists():
+            raise fail(f"--resume {resume}: no sweep at {folder} (set run.storage to where it was started)")
+        cfg, space = sweeps.load_spec(folder)
+        cfg.parallel.address = address or cfg.parallel.address
+        return _tune_finish(sweeps.search(cfg, space, resume=True), folder)
+    # One node per trial, trial_workers workers on it; resolved again so every rule is re-checked.
+    cfg = _config(preset, config, set_, {**flags, "parallel.nodes": 1, "parallel.workers_per_node": cfg.tune.trial_workers})
+    try:
+        space = search_space.load(cfg.tune.search)
+    except ConfigError as exc:
+        raise fail(exc.lines) from None
+    problems = search_space.validate(space, cfg)
+    if problems:
+        raise fail(problems)
+    p, t = cfg.parallel, cfg.tune
+    shape = (f"{t.num_samples * space.grid_size()} trial(s), at most {t.max_concurrent} at once; each trial {p.world} worker(s) x "
+             f"{p.cpus_per_worker:g} CPU on one node; scheduler {t.scheduler}; cluster {p.address or 'a local Ray'}")
+    if dry_run:
+        import yaml
+
+        typer.echo(to_yaml(cfg) + "# search space\n" + yaml.safe_dump(space.model_dump(mode="json", exclude_none=True), sort_keys=False)
+                   + f"# cluster: {shape}")
+        return
+    from orchestrator.data import check_data, num_classes
+
+    problems = check_data(cfg)
+    if problems:
+        raise fail(problems)
+    cfg.model.num_classes = num_classes(cfg)
+    typer.echo(f"tuning {cfg.model.name} on {cfg.data.root} | {shape} | sweep {sweeps.sweep_dir(cfg)}")
+    _tune_finish(sweeps.search(cfg, space), sweeps.sweep_dir(cfg))
+
+
+def _tune_finish(results, folder: Path) -> None:
+    _tune_print(folder)
+    errors = [r.error for r in results if r.error]
+    if errors and len(errors) == len(results):
+        raise fail(f"every trial failed; the first: {errors[0]}")
+    if errors:
+        typer.echo(f"warning: {len(errors)} of {len(results)} trial(s) failed (see the trial folders' error.txt)", err=True)
+
+
+def _tune_print(folder: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator.tune_report import write
+
+    out = write(folder)
+    table = Table(*out["header"])
+    for row in out["table"]:
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    Console(width=200).print(table)
+    for key in ("csv", "best", "metric_vs_params", "parallel_coordinates", "learning_curves"):
+        if key in out:
+            typer.echo(f"wrote {out[key]}")
+
+
+@tune_app.command("report")
+def tune_report(
+    sweep: Annotated[str, typer.Argument(help="Sweep folder, or a sweep name under --storage.")],
+    *,
+    storage: Annotated[str, typer.Option(help="Where sweeps are stored (run.storage).")] = "runs",
+) -> None:
+    """Redraw a sweep's results table, CSV, best config and PNG plots from its folder (no Ray)."""
+    folder = Path(sweep) if Path(sweep).is_dir() else Path(storage) / sweep
+    if not (folder / "sweep.yaml").exists():
+        raise fail(f"{folder}: not a sweep folder (no sweep.yaml)")
+    _tune_print(folder)
+
+
 def main() -> None:  # pragma: no cover - console script convenience
     sys.exit(app())

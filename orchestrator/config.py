@@ -104,7 +104,15 @@ class TuneConfig(_Section):
     num_samples: int = Field(8, ge=1, description="Number of trials.")
     metric: str = Field("val_top1", description="Metric that ranks trials.")
     mode: Literal["max", "min"] = Field("max", description="Whether the metric is maximised or minimised.")
-    max_concurrent: int = Field(1, ge=1, description="Trials running at once.")
+    max_concurrent: int = Field(1, ge=1, description="Trials running at once (lowered to what the cluster's CPUs hold).")
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.-]+$", description="Sweep name: its folder is <run.storage>/<name>; `--resume NAME` continues it.")
+    search: str = Field("lrn", description="Search space: a preset from configs/search/ (lrn, lr-schedule, lrn+lr) or a YAML file.")
+    scheduler: Literal["fifo", "asha", "pbt"] = Field("fifo", description="fifo: run every trial to the end; asha: stop weak trials early; pbt: weak trials copy a strong trial's checkpoint and perturb its hyperparameters.")
+    grace_period: int = Field(1, ge=1, description="asha: epochs every trial runs before it can be stopped.")
+    reduction_factor: float = Field(2.0, gt=1, description="asha: 1/reduction_factor of the trials pass each rung.")
+    perturbation_interval: int = Field(1, ge=1, description="pbt: epochs between exploit/explore steps.")
+    pbt_lrn: bool = Field(False, description="pbt: also mutate LRN alpha and beta (when the search space has them), not only optim.lr.")
+    trial_workers: int = Field(1, ge=1, description="Ray Train workers of each trial (sets parallel.workers_per_node, one node per trial).")
 
 
 class RunConfig(_Section):

@@ -196,13 +196,24 @@ def train_loop(config: dict) -> None:
 
 def fit(cfg: RunConfig):
     """Start cfg.parallel.world Ray Train workers and run the training loop; returns Ray's Result."""
-    from orchestrator.cluster import connect, place_workers
+    from orchestrator.cluster import connect
+
+    connect(cfg.parallel.address, cpus_needed=cfg.parallel.world * cfg.parallel.cpus_per_worker)  # before importing ray.train: auth env
+    return build_trainer(cfg).fit()
+
+
+def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool = True):
+    """The TorchTrainer of one run (Ray already connected); `fit` and each `cnnctl tune` trial use it.
+
+    ``pin_nodes=False`` leaves a one-node run to Ray's placement, so concurrent Tune trials spread
+    over the cluster instead of all waiting for the same node.
+    """
+    from orchestrator.cluster import place_workers
 
     p = cfg.parallel
     # Workers run in their own working folders: local paths must be absolute before they travel.
     cfg.data.root = ckpt.storage_path(cfg.data.root)
     cfg.run.storage = ckpt.storage_path(cfg.run.storage)
-    connect(p.address, cpus_needed=p.world * p.cpus_per_worker)  # before importing ray.train: auth env
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -211,8 +222,8 @@ def fit(cfg: RunConfig):
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
     resources = {"CPU": p.cpus_per_worker, **({"GPU": 1} if p.gpus else {})}
-    selectors = place_workers(p.nodes, p.workers_per_node, p.cpus_per_worker, p.gpus)
-    trainer = TorchTrainer(
+    selectors = place_workers(p.nodes, p.workers_per_node, p.cpus_per_worker, p.gpus) if pin_nodes or p.nodes > 1 else None
+    return TorchTrainer(
         train_loop,
         train_loop_config=cfg.model_dump(mode="json"),
         torch_config=TorchConfig(backend="nccl" if p.gpus else "gloo"),
@@ -223,6 +234,6 @@ def fit(cfg: RunConfig):
             storage_path=ckpt.storage_path(cfg.run.storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            callbacks=callbacks or None,
         ),
     )
-    return trainer.fit()

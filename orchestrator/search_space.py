@@ -1,0 +1,168 @@
+"""Search spaces for `cnnctl tune`: YAML over dotted RunConfig paths, checked before anything starts.
+
+A search file looks like::
+
+    space:
+      model.lrn.n: {choice: [3, 5, 7, 9]}
+      model.lrn.alpha: {loguniform: [1.0e-5, 1.0e-2]}   # the paper's alpha, not divided by n
+      optim.lr: {grid: [0.01, 0.05]}
+
+Each dimension has exactly one of ``choice``, ``uniform``, ``loguniform``, ``randint`` (both ends
+included) or ``grid``. Every value a dimension can produce is resolved into a full RunConfig with the
+base config, so a value the config tree refuses (an even LRN n, alpha <= 0) is an error up front,
+not a failed trial an hour in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.config import CONFIGS_DIR, ConfigError, RunConfig, _deep_merge, _format_errors, _load_yaml, _nest, check
+
+SEARCH_DIR = CONFIGS_DIR / "search"
+KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
+# Paths a sweep owns itself: a trial's name and folder, and the sweep settings.
+RESERVED = ("run.name", "run.storage", "tune.")
+RANDINT_EXHAUSTIVE = 64  # randint ranges up to this size are checked value by value
+
+
+class Dimension(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    choice: list[Any] | None = Field(None, min_length=1, description="Pick one of these values at random.")
+    uniform: tuple[float, float] | None = Field(None, description="A float drawn uniformly from [low, high].")
+    loguniform: tuple[float, float] | None = Field(None, description="A float drawn log-uniformly from [low, high]; low > 0.")
+    randint: tuple[int, int] | None = Field(None, description="An integer drawn uniformly from [low, high], both included.")
+    grid: list[Any] | None = Field(None, min_length=1, description="Every value, once per sample (a grid over several paths is their product).")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Dimension":
+        given = [k for k in KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(KINDS)} (got {', '.join(given) or 'none'})")
+        low_high = self.uniform or self.loguniform or self.randint
+        if low_high is not None and not low_high[0] < low_high[1]:
+            raise ValueError(f"bounds must satisfy low < high (got {list(low_high)})")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0 (got {self.loguniform[0]})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in KINDS if getattr(self, k) is not None)
+
+    def probes(self) -> list[Any]:
+        """The values whose validity stands for the whole dimension: every listed value, the ends of
+        a range (and every integer of a small randint range)."""
+        if self.choice is not None or self.grid is not None:
+            return list(self.choice if self.choice is not None else self.grid)
+        if self.randint is not None:
+            low, high = self.randint
+            return list(range(low, high + 1)) if high - low < RANDINT_EXHAUSTIVE else [low, high]
+        return list(self.uniform or self.loguniform)
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.choice is not None:
+            return tune.choice(self.choice)
+        if self.grid is not None:
+            return tune.grid_search(self.grid)
+        if self.uniform is not None:
+            return tune.uniform(*self.uniform)
+        if self.loguniform is not None:
+            return tune.loguniform(*self.loguniform)
+        return tune.randint(self.randint[0], self.randint[1] + 1)  # Tune's upper end is excluded
+
+
+class SearchSpace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field("", description="What the sweep asks.")
+    space: dict[str, Dimension] = Field(min_length=1, description="Dotted RunConfig path -> dimension.")
+
+    def to_tune(self) -> dict:
+        return {path: dim.to_tune() for path, dim in self.space.items()}
+
+    def grid_size(self) -> int:
+        size = 1
+        for dim in self.space.values():
+            size *= len(dim.grid) if dim.grid is not None else 1
+        return size
+
+
+def known_path(path: str) -> str | None:
+    """None when ``path`` names a leaf field of RunConfig, else why not."""
+    model: type[BaseModel] = RunConfig
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            where = ".".join(parts[:i]) or "the config"
+            return f"unknown path ({where} has no field {part!r}; known: {', '.join(model.model_fields)})"
+        annotation = field.annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if i == len(parts) - 1:
+            return "is a section, not a field" if is_section else None
+        if not is_section:
+            return f"unknown path ({'.'.join(parts[:i + 1])} is a field with no sub-fields)"
+        model = annotation
+    return None
+
+
+def _value_problems(base: dict, path: str, value: Any) -> list[str]:
+    merged = _deep_merge(base, _nest(path, value))
+    try:
+        cfg = RunConfig.model_validate(merged)
+    except ValidationError as exc:
+        return _format_errors(exc)
+    return check(cfg)
+
+
+def validate(space: SearchSpace, base: RunConfig) -> list[str]:
+    """One line per problem: unknown or reserved paths, and values the config tree refuses."""
+    problems = []
+    base_dict = base.model_dump(mode="json")
+    for path, dim in space.space.items():
+        if any(path == r or (r.endswith(".") and path.startswith(r)) for r in RESERVED):
+            problems.append(f"search {path}: set by the sweep itself, not searchable")
+            continue
+        why = known_path(path)
+        if why:
+            problems.append(f"search {path}: {why}")
+            continue
+        for value in dim.probes():
+            for line in _value_problems(base_dict, path, value):
+                problems.append(f"search {path}={value!r} ({dim.kind}): {line}")
+    return problems
+
+
+def load(name_or_file: str) -> SearchSpace:
+    """A preset from configs/search/ or a YAML file; ConfigError with one line per problem."""
+    path = Path(name_or_file)
+    if not path.suffix:
+        path = SEARCH_DIR / f"{name_or_file}.yaml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in SEARCH_DIR.glob("*.yaml")))
+            raise ConfigError([f"search preset {name_or_file!r}: not found in configs/search/ (known: {known})"])
+    data = _load_yaml(path, "search file")
+    try:
+        return SearchSpace.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"] if p != "space")
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"search {loc or path}: {'unknown key' if err['type'] == 'extra_forbidden' else msg}")
+        raise ConfigError(lines) from None
+
+
+def apply(base: dict, params: dict) -> RunConfig:
+    """The RunConfig of one trial: the base config with the trial's dotted values."""
+    merged = base
+    for path, value in params.items():
+        merged = _deep_merge(merged, _nest(path, value))
+    return RunConfig.model_validate(merged)
