@@ -70,6 +70,7 @@ def command_lines(path: Path) -> list[str]:
     found = []
     for chunk in chunks:
         for line in re.sub(r"\\\n", " ", chunk).splitlines():
+            line = re.sub(r"(?:^|\s)#.*", "", line)  # a shell comment: prose again
             found += [m.group(0) for m in re.finditer(r"(?<![\w/.`-])cnnctl\s+(?:shard(?!\s+(?:verify|info)\b)|train|tune)\b.*", line)]
     return found
 
@@ -167,16 +168,22 @@ def pod_templates(doc: dict) -> list[dict]:
     return templates
 
 
+def token_env(env: list[dict]) -> bool:
+    by_name = {e["name"]: e for e in env}
+    return by_name.get("RAY_AUTH_MODE", {}).get("value") == "token" and bool(
+        by_name.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name"))
+
+
 @pytest.mark.parametrize("path", KUBERAY, ids=rel)
 def test_kuberay_token_auth_on_every_pod_and_object_store_keys_from_a_secret(path):
     doc = load(path)
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] in ("RayCluster", "RayJob")
     for tpl in pod_templates(doc):
         for c in tpl["spec"]["containers"]:
-            env = {e["name"]: e for e in c.get("env", [])}
-            assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{rel(path)}: {c['name']} has no RAY_AUTH_MODE=token"
-            assert env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name"), f"{rel(path)}: {c['name']} takes no token from a Secret"
+            assert token_env(c.get("env", [])), f"{rel(path)}: {c['name']} lacks RAY_AUTH_MODE=token or the token from a Secret"
     for spec in cluster_specs(doc):
+        if spec.get("enableInTreeAutoscaling"):  # the autoscaler sidecar is a Ray client of the GCS too
+            assert token_env(spec.get("autoscalerOptions", {}).get("env", [])), f"{rel(path)}: the autoscaler has no token"
         for tpl in [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]:
             for c in tpl["spec"]["containers"]:
                 assert any(s.get("secretRef", {}).get("name") for s in c.get("envFrom", [])), f"{rel(path)}: {c['name']} has no object-store Secret"
