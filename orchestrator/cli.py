@@ -179,7 +179,7 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and cluster shape, start nothing.")] = False,
 ) -> None:
     """Train a model with Ray Train workers (data parallel; tower parallel with parallel.mp=2)."""
-    from orchestrator.data import check_data, num_classes
+    from orchestrator.data import check_data
     from orchestrator.train import fit, run_dir
 
     mp = {None: None, "dp": 1, "mp": 2, "hybrid": 2}.get(parallel, -1)
@@ -199,7 +199,6 @@ def train(
     problems = check_data(cfg)
     if problems:
         raise fail(problems)
-    cfg.model.num_classes = num_classes(cfg)
     typer.echo(f"training {cfg.model.name} on {cfg.data.root} | {shape} | run {run_dir(cfg)}")
     result = fit(cfg)
     if result.error:
@@ -216,12 +215,19 @@ def eval_(
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     out: Annotated[Optional[Path], typer.Option(help="Where to write the JSON result (default: eval-<split>.json in the checkpoint folder).")] = None,
     threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 2,
+    tta: Annotated[str, typer.Option(help="Test views: center (the centre crop), ten-crop (AlexNet: 4 corners + centre, and their flips), dense (VGG: the fully-convolutional net on the whole image at each of --scales).")] = "center",
+    scales: Annotated[Optional[str], typer.Option(help="dense: comma-separated shorter sides Q the image is rescaled to, e.g. 224,256,288 (default: as stored).")] = None,
+    flip: Annotated[bool, typer.Option("--flip", help="Also average the softmax of the horizontally flipped views (center, dense).")] = False,
 ) -> None:
-    """Top-1/top-5 of a checkpoint on a split; several checkpoints average their softmax."""
+    """Top-1/top-5 of a checkpoint on a split; several checkpoints average their softmax (with every TTA view)."""
     from orchestrator.evaluate import run_eval
 
     try:
-        result = run_eval(checkpoints, data=data, split=split, out=out, threads=threads)
+        qs = [int(q) for q in scales.split(",") if q.strip()] if scales else None
+    except ValueError:
+        raise fail(f"--scales {scales!r}: expected comma-separated integers such as 256,384,512") from None
+    try:
+        result = run_eval(checkpoints, data=data, split=split, out=out, threads=threads, tta=tta, scales=qs, flip=flip)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from None
     typer.echo(json.dumps(result, indent=1))
@@ -377,12 +383,13 @@ def tune_run(
         typer.echo(to_yaml(cfg) + "# search space\n" + yaml.safe_dump(space.model_dump(mode="json", exclude_none=True), sort_keys=False)
                    + f"# cluster: {shape}")
         return
-    from orchestrator.data import check_data, num_classes
+    if (sweeps.sweep_dir(cfg) / "sweep.yaml").exists():
+        raise fail(f"sweep {t.name} already exists at {sweeps.sweep_dir(cfg)}: continue it with --resume {t.name}, or pick another --name")
+    from orchestrator.data import check_data
 
     problems = check_data(cfg)
     if problems:
         raise fail(problems)
-    cfg.model.num_classes = num_classes(cfg)
     typer.echo(f"tuning {cfg.model.name} on {cfg.data.root} | {shape} | sweep {sweeps.sweep_dir(cfg)}")
     _tune_finish(sweeps.search(cfg, space), sweeps.sweep_dir(cfg))
 

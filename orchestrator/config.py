@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -27,14 +27,24 @@ class DataConfig(_Section):
     val_split: str = Field("test", description="Split evaluated after every epoch (Fashion-MNIST has only train/test).")
     batch_size: int = Field(128, gt=0, description="Global batch size; each data-parallel rank takes batch_size / dp.")
     image_size: int = Field(28, gt=0, description="Side of the square crop fed to the model.")
-    augment: Literal["none", "crop-flip"] = Field("crop-flip", description="Train augmentation: random crop with zero padding and horizontal flip, or none.")
+    augment: Literal["none", "crop-flip", "alexnet", "vgg"] = Field("crop-flip", description="Train augmentation: none (centre crop); crop-flip (random crop of the zero-padded image, flip); alexnet (random image_size crop of the central square, flip, PCA lighting; AlexNet §4.1); vgg (scale jitter S in [scale_min, scale_max], random image_size crop, flip, RGB colour shift; VGG §3.1).")
     pad: int = Field(2, ge=0, description="Zero padding (pixels) before the random crop of crop-flip.")
+    scale_min: int = Field(256, gt=0, description="vgg: smallest shorter side S of the scale jitter (Smin); at least image_size.")
+    scale_max: int = Field(512, gt=0, description="vgg: largest shorter side S of the scale jitter (Smax); scale_min = scale_max is single-scale training.")
+    lighting_std: float = Field(0.1, ge=0, description="alexnet/vgg: sigma of the PCA lighting coefficients alpha_i ~ N(0, sigma), with the manifest's RGB eigen-decomposition; 0 turns it off.")
     mean: list[float] | None = Field(None, description="Per-channel mean on the 0-1 scale; None takes it from the manifest statistics.")
     std: list[float] | None = Field(None, description="Per-channel std on the 0-1 scale; None takes it from the manifest statistics.")
     limit: int | None = Field(None, gt=0, description="Use at most this many training samples per epoch (for quick runs and tests).")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker (0 = decode in the training process).")
     shuffle_buffer: int = Field(2000, ge=0, description="Sample shuffle buffer per loader, on top of the per-epoch shard shuffle.")
     on_bad_sample: Literal["error", "skip"] = Field("error", description="A sample that fails to decode stops the run (error) or is counted and skipped (skip).")
+
+    @field_validator("scale_max")
+    @classmethod
+    def _scale_range(cls, v: int, info: ValidationInfo) -> int:
+        if v < info.data.get("scale_min", v):
+            raise ValueError(f"scale_max {v} is below scale_min {info.data['scale_min']}")
+        return v
 
 
 class LRNConfig(_Section):

@@ -1,15 +1,30 @@
-"""`cnnctl eval`: top-1/top-5 of one checkpoint, or of several fused by averaging their softmax."""
+"""`cnnctl eval`: top-1/top-5 of one checkpoint, or of several fused by averaging their softmax,
+with test-time augmentation:
+
+- ``center``: the centre crop (the training crop size);
+- ``ten-crop``: AlexNet §4.1, the 4 corner and the centre crops of the central square and their
+  flips, softmax averaged over the 10 views;
+- ``dense``: VGG §3.2, the fully-convolutional net (`models.dense.to_dense`) on the whole image with
+  its shorter side rescaled to each Q in ``scales``; the class score map is averaged spatially, and
+  the softmax averaged over scales (and with the flipped image's under ``flip``).
+
+Every (model, view, scale) contributes one softmax and all of them are averaged with equal weight, so
+fusion and TTA combine (VGG §4.4, AlexNet §6); the result is returned as log-probabilities.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
+from models.dense import dense_scores, to_dense
 from orchestrator import checkpoint as ckpt
-from orchestrator.data import eval_stream, make_loader, normalizer
+from orchestrator.data import TTA, eval_stream, make_loader, normalizer
 from orchestrator.modeling import build_model, evaluate, summarize
 from shards import manifest as mf
 from shards.reader import Split
@@ -31,30 +46,77 @@ class _Prepare(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
 
-def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test", out: Path | None = None, threads: int = 2) -> dict:
+def rescale_shorter(x: torch.Tensor, q: int | None) -> torch.Tensor:
+    """Isotropic rescale of an N×3×H×W float batch so its shorter side is q (antialiased bilinear);
+    None keeps the image as stored."""
+    h, w = x.shape[-2:]
+    if q is None:
+        return x
+    f = q / min(h, w)
+    size = (q, max(q, round(w * f))) if h <= w else (max(q, round(h * f)), q)
+    return x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def view_probs(model: torch.nn.Module, prepare: Callable, x: torch.Tensor, tta: str, scales: list[int | None], flip: bool) -> list[torch.Tensor]:
+    """The softmax of every test view of a uint8 batch: a list of (N, classes)."""
+    if tta == "ten-crop":  # (N, 10, 3, H, W): one forward over all N*10 views
+        n, v = x.shape[:2]
+        return list(model(prepare(x.flatten(0, 1))).softmax(1).view(n, v, -1).unbind(1))
+    if tta == "center":
+        xs = [prepare(x)]
+    else:  # dense: the whole image at every scale Q
+        xs = [rescale_shorter(prepare(x), q) for q in scales]
+    if flip:
+        xs += [t.flip(-1) for t in xs]
+    return [(dense_scores(model, t) if tta == "dense" else model(t)).softmax(1) for t in xs]
+
+
+def make_predict(models_: list[torch.nn.Module], prepares: list[Callable], tta: str, scales: list[int | None], flip: bool) -> Callable:
+    if tta == "dense":
+        for m in models_:
+            if any(q is not None and q < m.input_size for q in scales):
+                raise ValueError(f"--scales {scales}: dense evaluation needs every Q >= the model's input size {m.input_size}")
+        models_ = [to_dense(m).eval() for m in models_]
+    single = len(models_) == 1 and tta == "center" and not flip
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        if single:
+            return models_[0](prepares[0](x))  # plain logits: the loss is the one training reports
+        probs = [p for m, prep in zip(models_, prepares) for p in view_probs(m, prep, x, tta, scales, flip)]
+        return torch.stack(probs).mean(0).clamp_min(1e-12).log()  # log of the averaged softmax
+
+    return predict
+
+
+def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test", out: Path | None = None, threads: int = 2,
+             tta: str = "center", scales: list[int] | None = None, flip: bool = False) -> dict:
+    if tta not in TTA:
+        raise ValueError(f"--tta {tta!r}: one of {', '.join(TTA)}")
+    if scales and tta != "dense":
+        raise ValueError("--scales applies to --tta dense only")
     torch.set_num_threads(threads)
     paths = [ckpt.find(c) for c in checkpoints]
     loaded = [load_model(p) for p in paths]
     cfg = loaded[0][1]
+    if tta != "dense" and len({c.data.image_size for _, c in loaded}) > 1:
+        raise ValueError(f"--tta {tta}: the checkpoints were trained on different crop sizes; use --tta dense")
+    scales = scales or [None]  # dense without --scales: the images as stored
     if data:
         cfg.data.root = data
     url = mf.manifest_url(cfg.data.root, cfg.data.prefix, split)
-    stream = eval_stream(cfg, Split(), manifest=url)
-    norms = [_Prepare(normalizer(c, stream.manifest), c.parallel.channels_last) for _, c in loaded]
-
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        if len(loaded) == 1:
-            return loaded[0][0](norms[0](x))
-        probs = torch.stack([m(n(x)).softmax(1) for (m, _), n in zip(loaded, norms)]).mean(0)
-        return probs.clamp_min(1e-12).log()  # log of the fused softmax (VGG §4.4, AlexNet §6)
+    stream = eval_stream(cfg, Split(), manifest=url, tta=tta)
+    prepares = [_Prepare(normalizer(c, stream.manifest), c.parallel.channels_last) for _, c in loaded]
+    predict = make_predict([m for m, _ in loaded], prepares, tta, scales, flip)
 
     t0 = time.perf_counter()
     s = summarize(evaluate(predict, make_loader(cfg, stream), torch.device("cpu")))
-    result = {"checkpoints": [str(p) for p in paths], "data": url, "split": split, "top1": s["top1"], "top5": s["top5"],
-              "loss": s["loss"], "count": s["count"], "seconds": round(time.perf_counter() - t0, 2)}
+    result = {"checkpoints": [str(p) for p in paths], "data": url, "split": split, "tta": tta,
+              "scales": (scales if scales != [None] else "stored") if tta == "dense" else None, "flip": flip or tta == "ten-crop",
+              "top1": s["top1"], "top5": s["top5"], "loss": s["loss"], "count": s["count"],
+              "seconds": round(time.perf_counter() - t0, 2)}
     out = out or paths[0] / f"eval-{split}.json"
     Path(out).write_text(json.dumps(result, indent=1) + "\n")
     result["written_to"] = str(out)

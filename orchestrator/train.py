@@ -25,7 +25,7 @@ from models.parallel import (Mesh, apply_tower_split, canonical_optimizer_state,
                              load_canonical_optimizer, unwrap)
 from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig, to_yaml
-from orchestrator.data import eval_stream, make_loader, normalizer, train_stream
+from orchestrator.data import eval_stream, make_loader, normalizer, num_classes, train_stream
 from orchestrator.metrics import MetricsLog
 from orchestrator.modeling import build_model, evaluate, summarize, topk_correct
 from orchestrator.schedule import Plateau, lr_at
@@ -120,7 +120,7 @@ class Trainer:
             lr = lr_at(cfg, self.step, steps, self.plateau.drops)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            images, labels = self.prepare(images), labels.to(self.device)
+            images, labels = self.train_data.device_augment(self.prepare(images)), labels.to(self.device)
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
@@ -214,6 +214,7 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool
     # Workers run in their own working folders: local paths must be absolute before they travel.
     cfg.data.root = ckpt.storage_path(cfg.data.root)
     cfg.run.storage = ckpt.storage_path(cfg.run.storage)
+    cfg.model.num_classes = cfg.model.num_classes or num_classes(cfg)  # from the manifest, once
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
