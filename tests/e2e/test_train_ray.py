@@ -17,19 +17,21 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def trained(ray_cluster, fmnist_root, tmp_path_factory):
+    """The real `cnnctl train` command (in-process through Typer) on the shared cluster."""
     storage = tmp_path_factory.mktemp("runs")
-    cfg = resolve("demo-fashion", None, [
-        f"data.root={fmnist_root}", f"run.storage={storage}", "run.name=e2e", "schedule.epochs=2",
-        "data.batch_size=64", "model.width=0.5", "run.log_every=2", f"parallel.address={ray_cluster.address}",
-    ])
-    cfg.model.num_classes = 10
-    result = fit(cfg)
-    return cfg, result
+    sets = [f"run.storage={storage}", "data.batch_size=64", "model.width=0.5", "run.log_every=2"]
+    args = ["train", "--preset", "demo-fashion", "--data", fmnist_root, "--name", "e2e", "--epochs", "2",
+            "--address", ray_cluster.address]
+    res = CliRunner().invoke(app, args + [a for s in sets for a in ("--set", s)])
+    assert res.exit_code == 0, res.output
+    assert "done: epoch 1 val_top1" in res.output
+    cfg = resolve("demo-fashion", None, sets + [f"data.root={fmnist_root}", "run.name=e2e", "schedule.epochs=2",
+                                                f"parallel.address={ray_cluster.address}"])
+    return cfg, None
 
 
 def test_both_ranks_step_equally_and_checkpoints_exist(trained):
-    cfg, result = trained
-    assert result.error is None
+    cfg, _ = trained
     rows = read(run_dir(cfg))
     assert [r["epoch"] for r in rows] == [0, 1]
     steps = 600 // 2 // 32  # 600 training images, dp=2, 32 per rank
