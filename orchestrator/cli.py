@@ -157,7 +157,7 @@ def shard_info(url: Annotated[str, typer.Argument(help="A manifest URL, or the f
     from orchestrator.sharding import info_table
 
     try:
-        Console().print(info_table(url))
+        Console(width=max(140, Console().width)).print(info_table(url))
     except (ValueError, OSError) as exc:
         raise fail(str(exc)) from None
 
@@ -250,7 +250,7 @@ def models_(
         lrn = row["lrn"]
         lrn_text = f"n={lrn['n']} k={lrn['k']:g} alpha={lrn['alpha']:g} beta={lrn['beta']:g}" if lrn else "-"
         table.add_row(name, f"{row['params']:,}", f"{row['gmacs']:.3f}", f"{row['input_size']}²", str(row["towers"]), lrn_text)
-    Console(width=140).print(table)
+    Console(width=max(140, Console().width)).print(table)
 
 
 @app.command()
