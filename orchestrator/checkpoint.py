@@ -2,7 +2,7 @@
 
 A checkpoint folder holds:
     model.safetensors   canonical (unsplit, un-DDP'd) state dict
-    state.pt            optimizer, epoch, step, RNG; loaded with torch.load(weights_only=True)
+    state.pt            optimizer (canonical), epoch, step, plateau state; torch.load(weights_only=True)
     config.yaml         the resolved RunConfig
     meta.json           epoch and metrics
     COMPLETE            written last; a folder without it is torn and ignored

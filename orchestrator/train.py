@@ -112,6 +112,10 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         cfg, model = self.cfg, self.model
         self.train_data.set_epoch(epoch)
+        # Dropout draws from a stream per (seed, epoch, dp rank): a tower pair shares it (the split
+        # model draws full-width masks and keeps its half), dp replicas differ, and a resumed epoch
+        # draws what it would have drawn.
+        torch.manual_seed(cfg.run.seed * 1_000_003 + epoch * 1009 + self.mesh.dp_rank)
         steps = len(self.train_data)
         model.train()
         loss_sum, hits, seen = 0.0, 0, 0
@@ -151,7 +155,7 @@ class Trainer:
     def state(self, epoch: int) -> dict:
         """Everything but the weights, canonical too: an mp=2 run resumes at mp=1 and back."""
         return {"optimizer": canonical_optimizer_state(self.model, self.optimizer), "epoch": epoch, "step": self.step,
-                "plateau": self.plateau.state(), "torch_rng": torch.get_rng_state()}
+                "plateau": self.plateau.state()}
 
     def run(self, report: Report) -> None:
         for epoch in range(self.start_epoch, self.cfg.schedule.epochs):
