@@ -124,7 +124,7 @@ def test_the_manifests_hold_a_shard_train_and_tune_command_each():
 
 
 def test_image_tag_is_the_package_version_everywhere():
-    for path in [*DEPLOY.rglob("*"), ROOT / ".dockerignore"]:
+    for path in [*DEPLOY.rglob("*"), ROOT / ".dockerignore", README]:
         if path.is_file():
             for tag in re.findall(r"\bcnnctl:([\w.-]+)", path.read_text()):
                 assert tag == VERSION, f"{rel(path)}: cnnctl:{tag}, the package is {VERSION}"
