@@ -4,6 +4,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from shards import manifest as mf
 from shards.reader import BadSample, ShardStream, Split, loader
@@ -94,11 +95,85 @@ def test_truncated_shard_names_the_url(seven_shards, tmp_path):
 def test_crop_flip_is_a_crop_of_the_padded_image():
     img = np.arange(28 * 28 * 3, dtype=np.uint8).reshape(28, 28, 3)
     out = CropFlip(28, 2)(img, random.Random(0))
-    assert out.shape == (3, 28, 28)
-    padded = np.pad(img, ((2, 2), (2, 2), (0, 0))).transpose(2, 0, 1)
-    found = any((padded[:, t:t + 28, l:l + 28] == out).all() or (padded[:, t:t + 28, l:l + 28][:, :, ::-1] == out).all()
+    assert out.shape == (28, 28, 3)
+    padded = np.pad(img, ((2, 2), (2, 2), (0, 0)))
+    found = any((padded[t:t + 28, l:l + 28] == out).all() or (padded[t:t + 28, l:l + 28][:, ::-1] == out).all()
                 for t in range(5) for l in range(5))
     assert found
+
+
+def test_batches_are_channels_last_views_of_the_samples(seven_shards):
+    import tarfile
+
+    from PIL import Image
+
+    url = mf.manifest_url(str(seven_shards), "seven", "test")
+    images, labels = next(iter(loader(ShardStream(url, Split(), 8, CenterCrop(28), train=False))))
+    assert images.shape == (8, 3, 28, 28) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert images.is_contiguous(memory_format=torch.channels_last)  # the model's layout: no transpose per sample
+    with tarfile.open(seven_shards / "seven-test-000000.tar") as t:  # evaluation reads shard 0 first, in order
+        first = next(m for m in t.getmembers() if m.name.endswith(".png"))
+        pixels = np.asarray(Image.open(t.extractfile(first)))
+    assert all((images[0, c].numpy() == pixels).all() for c in range(3))
+
+
+def _damage(src_root, dst_root, prefix, corrupt=(), truncate=None):
+    """Copy a split; replace the image of the ``corrupt`` (shard, member index) samples by junk and cut
+    shard ``truncate`` in half. Counts stay as the manifest says, so only the samples are bad."""
+    import io
+    import shutil
+    import tarfile
+
+    for p in src_root.iterdir():
+        if p.name.startswith(prefix + "-"):
+            shutil.copy(p, dst_root / p.name)
+    bad_keys = []
+    for shard in sorted({s for s, _ in corrupt}):
+        path = dst_root / f"{prefix}-test-{shard:06d}.tar"
+        with tarfile.open(path) as t:
+            members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+        pngs = [i for i, (m, _) in enumerate(members) if m.name.endswith(".png")]
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as t:
+            for i, (m, data) in enumerate(members):
+                if i in {pngs[k] for s, k in corrupt if s == shard}:
+                    data = b"\x89PNG not really" + bytes(50)
+                    bad_keys.append(m.name.rsplit(".", 1)[0])
+                m.size = len(data)
+                t.addfile(m, io.BytesIO(data))
+        path.write_bytes(out.getvalue())
+    if truncate is not None:
+        victim = dst_root / f"{prefix}-test-{truncate:06d}.tar"
+        data = victim.read_bytes()
+        victim.write_bytes(data[: len(data) // 2 + 100])
+    return mf.manifest_url(str(dst_root), prefix, "test"), bad_keys
+
+
+def test_bad_sample_error_names_url_and_key(seven_shards, tmp_path):
+    url, keys = _damage(seven_shards, tmp_path, "seven", corrupt=[(2, 5)])
+    with pytest.raises(BadSample, match=rf"seven-test-000002.tar: sample '{keys[0]}'"):
+        list(loader(ShardStream(url, Split(0, 1), 32, CenterCrop(28), train=False)))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_counts_bad_samples_and_evaluation_reads_the_rest(seven_shards, tmp_path, workers):
+    url, keys = _damage(seven_shards, tmp_path, "seven", corrupt=[(1, 0), (1, 7), (4, 3)])
+    streams = [ShardStream(url, Split(r, 2), 32, CenterCrop(28), train=False, on_bad_sample="skip") for r in range(2)]
+    labels = [y for s in streams for _, y in loader(s, workers=workers)]
+    assert sum(len(y) for y in labels) == 700 - 3
+    assert sum(s.bad_samples for s in streams) == 3  # the workers' counts reach this process
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("prefix, dp_size, workers", [("seven", 2, 0), ("seven", 2, 2), ("one", 4, 2)])
+def test_skip_keeps_steps_equal(seven_shards, tmp_path, prefix, dp_size, workers):
+    truncate = 3 if prefix == "seven" else 0
+    url, _ = _damage(seven_shards, tmp_path, prefix, corrupt=[(truncate, 1), (0, 2)], truncate=truncate)
+    streams = [ShardStream(url, Split(r, dp_size), 32, CropFlip(28, 2), seed=1, on_bad_sample="skip") for r in range(dp_size)]
+    steps = [len(list(loader(s, workers=workers))) for s in streams]
+    assert steps == [700 // dp_size // 32] * dp_size
+    assert sum(s.bad_samples for s in streams) > 0
 
 
 def test_refuses_pipe_urls():

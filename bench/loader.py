@@ -1,0 +1,149 @@
+"""How close the training loader comes to the codec limit, for AlexNet's train transforms.
+
+Builds an ImageNet-like corpus (random crops and scales of scikit-image's photos, ~500x375 JPEGs in
+class folders), packs it with `cnnctl shard`'s defaults (shorter side 256, q90), then measures in the
+same run, interleaved over rounds, on the same tar bytes:
+
+- loader: ShardStream + DataLoader with W workers, AlexNet train transforms (random 227 crop of the
+          central square, flip; lighting runs later on the device), uint8 batches of 128, one epoch;
+- codec:  a bare loop over the JPEG bytes of the same shards (already in memory): simplejpeg decode,
+          random 227 crop, flip, copy out; one loop per process, W processes at once (the codec limit;
+          the goal is loader >= 0.9x this);
+- naive:  a plain per-sample PIL pipeline in a DataLoader with W workers: Image.open, crop,
+          transpose, to a CHW tensor, default collate (the goal is loader >= 1.8x this).
+
+Usage: python bench/loader.py [--images 2000] [--workers 2] [--rounds 3] [--batch 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import statistics
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import simplejpeg
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from shards import manifest as mf
+from shards.reader import ShardStream, Split, loader
+from shards.sources import class_folders
+from shards.transforms import AlexNetCrop
+from shards.writer import PackOptions, pack
+from shard import build_corpus  # bench/shard.py (this folder): the same ImageNet-like corpus
+
+CROP = 227
+
+
+def tar_jpegs(shards: list[Path]) -> list[bytes]:
+    out = []
+    for p in shards:
+        with tarfile.open(p) as t:
+            out += [t.extractfile(m).read() for m in t.getmembers() if m.name.endswith(".jpg")]
+    return out
+
+
+def codec_loop(jpegs: list[bytes]) -> tuple[int, float]:
+    """decode -> random crop of the central square -> flip -> contiguous copy; returns (images, seconds)."""
+    rng = random.Random(0)
+    t0 = time.perf_counter()
+    for data in jpegs:
+        img = simplejpeg.decode_jpeg(data, colorspace="RGB")
+        h, w = img.shape[:2]
+        side = min(h, w)
+        top, left = (h - side) // 2 + rng.randrange(side - CROP + 1), (w - side) // 2 + rng.randrange(side - CROP + 1)
+        img = img[top : top + CROP, left : left + CROP]
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        np.ascontiguousarray(img)
+    return len(jpegs), time.perf_counter() - t0
+
+
+class NaivePIL(Dataset):
+    """What a plain per-sample PIL pipeline does (torchvision-style, without torchvision)."""
+
+    def __init__(self, jpegs: list[bytes], labels: list[int]):
+        self.jpegs, self.labels = jpegs, labels
+
+    def __len__(self) -> int:
+        return len(self.jpegs)
+
+    def __getitem__(self, i: int):
+        img = Image.open(io.BytesIO(self.jpegs[i])).convert("RGB")
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2 + random.randrange(side - CROP + 1), (h - side) // 2 + random.randrange(side - CROP + 1)
+        img = img.crop((left, top, left + CROP, top + CROP))
+        if random.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.asarray(img).transpose(2, 0, 1).copy()), self.labels[i]
+
+
+def run_loader(url: str, workers: int, batch: int, epoch: int) -> tuple[int, float]:
+    stream = ShardStream(url, Split(), batch, AlexNetCrop(CROP), seed=0)
+    stream.set_epoch(epoch)
+    t0, n = time.perf_counter(), 0
+    for images, _ in loader(stream, workers=workers):
+        n += len(images)
+    return n, time.perf_counter() - t0
+
+
+def run_codec(pool: ProcessPoolExecutor, jpegs: list[bytes], workers: int) -> float:
+    """img/s of W simultaneous bare loops: the sum of their rates."""
+    return sum(n / t for n, t in pool.map(codec_loop, [jpegs[i::workers] for i in range(workers)]))
+
+
+def run_naive(jpegs: list[bytes], workers: int, batch: int) -> tuple[int, float]:
+    data = DataLoader(NaivePIL(jpegs, [0] * len(jpegs)), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers)
+    t0, n = time.perf_counter(), 0
+    for images, _ in data:
+        n += len(images)
+    return n, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=2000, help="corpus size")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (and bare codec processes)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    ap.add_argument("--batch", type=int, default=128, help="batch size")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root, dest = Path(tmp, "corpus"), Path(tmp, "shards")
+        t0 = time.perf_counter()
+        build_corpus(root, args.images)
+        manifest, _ = pack(class_folders(root, "train"), str(dest), "bench", PackOptions(resize=256, quality=90, shard_size=250, workers=args.workers))
+        url = mf.manifest_url(str(dest), "bench", "train")
+        jpegs = tar_jpegs(sorted(dest.glob("bench-train-*.tar")))
+        sizes = [simplejpeg.decode_jpeg_header(j)[:2] for j in jpegs[:200]]
+        print(f"corpus: {len(jpegs)} JPEGs in {len(manifest['shards'])} shards, shorter side 256 (e.g. {sizes[0][1]}x{sizes[0][0]}), "
+              f"{sum(map(len, jpegs)) / len(jpegs) / 1024:.1f} KiB each; built in {time.perf_counter() - t0:.1f}s")
+        rates = {"loader": [], "codec": [], "naive": []}
+        with ProcessPoolExecutor(args.workers) as pool:
+            run_codec(pool, jpegs[:50], args.workers)  # start the processes, warm imports and the page cache
+            for r in range(args.rounds):
+                n, t = run_loader(url, args.workers, args.batch, r)
+                rates["loader"].append(n / t)
+                rates["codec"].append(run_codec(pool, jpegs, args.workers))
+                n, t = run_naive(jpegs, args.workers, args.batch)
+                rates["naive"].append(n / t)
+        rate = {k: statistics.median(v) for k, v in rates.items()}
+        w = args.workers
+        print(f"loader (ShardStream, AlexNet crop+flip, {w} workers, batch {args.batch}): {rate['loader']:7.1f} img/s")
+        print(f"codec  (bare decode+crop+flip loop x {w} processes):            {rate['codec']:7.1f} img/s")
+        print(f"naive  (per-sample PIL pipeline, DataLoader {w} workers):        {rate['naive']:7.1f} img/s")
+        print(f"loader / codec limit: {rate['loader'] / rate['codec']:.2f}x (goal >= 0.9x)")
+        print(f"loader / naive PIL:   {rate['loader'] / rate['naive']:.2f}x (goal >= 1.8x)")
+
+
+if __name__ == "__main__":
+    main()

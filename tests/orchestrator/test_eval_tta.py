@@ -1,0 +1,87 @@
+"""`cnnctl eval --tta center|ten-crop|dense` on a real checkpoint and real shards, alone and fused."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import models
+from orchestrator import checkpoint as ckpt
+from orchestrator.cli import app
+from orchestrator.config import RunConfig
+from orchestrator.data import Normalize
+from orchestrator.evaluate import _Prepare, make_predict
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(fmnist_root, tmp_path_factory):
+    """alexnet-small (28 px) with random weights, saved the way training saves it."""
+    torch.manual_seed(0)
+    cfg = RunConfig()
+    cfg.data.root = fmnist_root
+    cfg.model.num_classes = 10
+    model = models.build("alexnet-small", num_classes=10, width=0.25)
+    cfg.model.width = 0.25
+    folder = tmp_path_factory.mktemp("ckpt") / "checkpoint_000000"
+    ckpt.save(folder, model.state_dict(), cfg, {"optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(), "epoch": 0, "step": 0}, {"epoch": 0})
+    return folder
+
+
+def _eval(tmp_path, *args):
+    out = tmp_path / f"eval-{len(list(tmp_path.iterdir()))}.json"
+    res = runner.invoke(app, ["eval", *args, "--out", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert '"top1"' in res.output and '"top5"' in res.output
+    written = json.loads(out.read_text())
+    assert written["count"] == 200 and 0 <= written["top1"] <= written["top5"] <= 1
+    return written
+
+
+@pytest.mark.timeout(300)
+def test_dense_multi_scale_flip_runs_on_a_real_checkpoint(checkpoint, tmp_path):
+    r = _eval(tmp_path, str(checkpoint), "--tta", "dense", "--scales", "28,36,44", "--flip")
+    assert r["tta"] == "dense" and r["scales"] == [28, 36, 44] and r["flip"] is True
+
+
+@pytest.mark.timeout(300)
+def test_tta_forms_agree_where_they_must_and_fuse(checkpoint, tmp_path):
+    center = _eval(tmp_path, str(checkpoint))
+    center_flip = _eval(tmp_path, str(checkpoint), "--flip")
+    # 28-px images and a 28-px crop: all 5 ten-crop views are the image, so ten-crop = centre + flip
+    ten = _eval(tmp_path, str(checkpoint), "--tta", "ten-crop")
+    assert ten["top1"] == center_flip["top1"] and ten["loss"] == pytest.approx(center_flip["loss"], rel=1e-5)
+    # dense at the native size: the score map is 1x1, so dense = centre (up to conv vs linear rounding)
+    dense = _eval(tmp_path, str(checkpoint), "--tta", "dense")
+    assert dense["top1"] == center["top1"] and dense["loss"] == pytest.approx(center["loss"], rel=1e-4)
+    # fusing a checkpoint with itself averages identical softmaxes: the same as one, for every TTA
+    for args, alone in ((["--tta", "ten-crop"], ten), (["--tta", "dense"], dense), ([], center)):
+        fused = _eval(tmp_path, str(checkpoint), str(checkpoint), *args)
+        assert len(fused["checkpoints"]) == 2
+        assert fused["top1"] == alone["top1"] and fused["loss"] == pytest.approx(alone["loss"], rel=1e-4)
+
+
+def test_ten_crop_of_a_constant_image_equals_the_center_crop():
+    torch.manual_seed(0)
+    model = models.build("alexnet-small", num_classes=10, width=0.25).eval()
+    prep = [_Prepare(Normalize([0.5] * 3, [0.25] * 3), channels_last=True)]
+    img = torch.full((2, 3, 32, 32), 77, dtype=torch.uint8)
+    img[1] = 200
+    views = img[:, None, :, 2:30, 2:30].expand(2, 10, 3, 28, 28)  # a constant image's 10 views
+    with torch.no_grad():
+        ten = make_predict([model], prep, "ten-crop", [None], False)(views)
+        center = make_predict([model], prep, "center", [None], True)(img[:, :, 2:30, 2:30])
+    assert torch.allclose(ten, center, atol=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tta", "five-crop"], "--tta 'five-crop'"),
+    (["--scales", "256"], "--scales applies to --tta dense only"),
+    (["--tta", "dense", "--scales", "256,x"], "--scales '256,x'"),
+    (["--tta", "dense", "--scales", "16"], "Q >= the model's input size 28"),
+])
+def test_bad_tta_options_exit_1_with_a_reason(checkpoint, args, message):
+    res = runner.invoke(app, ["eval", str(checkpoint), *args])
+    assert res.exit_code == 1 and message in res.output, res.output
