@@ -12,7 +12,7 @@ same run, interleaved over rounds, on the same tar bytes:
 - naive:  a plain per-sample PIL pipeline in a DataLoader with W workers: Image.open, crop,
           transpose, to a CHW tensor, default collate (the goal is loader >= 1.8x this).
 
-Usage: python bench/loader.py [--images 2000] [--workers 2] [--rounds 3] [--batch 128]
+Usage: python bench/loader.py [--images 4000] [--workers 2] [--rounds 3] [--batch 128]
 """
 
 from __future__ import annotations
@@ -61,9 +61,8 @@ def codec_loop(jpegs: list[bytes]) -> tuple[int, float]:
         side = min(h, w)
         top, left = (h - side) // 2 + rng.randrange(side - CROP + 1), (w - side) // 2 + rng.randrange(side - CROP + 1)
         img = img[top : top + CROP, left : left + CROP]
-        if rng.random() < 0.5:
-            img = img[:, ::-1]
-        np.ascontiguousarray(img)
+        out = torch.from_numpy(img)  # copied out the way the reader does it: torch flips ~15x faster than numpy
+        (out.flip(1) if rng.random() < 0.5 else out.clone())
     return len(jpegs), time.perf_counter() - t0
 
 
@@ -91,7 +90,7 @@ def run_loader(url: str, workers: int, batch: int, epoch: int) -> tuple[int, flo
     stream = ShardStream(url, Split(), batch, AlexNetCrop(CROP), seed=0)
     stream.set_epoch(epoch)
     t0, n = time.perf_counter(), 0
-    for images, _ in loader(stream, workers=workers):
+    for images, _ in loader(stream, workers=workers, recycle=True):  # as make_loader does for training
         n += len(images)
     return n, time.perf_counter() - t0
 
@@ -111,7 +110,7 @@ def run_naive(jpegs: list[bytes], workers: int, batch: int) -> tuple[int, float]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=2000, help="corpus size")
+    ap.add_argument("--images", type=int, default=4000, help="corpus size")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (and bare codec processes)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     ap.add_argument("--batch", type=int, default=128, help="batch size")

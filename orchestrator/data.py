@@ -69,7 +69,8 @@ def eval_stream(cfg: RunConfig, split: Split, split_name: str | None = None, man
 
 
 def make_loader(cfg: RunConfig, stream: ShardStream):
-    return loader(stream, workers=cfg.data.loader_workers, pin_memory=cfg.parallel.gpus)
+    # recycle: the train and eval loops let go of each batch within a step, so workers may reuse buffers
+    return loader(stream, workers=cfg.data.loader_workers, pin_memory=cfg.parallel.gpus, recycle=True)
 
 
 class Normalize(torch.nn.Module):

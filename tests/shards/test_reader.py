@@ -179,3 +179,33 @@ def test_skip_keeps_steps_equal(seven_shards, tmp_path, prefix, dp_size, workers
 def test_refuses_pipe_urls():
     with pytest.raises(mf.UnsafeURLError):
         ShardStream("pipe:cat x", Split(), 8, CenterCrop(28))
+
+
+@pytest.mark.parametrize("fmt", ["ustar", "gnu", "pax"])
+def test_tar_walk_reads_what_tarfile_writes(tmp_path, fmt):
+    import io
+    import tarfile
+
+    from shards.reader import tar_samples
+
+    fmt_const = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}[fmt]
+    deep = "d" * 60 + "/" + "e" * 60 if fmt == "ustar" else "x" * 150  # ustar: prefix field; gnu/pax: long names
+    names = [("a1", b"1"), ("a1", b"png-bytes"), (f"{deep}/k2", b"2"), (f"{deep}/k2", b"img")]
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=fmt_const) as t:
+        for (key, data), ext in zip(names, ["cls", "png", "cls", "png"]):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    samples = list(tar_samples(str(path)))
+    assert [(s["__key__"], s["cls"], s["png"]) for s in samples] == [("a1", b"1", b"png-bytes"), (f"{deep}/k2", b"2", b"img")]
+
+
+def test_recycled_buffers_give_a_training_loop_the_same_batches(seven_shards):
+    # A consumer that lets go of each batch within its step, as the train and eval loops do.
+    url = mf.manifest_url(str(seven_shards), "seven", "test")
+    digests = []
+    for recycle in (False, True):
+        stream = ShardStream(url, Split(0, 1), 16, CropFlip(28, 2), seed=5)
+        digests.append([hash(x.contiguous().numpy().tobytes()) for x, _ in loader(stream, workers=2, recycle=recycle)])
+    assert digests[0] == digests[1] and len(digests[0]) == 700 // 16
