@@ -2,7 +2,8 @@
 
 The chain, per data-parallel rank and DataLoader worker:
     manifest -> shard list -> per-epoch shuffle -> split by dp rank -> split by worker
-    -> tar (fsspec) -> sample shuffle (still encoded) -> decode + transform -> batch (uint8)
+    -> tar (fsspec, one read per shard, headers walked here) -> sample shuffle (still encoded)
+    -> decode + transform -> batch (uint8, channels_last)
 
 Data is split by *data-parallel* rank, not world rank: the two ranks holding the towers of one
 model must see the same batch.
