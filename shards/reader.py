@@ -178,7 +178,9 @@ class ShardStream(IterableDataset):
         # Batched augmentation the trainer applies on its device after normalising (PCA lighting);
         # set by whoever builds the stream. It follows set_epoch, so the same seed gives the same batches.
         self.device_augment: Callable = _identity
-        self.ring = 0  # batch buffers each DataLoader worker recycles; see _Batch and loader(recycle=True)
+        # Shared-memory batch buffers, one ring per DataLoader worker, made once by loader(recycle=True)
+        # in this process: workers of every epoch inherit and reuse them (see _Batch).
+        self.rings: list[list[torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return self.steps
@@ -265,7 +267,8 @@ class ShardStream(IterableDataset):
         buffer = min(self.shuffle_buffer, max(self.samples_per_rank // workers, 1))
         if self.train and buffer > 1:
             stream = _shuffled(stream, buffer, rng)
-        batch, done, bad_run = _Batch(self.batch_size, shared=info is not None, ring=self.ring), 0, 0
+        ring = self.rings[worker] if info is not None and self.rings and len(self.rings) == workers else None
+        batch, done, bad_run = _Batch(self.batch_size, shared=info is not None, ring=ring), 0, 0
         for raw in stream:
             if self.train and done == my_steps:
                 break
@@ -291,30 +294,27 @@ class _Batch:
     """Samples are copied once, straight into an N×H×W×3 buffer (in shared memory in a DataLoader
     worker, so handing it to the trainer copies nothing more).
 
-    Fresh shared memory costs ~110 us per 227-px image on first touch (page faults), a third of a
-    JPEG decode, so with ``ring`` > 0 a worker cycles through that many buffers instead. That is safe
-    only for a consumer that lets go of each batch soon: the DataLoader keeps at most prefetch_factor
-    batches per worker in flight, so a ring of prefetch_factor + 3 leaves the consumer the current
-    batch and the two before it. `loader(..., recycle=True)` sets it; `list(loader)` must not.
+    Fresh shared memory costs ~110 us per 227-px image on first touch here (page faults), a third of
+    a JPEG decode, and workers restart every epoch; so with a ``ring`` (made once in the parent
+    process) a worker cycles through those buffers instead. That is safe only for a consumer that
+    lets go of each batch soon: the DataLoader keeps at most PREFETCH batches per worker in flight,
+    so a ring of PREFETCH + 3 leaves the consumer the current batch and the two before it.
+    `loader(..., recycle=True)` makes the rings; `list(loader)` must not use them.
     """
 
-    def __init__(self, size: int, shared: bool, ring: int = 0):
+    def __init__(self, size: int, shared: bool, ring: list[torch.Tensor] | None = None):
         self.size, self.shared, self.n = size, shared, 0
         self.buf = self.arr = None
         self.labels: list[int] = []
-        self.ring, self.used = (ring if shared else 0), []
+        self.ring, self.turn = ring, 0
 
     def _new(self, shape: tuple) -> torch.Tensor:
-        if self.ring and len(self.used) == self.ring and self.used[0].shape == shape:
-            buf = self.used.pop(0)
-        elif self.shared:
-            storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
-            buf = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
-        else:
-            buf = torch.empty(shape, dtype=torch.uint8)
-        if self.ring:
-            self.used.append(buf)
-        return buf
+        if self.ring and self.ring[0].shape == shape:
+            self.turn += 1
+            return self.ring[(self.turn - 1) % len(self.ring)]
+        if self.shared:
+            return shared_uint8(shape)
+        return torch.empty(shape, dtype=torch.uint8)
 
     def add(self, image: np.ndarray, label: int) -> bool:
         if self.buf is None:
@@ -340,6 +340,12 @@ class _Batch:
         return out
 
 
+def shared_uint8(shape: tuple) -> torch.Tensor:
+    """A uint8 tensor in shared memory from the start (a DataLoader worker would otherwise copy it there)."""
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
 def _identity(x):
     return x
 
@@ -363,6 +369,10 @@ def loader(stream: ShardStream, workers: int = 0, pin_memory: bool = False, recy
     ``recycle``: workers reuse their shared-memory batch buffers (see _Batch), for a consumer that
     keeps no more than the current batch and the two before it (a training or evaluation loop).
     """
-    stream.ring = PREFETCH + 3 if recycle and workers else 0
+    shape = stream.transform.sample_shape()
+    if recycle and workers and shape and not (stream.rings and len(stream.rings) == workers):
+        stream.rings = [[shared_uint8((stream.batch_size, *shape)) for _ in range(PREFETCH + 3)] for _ in range(workers)]
+    elif not recycle:
+        stream.rings = None
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=PREFETCH if workers else None)

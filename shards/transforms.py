@@ -57,6 +57,11 @@ class Transform:
     def __call__(self, img: np.ndarray, rng: random.Random | None = None) -> np.ndarray:
         return img
 
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """The shape of every sample it returns, or None when it varies (full images)."""
+        size = getattr(self, "size", None)
+        return (size, size, 3) if size else None
+
 
 Full = Transform
 
@@ -158,6 +163,9 @@ class TenCrop(Transform):
     their flips: 10xHxWx3. The network's softmax is averaged over them."""
 
     size: int = 227
+
+    def sample_shape(self) -> tuple[int, ...]:
+        return (10, self.size, self.size, 3)
 
     def __call__(self, img: np.ndarray, rng: random.Random | None = None) -> np.ndarray:
         top0, left0, side = _square(img)

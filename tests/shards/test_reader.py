@@ -207,5 +207,8 @@ def test_recycled_buffers_give_a_training_loop_the_same_batches(seven_shards):
     digests = []
     for recycle in (False, True):
         stream = ShardStream(url, Split(0, 1), 16, CropFlip(28, 2), seed=5)
-        digests.append([hash(x.contiguous().numpy().tobytes()) for x, _ in loader(stream, workers=2, recycle=recycle)])
-    assert digests[0] == digests[1] and len(digests[0]) == 700 // 16
+        for epoch in range(2):  # the second epoch's workers reuse the first's buffers
+            stream.set_epoch(epoch)
+            digests.append([hash(x.contiguous().numpy().tobytes()) for x, _ in loader(stream, workers=2, recycle=recycle)])
+        assert (stream.rings is not None) == recycle
+    assert digests[:2] == digests[2:] and len(digests[0]) == 700 // 16 and digests[0] != digests[1]
