@@ -361,6 +361,7 @@ def _shuffled(stream: Iterator, size: int, rng: random.Random) -> Iterator:
 
 
 PREFETCH = 4  # batches in flight per DataLoader worker
+RING_LIMIT = 1 << 30  # bytes of recycled buffers per stream at most (a ten-crop batch is 10x a training one)
 
 
 def loader(stream: ShardStream, workers: int = 0, pin_memory: bool = False, recycle: bool = False) -> DataLoader:
@@ -370,7 +371,8 @@ def loader(stream: ShardStream, workers: int = 0, pin_memory: bool = False, recy
     keeps no more than the current batch and the two before it (a training or evaluation loop).
     """
     shape = stream.transform.sample_shape()
-    if recycle and workers and shape and not (stream.rings and len(stream.rings) == workers):
+    ring_bytes = workers * (PREFETCH + 3) * stream.batch_size * int(np.prod(shape or (0,)))
+    if recycle and workers and 0 < ring_bytes <= RING_LIMIT and not (stream.rings and len(stream.rings) == workers):
         stream.rings = [[shared_uint8((stream.batch_size, *shape)) for _ in range(PREFETCH + 3)] for _ in range(workers)]
     elif not recycle:
         stream.rings = None
