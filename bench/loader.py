@@ -86,8 +86,8 @@ class NaivePIL(Dataset):
         return torch.from_numpy(np.asarray(img).transpose(2, 0, 1).copy()), self.labels[i]
 
 
-def run_loader(url: str, workers: int, batch: int, epoch: int) -> tuple[int, float]:
-    stream = ShardStream(url, Split(), batch, AlexNetCrop(CROP), seed=0)
+def run_loader(stream: ShardStream, workers: int, epoch: int) -> tuple[int, float]:
+    """One epoch; the stream lives across rounds as the trainer's does across epochs."""
     stream.set_epoch(epoch)
     t0, n = time.perf_counter(), 0
     for images, _ in loader(stream, workers=workers, recycle=True):  # as make_loader does for training
@@ -129,8 +129,9 @@ def main() -> None:
         rates = {"loader": [], "codec": [], "naive": []}
         with ProcessPoolExecutor(args.workers) as pool:
             run_codec(pool, jpegs[:50], args.workers)  # start the processes, warm imports and the page cache
+            stream = ShardStream(url, Split(), args.batch, AlexNetCrop(CROP), seed=0)
             for r in range(args.rounds):
-                n, t = run_loader(url, args.workers, args.batch, r)
+                n, t = run_loader(stream, args.workers, r)
                 rates["loader"].append(n / t)
                 rates["codec"].append(run_codec(pool, jpegs, args.workers))
                 n, t = run_naive(jpegs, args.workers, args.batch)
