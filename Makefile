@@ -42,6 +42,7 @@ test: setup
 bench: setup
 	$(PY) bench/lrn.py
 	$(PY) bench/shard.py
+	$(PY) bench/loader.py
 	$(VENV)/bin/cnnctl shard fashion-mnist data/fashion-mnist --shard-size 5000 --workers 2
 	$(PY) bench/train_step.py
 

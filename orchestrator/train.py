@@ -141,7 +141,8 @@ class Trainer:
         steps_per_rank = self._gather(i + 1)
         loss_sum, hits, seen = self._all_sum([loss_sum, hits, seen])
         return {"train_loss": loss_sum / seen, "train_top1": hits / seen, "lr": lr,
-                "images_per_sec": seen / elapsed, "steps_per_rank": steps_per_rank}
+                "images_per_sec": seen / elapsed, "steps_per_rank": steps_per_rank,
+                "bad_samples": int(self._all_sum([float(self.train_data.bad_samples)])[0])}
 
     def validate(self) -> dict:
         model = unwrap(self.model)  # no DDP forward: ranks may take different eval batch counts
