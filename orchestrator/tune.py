@@ -16,7 +16,6 @@ import functools
 import json
 import math
 import os
-import threading
 from pathlib import Path
 
 import yaml
@@ -102,8 +101,11 @@ class ForwardToTrial:
         self.queue = queue
 
     def after_report(self, run_context, metrics, checkpoint):
+        import ray
+
         scalars = {k: v for k, v in metrics[0].items() if isinstance(v, (int, float, str, bool))}
-        self.queue.put(("report", scalars, checkpoint.path if checkpoint else None))
+        # The controller's own handle goes along, so a stopped trial can abort the run cleanly.
+        self.queue.put(("report", scalars, checkpoint.path if checkpoint else None, ray.get_runtime_context().current_actor))
 
     def after_exception(self, run_context, worker_exceptions):
         pass
@@ -153,24 +155,37 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
     (runs / cfg.run.name).mkdir(parents=True, exist_ok=True)
     origin = seed_from(tune.get_checkpoint(), runs / cfg.run.name)
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    trainer = build_trainer(cfg, callbacks=[_callback(queue)], pin_nodes=False)
+    # The Train run is driven from a task this trial owns: when Tune stops or pauses the trial
+    # (ASHA stop, PBT exploit), cancelling the task ends the run and frees its workers' CPUs.
+    import ray
 
-    def fit() -> None:
-        try:
-            result = trainer.fit()
-            queue.put(("error", str(result.error), None) if result.error else ("done", None, None))
-        except BaseException as exc:  # the trial must hear of it, or it waits forever
-            queue.put(("error", repr(exc), None))
+    run = ray.remote(num_cpus=0, max_retries=0)(_fit).remote(cfg.model_dump(mode="json"), queue)
+    controller = None
+    try:
+        while True:
+            kind, metrics, path, controller = queue.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise RuntimeError(f"trial {trial_id}: training failed: {metrics}")
+            tune.report({**metrics, **origin, "run": cfg.run.name},
+                        checkpoint=tune.Checkpoint.from_directory(path) if path else None)
+    finally:
+        if controller is not None:  # abort through the controller: it releases the workers' placement group
+            try:
+                ray.get(controller.abort.remote(), timeout=60)
+            except Exception:  # noqa: BLE001 - it may have finished or exited already
+                pass
+        ray.cancel(run, force=True)
 
-    threading.Thread(target=fit, daemon=True).start()
-    while True:
-        kind, metrics, path = queue.get()
-        if kind == "done":
-            return
-        if kind == "error":
-            raise RuntimeError(f"trial {trial_id}: training failed: {metrics}")
-        tune.report({**metrics, **origin, "run": cfg.run.name},
-                    checkpoint=tune.Checkpoint.from_directory(path) if path else None)
+
+def _fit(config: dict, queue) -> None:
+    """Run one trial's Train run; the trial hears how it ended through the queue."""
+    try:
+        result = build_trainer(RunConfig.model_validate(config), callbacks=[_callback(queue)], pin_nodes=False).fit()
+        queue.put(("error", str(result.error), None, None) if result.error else ("done", None, None, None))
+    except BaseException as exc:  # the trial must hear of it, or it waits forever
+        queue.put(("error", repr(exc), None, None))
 
 
 def save_spec(cfg: RunConfig, space: SearchSpace) -> Path:
