@@ -151,8 +151,13 @@ def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAU
     """
     local = load(state_dir) if address else None
     if local and address in (local.address, "auto"):
-        # Ray reads RAY_AUTH_MODE when it is imported: set the token before the import.
+        # Ray reads RAY_AUTH_MODE when it is imported: set the token before the import, and make an
+        # already imported Ray read its config again (what Ray itself does when it turns auth on).
         os.environ.update(local.env())
+        if "ray" in sys.modules:
+            from ray._raylet import Config
+
+            Config.initialize("")
     import ray
 
     if ray.is_initialized():
