@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 
 runner = CliRunner()
-COMMANDS = ["shard", "train", "eval", "report", "cluster", "models"]
+COMMANDS = ["shard", "train", "eval", "report", "cluster", "models", "tune"]
 
 
 def test_help_explains_every_command_and_option():
