@@ -362,15 +362,8 @@ def tune_run(
     # refuse them rather than hang.
     if cfg.tune.scheduler == "pbt":
         raise fail("--scheduler pbt is not available yet (restarted trials never get their CPUs back); use fifo or asha")
-    if resume:
+    if resume:  # the restore path is in orchestrator/tune.py (search(..., resume=True)) for when it works
         raise fail("--resume is not available yet (a resumed sweep does not finish); start the sweep again under a new --name")
-    if resume:
-        folder = sweeps.sweep_dir(cfg)
-        if not (folder / "sweep.yaml").exists():
-            raise fail(f"--resume {resume}: no sweep at {folder} (set run.storage to where it was started)")
-        cfg, space = sweeps.load_spec(folder)
-        cfg.parallel.address = address or cfg.parallel.address
-        return _tune_finish(sweeps.search(cfg, space, resume=True), folder)
     # One node per trial, trial_workers workers on it; resolved again so every rule is re-checked.
     cfg = _config(preset, config, set_, {**flags, "parallel.nodes": 1, "parallel.workers_per_node": cfg.tune.trial_workers})
     try:

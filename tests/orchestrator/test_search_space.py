@@ -119,8 +119,3 @@ def test_dry_run_prints_config_space_and_shape_and_starts_nothing(tmp_path):
     assert "# search space" in res.output and "model.lrn.alpha:" in res.output and "loguniform:" in res.output
     assert "# cluster: 4 trial(s), at most 2 at once; each trial 2 worker(s)" in res.output
     assert list(tmp_path.iterdir()) == []
-
-
-def test_resume_of_an_unknown_sweep_fails(tmp_path):
-    res = runner.invoke(app, ["tune", "--resume", "nope", "--set", f"run.storage={tmp_path}"])
-    assert res.exit_code == 1 and "--resume nope: no sweep at" in res.output
