@@ -142,8 +142,12 @@ def lrn(
         raise ValueError(f"LRN expects (N, C, ...) with at least 3 dims, got shape {tuple(x.shape)}")
     if groups < 1 or x.shape[1] % groups:
         raise ValueError(f"LRN groups={groups} must divide the {x.shape[1]} channels")
-    y = _LRNFunction.apply(x.unflatten(1, (groups, x.shape[1] // groups)), n, float(k), float(alpha), float(beta))
-    return y.flatten(1, 2)
+    # In bf16/fp16, k + alpha * sum(a^2) rounds to k for most activations (8 mantissa bits at k = 2
+    # resolve 0.008, and alpha = 1e-4): the normalisation is computed in fp32 and cast back.
+    low = x.dtype in (torch.bfloat16, torch.float16)
+    a = x.float() if low else x
+    y = _LRNFunction.apply(a.unflatten(1, (groups, x.shape[1] // groups)), n, float(k), float(alpha), float(beta))
+    return y.flatten(1, 2).to(x.dtype) if low else y.flatten(1, 2)
 
 
 class LRN(nn.Module):

@@ -27,7 +27,7 @@ from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig, to_yaml
 from orchestrator.data import eval_stream, make_loader, normalizer, num_classes, train_stream
 from orchestrator.metrics import MetricsLog
-from orchestrator.modeling import build_model, evaluate, summarize, topk_correct
+from orchestrator.modeling import build_model, evaluate, summarize
 from orchestrator.schedule import Plateau, lr_at
 from shards.reader import Split
 
@@ -52,6 +52,8 @@ class Trainer:
         state = self._load_canonical(model, resume_from)
         # Ordered steps: tower split (mp) -> device -> optimizer over the local halves -> DDP (dp).
         self.memory_format = torch.channels_last if cfg.parallel.channels_last else torch.contiguous_format
+        # bf16 autocast covers forward and loss; weights, gradients and SGD stay fp32.
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.parallel.precision == "bf16")
         model = apply_tower_split(model, self.mesh).to(self.device, memory_format=self.memory_format)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
@@ -85,7 +87,7 @@ class Trainer:
     def _all_sum(self, values: list[float]) -> list[float]:
         if self.mesh.world == 1:
             return values
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
         dist.all_reduce(t, group=self.mesh.dp_group)  # each dp group sees every sample exactly once
         return t.tolist()
 
@@ -105,8 +107,8 @@ class Trainer:
         """Every rank's value, in world-rank order (the metrics prove that ranks stepped equally)."""
         if self.mesh.world == 1:
             return [value]
-        out = [torch.zeros(1, dtype=torch.int64) for _ in range(self.mesh.world)]
-        dist.all_gather(out, torch.tensor([value]))
+        out = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.mesh.world)]
+        dist.all_gather(out, torch.tensor([value], device=self.device))
         return [int(t) for t in out]
 
     def train_epoch(self, epoch: int) -> dict:
@@ -118,28 +120,29 @@ class Trainer:
         torch.manual_seed(cfg.run.seed * 1_000_003 + epoch * 1009 + self.mesh.dp_rank)
         steps = len(self.train_data)
         model.train()
-        loss_sum, hits, seen = 0.0, 0, 0
+        # Loss and top-1 sums stay on the device: no host sync per step, only at log lines.
+        sums, seen = torch.zeros(2, dtype=torch.float64, device=self.device), 0
         t0 = time.perf_counter()
         for i, (images, labels) in enumerate(make_loader(cfg, self.train_data)):
             lr = lr_at(cfg, self.step, steps, self.plateau.drops)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            images, labels = self.train_data.device_augment(self.prepare(images)), labels.to(self.device)
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
+            images, labels = self.train_data.device_augment(self.prepare(images)), labels.to(self.device, non_blocking=True)
+            with self.autocast:
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.step += 1
-            loss_sum += float(loss.detach()) * len(labels)
-            hits += topk_correct(logits.detach(), labels, (1,))[0]
+            sums += torch.stack([loss.detach() * len(labels), (logits.detach().argmax(1) == labels).sum()]).double()
             seen += len(labels)
             if self.is_logger and (i + 1) % cfg.run.log_every == 0:
                 rate = seen * self.mesh.dp / (time.perf_counter() - t0)
-                print(f"epoch {epoch} step {i + 1}/{steps} loss {loss_sum / seen:.4f} lr {lr:.4g} {rate:.0f} img/s", flush=True)
+                print(f"epoch {epoch} step {i + 1}/{steps} loss {sums[0].item() / seen:.4f} lr {lr:.4g} {rate:.0f} img/s", flush=True)
         elapsed = time.perf_counter() - t0
         steps_per_rank = self._gather(i + 1)
-        loss_sum, hits, seen = self._all_sum([loss_sum, hits, seen])
+        loss_sum, hits, seen = self._all_sum([*sums.tolist(), seen])
         return {"train_loss": loss_sum / seen, "train_top1": hits / seen, "lr": lr,
                 "images_per_sec": seen / elapsed, "steps_per_rank": steps_per_rank,
                 "bad_samples": int(self._all_sum([float(self.train_data.bad_samples)])[0])}
@@ -147,7 +150,11 @@ class Trainer:
     def validate(self) -> dict:
         model = unwrap(self.model)  # no DDP forward: ranks may take different eval batch counts
         model.eval()
-        sums = evaluate(lambda x: model(self.prepare(x)), make_loader(self.cfg, self.val_data), self.device)
+        def forward(x):
+            with self.autocast:
+                return model(self.prepare(x))
+
+        sums = evaluate(forward, make_loader(self.cfg, self.val_data), self.device)
         model.train()
         loss, top1, top5, count = self._all_sum([sums["loss_sum"], sums["top1"], sums["top5"], sums["count"]])
         s = summarize({"loss_sum": loss, "top1": top1, "top5": top5, "count": int(count)})

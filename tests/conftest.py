@@ -74,3 +74,22 @@ def ray_cluster(tmp_path_factory):
         down = CliRunner().invoke(app, ["cluster", "down", "--state-dir", str(state)])
         assert down.exit_code == 0 and "stopped 2 node(s)" in down.output
         assert not any(cluster.alive(pid) for pid in c.pids)
+
+
+def pytest_report_header(config):
+    import torch
+
+    return "cuda: " + (f"{torch.cuda.get_device_name()}, `gpu` tests run" if torch.cuda.is_available()
+                       else "none, `gpu` tests deselected (run them on a GPU machine: pytest tests/gpu)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: without it they are deselected, so a CPU run reports no skips."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
