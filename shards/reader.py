@@ -66,33 +66,66 @@ def _tar_members(blob: bytes) -> Iterator[tuple[str, bytes]]:
     """(name, data) of the regular members of a tar held in memory, read straight off its headers.
 
     tarfile's streaming reader costs ~75 us per member in Python, a quarter of decoding a 256-px JPEG
-    for each of a sample's three members; this walk costs a few. It reads USTAR (what the writer
-    writes), GNU long names and pax path records, checks each header's checksum, and raises
-    BadSample on a short member, so a truncated shard is never taken for a shorter one.
+    for each of a sample's three members; this walk costs about one. It reads USTAR (what the writer
+    writes), GNU long names and pax path records, checks every header's checksum (all at once, see
+    _checksums_fail), and raises BadSample where a header is damaged or a member is short, after the
+    members before it, so a truncated shard is never taken for a shorter one.
     """
+    members, headers, error = [], [], None
     long_name, pos, end = None, 0, len(blob)
-    while True:
-        header = blob[pos : pos + BLOCK]
-        if len(header) < BLOCK:
-            raise BadSample(f"truncated tar header ({len(header)} of {BLOCK} bytes)")
-        if header == ZERO_BLOCK:
-            return
-        if int(header[148:156].strip(b" \0") or b"0", 8) != sum(header[:148]) + 256 + sum(header[156:]):
-            raise BadSample("damaged tar header (checksum mismatch)")
-        size = int(header[124:136].strip(b" \0") or b"0", 8)
-        start, pos = pos + BLOCK, pos + BLOCK + size + (-size % BLOCK)
-        if start + size > end:
-            raise BadSample(f"truncated tar member ({end - start} of {size} bytes)")
-        data = blob[start : start + size]
-        kind = header[156:157]
-        if kind in (b"L", b"x"):  # the next member's long name: GNU (the name itself) or pax (a path= record)
-            long_name = data.rstrip(b"\0").decode() if kind == b"L" else _pax_path(data)
-            continue
-        if kind in (b"0", b"\0"):
-            name = long_name or header[:100].split(b"\0", 1)[0].decode()
-            prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" and not long_name else b""
-            yield (prefix.decode() + "/" + name if prefix else name), data
-        long_name = None
+    try:
+        while True:
+            header = blob[pos : pos + BLOCK]
+            if len(header) < BLOCK:
+                raise BadSample(f"truncated tar header ({len(header)} of {BLOCK} bytes)")
+            if header == ZERO_BLOCK:
+                break
+            headers.append(pos)
+            size = int(header[124:136].strip(b" \0") or b"0", 8)
+            start, pos = pos + BLOCK, pos + BLOCK + size + (-size % BLOCK)
+            if start + size > end:
+                raise BadSample(f"truncated tar member ({end - start} of {size} bytes)")
+            kind = header[156:157]
+            if kind in (b"L", b"x"):  # the next member's long name: GNU (the name itself) or pax (a path= record)
+                data = blob[start : start + size]
+                long_name = data.rstrip(b"\0").decode() if kind == b"L" else _pax_path(data)
+                continue
+            if kind in (b"0", b"\0"):
+                name = long_name or header[:100].split(b"\0", 1)[0].decode()
+                prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" and not long_name else b""
+                members.append((len(headers), prefix.decode() + "/" + name if prefix else name, start, size))
+            long_name = None
+    except (BadSample, ValueError, UnicodeDecodeError) as exc:  # ValueError: a size field that is not octal
+        error = exc if isinstance(exc, BadSample) else BadSample(f"damaged tar header ({exc})")
+        if len(blob) - pos >= BLOCK and (not headers or headers[-1] != pos):
+            headers.append(pos)  # the header it failed on: a checksum mismatch says more
+    first_bad = _checksums_fail(blob, headers)
+    if first_bad is not None:
+        members = [m for m in members if m[0] <= first_bad]
+        error = BadSample("damaged tar header (checksum mismatch)")
+    for _, name, start, size in members:
+        yield name, blob[start : start + size]
+    if error is not None:
+        raise error
+
+
+def _checksums_fail(blob: bytes, headers: list[int]) -> int | None:
+    """Index of the first header (by offset) whose checksum is wrong, or None.
+
+    All headers at once, in numpy: a Python sum over a 512-byte header costs ~2.5 us, three times
+    per sample. The stored checksum is the octal digits of its field (then NUL or space); a field
+    whose digits are not one run reads as another number, so it fails too.
+    """
+    if not headers:
+        return None
+    blocks = np.frombuffer(blob, np.uint8, count=len(blob) // BLOCK * BLOCK).reshape(-1, BLOCK)  # headers are block-aligned
+    rows = blocks[np.asarray(headers) // BLOCK]
+    field = rows[:, 148:156].astype(np.int64)
+    digit = (field >= 0x30) & (field <= 0x37)
+    weight = 8 ** (np.cumsum(digit[:, ::-1], axis=1)[:, ::-1] - 1).clip(0)  # 8^(digits after this one)
+    stored = (np.where(digit, field - 0x30, 0) * weight).sum(1)
+    bad = np.flatnonzero(rows.sum(1, dtype=np.int64) - field.sum(1) + 8 * 0x20 != stored)  # the field itself sums as spaces
+    return int(bad[0]) if len(bad) else None
 
 
 def _pax_path(data: bytes) -> str | None:
@@ -171,26 +204,40 @@ class ShardStream(IterableDataset):
         total = self.manifest["num_samples"] if limit is None else min(limit, self.manifest["num_samples"])
         self.samples_per_rank = total // split.dp_size
         self.steps = self.samples_per_rank // batch_size if train else -(-self.samples_per_rank // batch_size)
-        self.epoch = 0
-        # Shared with DataLoader workers (inherited, or passed at spawn), so their counts reach the trainer.
+        # Shared with DataLoader workers (inherited, or passed at spawn): their bad-sample counts reach
+        # the trainer, and the trainer's set_epoch reaches workers that persist across epochs.
         self._bad = multiprocessing.get_context().Value("q", 0)
+        self._epoch = multiprocessing.get_context().Value("q", 0, lock=False)
         self._reported = 0
         # Batched augmentation the trainer applies on its device after normalising (PCA lighting);
         # set by whoever builds the stream. It follows set_epoch, so the same seed gives the same batches.
         self.device_augment: Callable = _identity
         # Shared-memory batch buffers, one ring per DataLoader worker, made once by loader(recycle=True)
-        # in this process: workers of every epoch inherit and reuse them (see _Batch).
-        self.rings: list[list[torch.Tensor]] | None = None
+        # in this process: workers inherit and reuse them (see _Batch).
+        self.rings: list[_Ring] | None = None
+        self._loaders: dict[tuple, DataLoader] = {}  # loader(recycle=True) keeps its workers across epochs
 
     def __len__(self) -> int:
         return self.steps
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_loaders": {}}  # a worker started by spawn gets no DataLoaders
 
     @property
     def bad_samples(self) -> int:
         """Bad samples skipped so far (all epochs, all workers) under on_bad_sample=skip."""
         return int(self._bad.value)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.value = epoch
+
     def set_epoch(self, epoch: int) -> None:
+        """Before iterating the epoch's loader: persistent workers read it when the iteration starts."""
         self.epoch = epoch
         if hasattr(self.device_augment, "set_epoch"):
             self.device_augment.set_epoch(epoch)
@@ -290,28 +337,44 @@ class ShardStream(IterableDataset):
             raise BadSample(f"dp rank {self.split.dp_rank}: its shards hold no readable samples")
 
 
-class _Batch:
-    """Samples are copied once, straight into an N×H×W×3 buffer (in shared memory in a DataLoader
-    worker, so handing it to the trainer copies nothing more).
+class _Ring:
+    """One DataLoader worker's recycled batch buffers, in shared memory, made once in the parent.
 
     Fresh shared memory costs ~110 us per 227-px image on first touch here (page faults), a third of
-    a JPEG decode, and workers restart every epoch; so with a ``ring`` (made once in the parent
-    process) a worker cycles through those buffers instead. That is safe only for a consumer that
+    a JPEG decode; so a worker cycles through these instead. That is safe only for a consumer that
     lets go of each batch soon: the DataLoader keeps at most PREFETCH batches per worker in flight,
-    so a ring of PREFETCH + 3 leaves the consumer the current batch and the two before it.
-    `loader(..., recycle=True)` makes the rings; `list(loader)` must not use them.
+    so a ring of PREFETCH + 3 leaves the consumer the current batch and the two before it. ``turn``
+    lives in the worker's copy, so a persistent worker goes on round the ring across epochs and the
+    guarantee holds over an epoch's boundary too.
     """
 
-    def __init__(self, size: int, shared: bool, ring: list[torch.Tensor] | None = None):
+    def __init__(self, shape: tuple, size: int):
+        self.buffers = [shared_uint8(shape) for _ in range(size)]
+        self.turn = 0
+
+    def next(self, shape: tuple) -> torch.Tensor | None:
+        if self.buffers[0].shape != shape:
+            return None
+        self.turn += 1
+        return self.buffers[(self.turn - 1) % len(self.buffers)]
+
+
+class _Batch:
+    """Samples are copied once, straight into an N×H×W×3 buffer (in shared memory in a DataLoader
+    worker, so handing it to the trainer copies nothing more), taken from the worker's ``ring``
+    when it has one (`loader(..., recycle=True)`; `list(loader)` must not use one).
+    """
+
+    def __init__(self, size: int, shared: bool, ring: _Ring | None = None):
         self.size, self.shared, self.n = size, shared, 0
         self.buf = self.arr = None
         self.labels: list[int] = []
-        self.ring, self.turn = ring, 0
+        self.ring = ring
 
     def _new(self, shape: tuple) -> torch.Tensor:
-        if self.ring and self.ring[0].shape == shape:
-            self.turn += 1
-            return self.ring[(self.turn - 1) % len(self.ring)]
+        buf = self.ring.next(shape) if self.ring else None
+        if buf is not None:
+            return buf
         if self.shared:
             return shared_uint8(shape)
         return torch.empty(shape, dtype=torch.uint8)
@@ -354,8 +417,10 @@ def _shuffled(stream: Iterator, size: int, rng: random.Random) -> Iterator:
     buf = []
     for item in stream:
         buf.append(item)
-        if len(buf) >= size:
-            yield buf.pop(rng.randrange(len(buf)))
+        if len(buf) >= size:  # a random one out: swapped to the end first, as popping mid-list moves the rest
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
     rng.shuffle(buf)
     yield from buf
 
@@ -367,14 +432,24 @@ RING_LIMIT = 1 << 30  # bytes of recycled buffers per stream at most (a ten-crop
 def loader(stream: ShardStream, workers: int = 0, pin_memory: bool = False, recycle: bool = False) -> DataLoader:
     """Wrap a ShardStream: batching already happened inside it, so batch_size=None.
 
-    ``recycle``: workers reuse their shared-memory batch buffers (see _Batch), for a consumer that
-    keeps no more than the current batch and the two before it (a training or evaluation loop).
+    ``recycle``, for a consumer that keeps no more than the current batch and the two before it (a
+    training or evaluation loop that calls this every epoch): workers reuse their shared-memory batch
+    buffers (see _Ring), and they persist across epochs: the stream keeps this DataLoader and hands
+    it out again, and set_epoch reaches its workers through shared memory. Starting W workers costs
+    a fork, and their first touch of the inherited buffers, every epoch otherwise.
     """
+    key = (workers, bool(pin_memory))
+    if recycle and key in stream._loaders:
+        return stream._loaders[key]
     shape = stream.transform.sample_shape()
     ring_bytes = workers * (PREFETCH + 3) * stream.batch_size * int(np.prod(shape or (0,)))
-    if recycle and workers and 0 < ring_bytes <= RING_LIMIT and not (stream.rings and len(stream.rings) == workers):
-        stream.rings = [[shared_uint8((stream.batch_size, *shape)) for _ in range(PREFETCH + 3)] for _ in range(workers)]
+    if recycle and workers and 0 < ring_bytes <= RING_LIMIT:
+        stream.rings = [_Ring((stream.batch_size, *shape), PREFETCH + 3) for _ in range(workers)]
     elif not recycle:
         stream.rings = None
-    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=PREFETCH if workers else None)
+    persistent = bool(recycle and workers)
+    data = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=persistent, prefetch_factor=PREFETCH if workers else None)
+    if persistent:
+        stream._loaders[key] = data
+    return data

@@ -204,11 +204,37 @@ def test_tar_walk_reads_what_tarfile_writes(tmp_path, fmt):
 def test_recycled_buffers_give_a_training_loop_the_same_batches(seven_shards):
     # A consumer that lets go of each batch within its step, as the train and eval loops do.
     url = mf.manifest_url(str(seven_shards), "seven", "test")
-    digests = []
+    digests, pids = [], []
     for recycle in (False, True):
         stream = ShardStream(url, Split(0, 1), 16, CropFlip(28, 2), seed=5)
-        for epoch in range(2):  # the second epoch's workers reuse the first's buffers
+        for epoch in range(3):  # recycled: the same workers go on, round their rings, into the next epochs
             stream.set_epoch(epoch)
-            digests.append([hash(x.contiguous().numpy().tobytes()) for x, _ in loader(stream, workers=2, recycle=recycle)])
+            data = loader(stream, workers=2, recycle=recycle)
+            digests.append([hash(x.contiguous().numpy().tobytes()) for x, _ in data])
+            if recycle:
+                pids.append(sorted(w.pid for w in data._iterator._workers))
         assert (stream.rings is not None) == recycle
-    assert digests[:2] == digests[2:] and len(digests[0]) == 700 // 16 and digests[0] != digests[1]
+    assert pids[0] == pids[1] == pids[2]  # persistent: set_epoch reached them through shared memory
+    assert digests[:3] == digests[3:] and len(digests[0]) == 700 // 16 and len({str(d) for d in digests[:3]}) == 3
+
+
+def test_tar_walk_stops_at_a_damaged_header_after_the_members_before_it():
+    import io
+    import tarfile
+
+    from shards.reader import _tar_members
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for i in range(4):
+            info = tarfile.TarInfo(f"k{i}.cls")
+            info.size = 1
+            t.addfile(info, io.BytesIO(b"%d" % i))
+    blob = bytearray(out.getvalue())
+    assert [name for name, _ in _tar_members(bytes(blob))] == ["k0.cls", "k1.cls", "k2.cls", "k3.cls"]
+    blob[2 * 1024 + 3] ^= 1  # the third member's name: only its checksum tells
+    walked = []
+    with pytest.raises(BadSample, match="checksum"):
+        for name, data in _tar_members(bytes(blob)):
+            walked.append((name, data))
+    assert walked == [("k0.cls", b"0"), ("k1.cls", b"1")]
