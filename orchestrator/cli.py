@@ -339,7 +339,7 @@ def tune_run(
     config: ConfigFile = None,
     set_: Sets = None,
     search: Annotated[Optional[str], typer.Option(help="Search space: lrn, lr-schedule, lrn+lr (configs/search/) or a YAML file (tune.search).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="fifo or asha (early stopping on the metric) (tune.scheduler). pbt is refused for now: its restarted trials never get their CPUs back.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="fifo, asha (early stopping on the metric) or pbt (weak trials continue from a strong trial's checkpoint with perturbed lr) (tune.scheduler).")] = None,
     num_samples: Annotated[Optional[int], typer.Option("--num-samples", help="Trials (x the grid size when the space has grid dimensions) (tune.num_samples).")] = None,
     max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="Trials at once; lowered to what the cluster's CPUs hold (tune.max_concurrent).")] = None,
     trial_workers: Annotated[Optional[int], typer.Option("--trial-workers", help="Ray Train workers per trial (tune.trial_workers).")] = None,
@@ -347,7 +347,7 @@ def tune_run(
     name: Annotated[Optional[str], typer.Option(help="Sweep name; its folder is <run.storage>/<name> (tune.name).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Folder or URL holding the shards (data.root).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster address. Default: start a local Ray.")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the sweep of this name after its driver stopped. Refused for now: a resumed sweep does not finish yet.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the sweep of this name (under run.storage) after its driver stopped: finished trials are kept, unfinished ones continue from their last checkpoint. Its saved config and search space are used; only --address and --set run.storage=... apply.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved base config, the search space and the cluster shape; start nothing.")] = False,
 ) -> None:
     """Search hyperparameters with Ray Tune; print and save the results table, the best config and plots."""
@@ -358,12 +358,17 @@ def tune_run(
              "tune.trial_workers": trial_workers, "schedule.epochs": epochs, "tune.name": resume or name, "data.root": data,
              "parallel.address": address}
     cfg = _config(preset, config, set_, flags)
-    # Both are written but not working yet (trials restarted by Tune wait for CPUs forever);
-    # refuse them rather than hang.
-    if cfg.tune.scheduler == "pbt":
-        raise fail("--scheduler pbt is not available yet (restarted trials never get their CPUs back); use fifo or asha")
-    if resume:  # the restore path is in orchestrator/tune.py (search(..., resume=True)) for when it works
-        raise fail("--resume is not available yet (a resumed sweep does not finish); start the sweep again under a new --name")
+    if resume:
+        folder = sweeps.sweep_dir(cfg)
+        if not (folder / sweeps.SPEC).exists():
+            raise fail(f"no sweep {resume} at {folder} (no {sweeps.SPEC}); give its run.storage with --set run.storage=...")
+        base, space = sweeps.load_spec(folder)
+        base.run.storage, base.tune.name = cfg.run.storage, resume  # where it is now
+        if address:
+            base.parallel.address = address
+        typer.echo(f"resuming sweep {folder} | cluster {base.parallel.address or 'a local Ray'}")
+        _tune_finish(sweeps.search(base, space, resume=True), folder)
+        return
     # One node per trial, trial_workers workers on it; resolved again so every rule is re-checked.
     cfg = _config(preset, config, set_, {**flags, "parallel.nodes": 1, "parallel.workers_per_node": cfg.tune.trial_workers})
     try:

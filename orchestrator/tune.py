@@ -101,11 +101,13 @@ class ForwardToTrial:
         self.queue = queue
 
     def after_report(self, run_context, metrics, checkpoint):
-        import ray
+        from ray.exceptions import RayActorError
 
         scalars = {k: v for k, v in metrics[0].items() if isinstance(v, (int, float, str, bool))}
-        # The controller's own handle goes along, so a stopped trial can abort the run cleanly.
-        self.queue.put(("report", scalars, checkpoint.path if checkpoint else None, ray.get_runtime_context().current_actor))
+        try:
+            self.queue.put(("report", scalars, checkpoint.path if checkpoint else None))
+        except RayActorError:  # the trial is gone; its TrialRun aborts this run
+            pass
 
     def after_exception(self, run_context, worker_exceptions):
         pass
@@ -114,16 +116,131 @@ class ForwardToTrial:
         return _callback, (self.queue,)
 
 
+class TellRunner:
+    """A Train V2 controller callback: hands the controller's own handle to the TrialRun as soon
+    as the controller starts, so the run can be aborted before its first report too."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def after_controller_start(self, train_run_context):
+        import ray
+
+        ray.get(self.runner.set_controller.remote(ray.get_runtime_context().current_actor))
+
+    def __reduce__(self):
+        return _tell_runner, (self.runner,)
+
+
 @functools.cache
-def _callback_class() -> type:
+def _callback_classes() -> tuple[type, type]:
     # ray.train is imported only once Ray is connected (the auth env must be set first).
     from ray.train import UserCallback
+    from ray.train.v2._internal.execution.callback import ControllerCallback
 
-    return type("ForwardToTrialCallback", (ForwardToTrial, UserCallback), {})
+    return (type("ForwardToTrialCallback", (ForwardToTrial, UserCallback), {}),
+            type("TellRunnerCallback", (TellRunner, ControllerCallback), {}))
 
 
 def _callback(queue):
-    return _callback_class()(queue)
+    return _callback_classes()[0](queue)
+
+
+def _tell_runner(runner):
+    return _callback_classes()[1](runner)
+
+
+class TrialRun:
+    """One start of a trial's Train run, driven from a detached actor outside the trial.
+
+    Why: the placement group of a Train run's workers is created by its controller actor, and Ray
+    removes such a group only once both that actor and the driver's job are gone. When Tune stops a
+    trial (PBT exploit, pause, ASHA stop) it ends the trial's actor, and everything the trial owns
+    dies with it, the controller too, ungracefully: the group, and its CPUs, stayed reserved for the
+    rest of the sweep (Train's own cleaner watches the controller through the State API, which a
+    cluster without the dashboard does not serve). This actor is not owned by the trial: it sees the
+    trial go (its queue dies with it) or hears `stop`, then aborts the controller, which removes
+    the group itself, and exits. The same happens when the whole driver is killed.
+    """
+
+    def __init__(self, queue):
+        import threading
+
+        self.queue = queue
+        self.controller = None
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.started = threading.Event()
+        self.finished = threading.Event()
+        self.aborted = False
+        threading.Thread(target=self._watch, daemon=True, name="trial-watch").start()
+
+    def fit(self, config: dict) -> None:
+        """Run the Train run; the trial hears how it ended through the queue. Exits the actor."""
+        import ray
+
+        self.started.set()
+        message = ("stopped", None, None)
+        try:
+            if not self.stopping.is_set():
+                me = ray.get_runtime_context().current_actor
+                cfg = RunConfig.model_validate(config)
+                result = build_trainer(cfg, callbacks=[_callback(self.queue), _tell_runner(me)], pin_nodes=False).fit()
+                message = ("error", str(result.error), None) if result.error else ("done", None, None)
+        except BaseException as exc:  # noqa: BLE001 - the trial must hear of it, or it waits forever
+            message = ("error", repr(exc), None)
+        finally:
+            self.finished.set()
+        if self.stopping.is_set():
+            self._abort()  # a no-op unless the run ended some other way while stopping
+        else:
+            try:
+                self.queue.put(message, timeout=120)
+            except Exception:  # noqa: BLE001 - the trial is gone or stuck: nothing to tell
+                pass
+        ray.actor.exit_actor()
+
+    def set_controller(self, controller) -> None:
+        with self.lock:
+            self.controller = controller
+
+    def stop(self, timeout: float = 300) -> bool:
+        """Abort the run (if it still runs) and wait until it has ended; True if it did."""
+        self.stopping.set()
+        return self.finished.wait(timeout)
+
+    def _abort(self) -> None:
+        import ray
+
+        with self.lock:
+            controller, self.aborted = (None if self.aborted else self.controller), True
+        if controller is not None:
+            try:  # the controller shuts its workers down, removes their placement group, and exits
+                ray.get(controller.abort.remote(), timeout=300)
+            except Exception:  # noqa: BLE001 - it finished or exited already
+                pass
+
+    def _watch(self) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        idle = 0
+        while not self.finished.wait(1.0):
+            idle = 0 if self.started.is_set() or not self.stopping.is_set() else idle + 1
+            if idle > 30:  # the trial went before it could start the run: nothing to clean up
+                os._exit(0)
+            if not self.stopping.is_set():
+                try:
+                    ray.get(self.queue.actor.qsize.remote(), timeout=30)
+                    continue
+                except RayActorError:  # the trial's queue died with the trial
+                    self.stopping.set()
+                except GetTimeoutError:
+                    continue
+            with self.lock:
+                ready = self.controller is not None and not self.aborted
+            if ready:
+                self._abort()
 
 
 def seed_from(checkpoint, dest: Path) -> dict:
@@ -144,6 +261,7 @@ def seed_from(checkpoint, dest: Path) -> dict:
 
 def run_trial(params: dict, base: dict, sweep: str) -> None:
     """The Tune function trainable: one trial = one Ray Train run of the training loop."""
+    import ray
     from ray import tune
     from ray.util.queue import Queue
 
@@ -155,37 +273,26 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
     (runs / cfg.run.name).mkdir(parents=True, exist_ok=True)
     origin = seed_from(tune.get_checkpoint(), runs / cfg.run.name)
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    # The Train run is driven from a task this trial owns: when Tune stops or pauses the trial
-    # (ASHA stop, PBT exploit), cancelling the task ends the run and frees its workers' CPUs.
-    import ray
-
-    run = ray.remote(num_cpus=0, max_retries=0)(_fit).remote(cfg.model_dump(mode="json"), queue)
-    controller = None
+    # Detached and out of the trial's placement group (Tune's groups capture child tasks): the run
+    # must outlive the trial long enough to give its workers' CPUs back (see TrialRun).
+    runner = ray.remote(TrialRun).options(num_cpus=0, max_concurrency=4, lifetime="detached", max_restarts=0,
+                                          scheduling_strategy="DEFAULT").remote(queue)
+    runner.fit.remote(cfg.model_dump(mode="json"))
     try:
         while True:
-            kind, metrics, path, controller = queue.get()
+            kind, metrics, path = queue.get()
             if kind == "done":
                 return
-            if kind == "error":
+            if kind != "report":
                 raise RuntimeError(f"trial {trial_id}: training failed: {metrics}")
             tune.report({**metrics, **origin, "run": cfg.run.name},
                         checkpoint=tune.Checkpoint.from_directory(path) if path else None)
-    finally:
-        if controller is not None:  # abort through the controller: it releases the workers' placement group
-            try:
-                ray.get(controller.abort.remote(), timeout=60)
-            except Exception:  # noqa: BLE001 - it may have finished or exited already
-                pass
-        ray.cancel(run, force=True)
-
-
-def _fit(config: dict, queue) -> None:
-    """Run one trial's Train run; the trial hears how it ended through the queue."""
-    try:
-        result = build_trainer(RunConfig.model_validate(config), callbacks=[_callback(queue)], pin_nodes=False).fit()
-        queue.put(("error", str(result.error), None, None) if result.error else ("done", None, None, None))
-    except BaseException as exc:  # the trial must hear of it, or it waits forever
-        queue.put(("error", repr(exc), None, None))
+    finally:  # stopped by Tune (SystemExit in tune.report), failed or done: the run ends before the trial
+        ray.kill(queue.actor)  # a report the controller may be blocked on fails, so it can take the abort
+        try:
+            ray.get(runner.stop.remote(), timeout=300)
+        except Exception:  # noqa: BLE001 - it exited already
+            pass
 
 
 def save_spec(cfg: RunConfig, space: SearchSpace) -> Path:

@@ -6,6 +6,11 @@ drop below it: ASHA must stop one, and PBT must make one exploit the other.
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,9 +79,101 @@ def test_asha_stops_a_weak_trial_early_and_exports_a_trainable_best_config(ray_c
     assert (sweep / "learning_curves.png").exists() and results(sweep) == rows
 
 
+def test_pbt_exploit_continues_from_the_donor_checkpoint(ray_cluster, fmnist_root, tmp_path):
+    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 1e-9), "--scheduler", "pbt",
+                              "--num-samples", "1", "--max-concurrent", "2", "--trial-workers", "1", "--epochs", "5", "--name", "pbt",
+                              "--address", ray_cluster.address, *sets(fmnist_root, tmp_path / "runs", "tune.perturbation_interval=1")])
+    assert res.exit_code == 0, res.output
+    sweep = tmp_path / "runs" / "pbt"
+    all_rows = trial_rows(sweep)
+    assert len(all_rows) == 2
+    assert all(rows and rows[-1]["epoch"] == 4 for rows in all_rows.values())  # both got to the end, restarts and all
+    # an exploit: the first row of a trial's run that starts from another trial's checkpoint
+    exploits = [(name, i) for name, rows in all_rows.items() for i, r in enumerate(rows)
+                if r.get("resumed_from_trial") and f"trial_{r['resumed_from_trial']}" != name
+                and (i == 0 or rows[i - 1].get("run") != r["run"])]
+    assert exploits, {k: [(r["epoch"], r["run"], r.get("resumed_from_trial")) for r in v] for k, v in all_rows.items()}
+    for name, i in exploits:
+        row = all_rows[name][i]
+        assert row["epoch"] == row["resumed_from_epoch"] + 1  # it went on from the donor's epoch, not from scratch
+        assert row["training_iteration"] == row["resumed_from_epoch"] + 2  # and Tune counts on from the donor's result
+        # the checkpoint it started from is the one the donor's run saved at that epoch
+        seed = sweep / "train" / row["run"] / f"checkpoint_seed_{row['resumed_from_epoch']:06d}"
+        meta = json.loads((seed / "meta.json").read_text())
+        (donor_row,) = [r for r in all_rows[f"trial_{row['resumed_from_trial']}"]
+                        if r["run"] == row["resumed_from_run"] and r["epoch"] == row["resumed_from_epoch"]]
+        assert meta["epoch"] == donor_row["epoch"]
+        assert (meta["metrics"]["val_loss"], meta["metrics"]["train_loss"]) == (donor_row["val_loss"], donor_row["train_loss"])
+        assert yaml.safe_load((seed / "config.yaml").read_text())["run"]["name"] == row["resumed_from_run"]
+        # and, while Tune still keeps the donor's copy of it, the weights match byte for byte
+        for p in (sweep / f"trial_{row['resumed_from_trial']}").glob("checkpoint_*"):
+            if json.loads((p / "meta.json").read_text())["epoch"] == row["resumed_from_epoch"]:
+                assert (seed / "model.safetensors").read_bytes() == (p / "model.safetensors").read_bytes()
+    assert any(r["exploited_from"] for r in results(sweep))
 
-def test_pbt_and_resume_are_refused_until_they_work(tmp_path):
-    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--scheduler", "pbt", "--name", "p"])
-    assert res.exit_code == 1 and "pbt is not available yet" in res.output
-    res = runner.invoke(app, ["tune", "--resume", "anything"])
-    assert res.exit_code == 1 and "--resume is not available yet" in res.output
+
+def test_trials_of_two_workers_run_two_at_a_time_on_the_four_cpus(ray_cluster, fmnist_root, tmp_path):
+    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 0.01), "--num-samples", "1",
+                              "--max-concurrent", "3", "--trial-workers", "2", "--epochs", "1", "--name", "w2",
+                              "--address", ray_cluster.address, *sets(fmnist_root, tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    assert "2 at a time (2 CPUs each of the cluster's 4)" in res.output  # --max-concurrent 3 lowered to what fits
+    sweep = tmp_path / "runs" / "w2"
+    rows = results(sweep)
+    assert len(rows) == 2 and all(r["status"] == "done" for r in rows), rows
+    for name, trial in trial_rows(sweep).items():
+        assert [(r["epoch"], r["dp"], r["mp"]) for r in trial] == [(0, 2, 1)], name
+        # the Train run behind it had two ranks in two processes
+        (metrics,) = [json.loads(x) for x in (sweep / "train" / trial[0]["run"] / "metrics.jsonl").read_text().splitlines()]
+        assert len(set(metrics["pid_of_rank"])) == 2 and metrics["steps_per_rank"][0] == metrics["steps_per_rank"][1]
+
+
+def _wait_for(predicate, timeout: float, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the sweep exited early ({proc.returncode}): {proc.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+def test_resume_after_the_driver_is_killed_keeps_finished_trials(ray_cluster, fmnist_root, tmp_path):
+    cnnctl = str(Path(sys.executable).with_name("cnnctl"))
+    env = {**os.environ, "CNNCTL_CLUSTER_DIR": str(Path(ray_cluster.token_path).parent)}  # the test cluster's token
+    storage = tmp_path / "runs"
+    start = [cnnctl, "tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 0.03, 0.04), "--num-samples", "1",
+             "--max-concurrent", "1", "--trial-workers", "2", "--epochs", "2", "--name", "killed", "--address", ray_cluster.address,
+             *sets(fmnist_root, storage)]
+    sweep = storage / "killed"
+    proc = subprocess.Popen(start, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def one_done_and_next_started():
+            rows = trial_rows(sweep) if sweep.exists() else {}
+            finished = [k for k, v in rows.items() if any(r.get("epoch") == 1 for r in v)]
+            return len(finished) == 1 and any(v and k not in finished for k, v in rows.items())
+
+        _wait_for(one_done_and_next_started, 300, proc)
+        before = trial_rows(sweep)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.stdout.close()
+    (finished,) = [k for k, v in before.items() if any(r.get("epoch") == 1 for r in v)]
+    resumed = subprocess.run([cnnctl, "tune", "--resume", "killed", "--set", f"run.storage={storage}"], env=env,
+                             capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = trial_rows(sweep)
+    assert len(after) == 3  # the trial count is unchanged
+    assert after[finished] == before[finished]  # the finished trial was not run again
+    assert all(any(r.get("epoch") == 1 for r in rows) for rows in after.values())  # every trial got to its end
+    assert sorted(float(r["optim.lr"]) for r in results(sweep)) == [0.02, 0.03, 0.04]
+    assert all(r["dp"] == 2 for rows in after.values() for r in rows)  # each trial ran as a 2-worker Train run
+
+
+def test_resume_of_an_unknown_sweep_is_refused(tmp_path):
+    res = runner.invoke(app, ["tune", "--resume", "nothing-here", "--set", f"run.storage={tmp_path}"])
+    assert res.exit_code == 1 and f"no sweep nothing-here at {tmp_path}/nothing-here" in res.output, res.output
