@@ -5,7 +5,8 @@ class folders), packs it with `cnnctl shard`'s defaults (shorter side 256, q90),
 same run, interleaved over rounds, on the same tar bytes:
 
 - loader: ShardStream + DataLoader with W workers, AlexNet train transforms (random 227 crop of the
-          central square, flip; lighting runs later on the device), uint8 batches of 128, one epoch;
+          central square, flip; lighting runs later on the device), uint8 batches of 128, one epoch
+          a round, after an untimed first epoch that starts its workers (they persist, as in training);
 - codec:  a bare loop over the JPEG bytes of the same shards (already in memory): simplejpeg decode,
           random 227 crop, flip, copy out; one loop per process, W processes at once (the codec limit;
           the goal is loader >= 0.9x this);
@@ -87,7 +88,9 @@ class NaivePIL(Dataset):
 
 
 def run_loader(stream: ShardStream, workers: int, epoch: int) -> tuple[int, float]:
-    """One epoch; the stream lives across rounds as the trainer's does across epochs."""
+    """One epoch; the stream lives across rounds as the trainer's does across epochs, and so do its
+    workers (recycle=True keeps them): each round pays the epoch's start (reading and walking the
+    shards, filling the shuffle buffer) but not the workers' start, which the warm-up round took."""
     stream.set_epoch(epoch)
     t0, n = time.perf_counter(), 0
     for images, _ in loader(stream, workers=workers, recycle=True):  # as make_loader does for training
@@ -130,8 +133,9 @@ def main() -> None:
         with ProcessPoolExecutor(args.workers) as pool:
             run_codec(pool, jpegs[:50], args.workers)  # start the processes, warm imports and the page cache
             stream = ShardStream(url, Split(), args.batch, AlexNetCrop(CROP), seed=0)
+            run_loader(stream, args.workers, 0)  # likewise: start its (persistent) workers, untimed
             for r in range(args.rounds):
-                n, t = run_loader(stream, args.workers, r)
+                n, t = run_loader(stream, args.workers, r + 1)
                 rates["loader"].append(n / t)
                 rates["codec"].append(run_codec(pool, jpegs, args.workers))
                 n, t = run_naive(jpegs, args.workers, args.batch)

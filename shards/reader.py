@@ -164,15 +164,18 @@ def tar_samples(url: str) -> Iterator[Sample]:
 
 def decode_sample(raw: Sample, transform: Transform, rng: random.Random | None) -> tuple[np.ndarray, int]:
     """Raw sample -> (transformed HxWx3 uint8, label). Any failure is a BadSample naming URL and key."""
-    where = f"{raw.get('__url__')}: sample {raw.get('__key__')!r}"
-    ext = next((e for e in IMAGE_EXTS if e in raw), None)
+    ext = "jpg" if "jpg" in raw else next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None or "cls" not in raw:
-        raise BadSample(f"{where} lacks an image or a .cls member")
+        raise BadSample(f"{_where(raw)} lacks an image or a .cls member")
     try:
         label = int(raw["cls"])
         return transform(transform.load(raw[ext], ext, rng), rng), label
     except (codec.BadImage, ValueError) as exc:  # simplejpeg raises ValueError for corrupt data
-        raise BadSample(f"{where}: {exc}") from None
+        raise BadSample(f"{_where(raw)}: {exc}") from None
+
+
+def _where(raw: Sample) -> str:
+    return f"{raw.get('__url__')}: sample {raw.get('__key__')!r}"
 
 
 class ShardStream(IterableDataset):
@@ -292,15 +295,26 @@ class ShardStream(IterableDataset):
                 self._skip(BadSample(f"{url}: unreadable after {count} samples ({type(exc).__name__}: {exc})"),
                            max(expected[url] - count, 1))
 
-    def _stream(self) -> Iterator[Sample]:
-        """Training: the part, forever, reshuffled each pass. Evaluation: the part, once."""
+    def _stream(self, rng: random.Random, buffer: int, wanted: Callable[[], int]) -> Iterator[Sample]:
+        """Training: the part, pass after pass, each pass shuffled on its own through a buffer of
+        ``buffer`` samples, so a part that fits in it comes as one permutation and no pass is read
+        before the last one is used up. A later pass (a part that runs short of the epoch's steps)
+        fills its buffer only as far as the samples still ``wanted()``: it is there for a batch or so,
+        not for a whole part. Evaluation: the part, once, in order.
+        """
+        first = True
         while True:
             count = 0
-            for sample in self._samples():
+            samples = self._samples()
+            size = min(buffer, max(wanted(), 1)) if not first else buffer
+            if self.train and size > 1:
+                samples = _shuffled(samples, size, rng)
+            for sample in samples:
                 count += 1
                 yield sample
             if not self.train or count == 0:
                 return
+            first = False
 
     def __iter__(self):
         unit, units, workers = self._unit()
@@ -309,13 +323,11 @@ class ShardStream(IterableDataset):
         worker = info.id if info else 0
         # The DataLoader takes batches from workers in turn, so worker w owns steps w, w+W, ...
         my_steps = len(range(worker, self.steps, workers))
-        stream = self._stream()
-        # No larger than this reader's part: filling it must not wrap around and re-read the part.
-        buffer = min(self.shuffle_buffer, max(self.samples_per_rank // workers, 1))
-        if self.train and buffer > 1:
-            stream = _shuffled(stream, buffer, rng)
         ring = self.rings[worker] if info is not None and self.rings and len(self.rings) == workers else None
         batch, done, bad_run = _Batch(self.batch_size, shared=info is not None, ring=ring), 0, 0
+        # A buffer no larger than this reader's part: a larger one would hold nothing more.
+        buffer = min(self.shuffle_buffer, max(self.samples_per_rank // workers, 1))
+        stream = self._stream(rng, buffer, lambda: (my_steps - done) * self.batch_size - batch.n)
         for raw in stream:
             if self.train and done == my_steps:
                 break
@@ -385,8 +397,8 @@ class _Batch:
             self.arr = self.buf.numpy()
         elif image.shape != self.arr.shape[1:]:
             raise BadSample(f"sample of shape {image.shape} in a batch of {self.arr.shape[1:]} (batch size 1 for full images)")
-        flips = [d for d, step in enumerate(image.strides) if step < 0]
-        if flips:  # a flipped view: numpy copies it ~15x slower than torch flips it
+        if min(image.strides) < 0:  # a flipped view: numpy copies it ~15x slower than torch flips it
+            flips = [d for d, step in enumerate(image.strides) if step < 0]
             image = image[tuple(slice(None, None, -1) if d in flips else slice(None) for d in range(image.ndim))]
             self.buf[self.n].copy_(torch.from_numpy(image).flip(flips))
         else:

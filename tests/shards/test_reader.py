@@ -238,3 +238,14 @@ def test_tar_walk_stops_at_a_damaged_header_after_the_members_before_it():
         for name, data in _tar_members(bytes(blob)):
             walked.append((name, data))
     assert walked == [("k0.cls", b"0"), ("k1.cls", b"1")]
+
+
+@pytest.mark.parametrize("prefix, workers", [("seven", 0), ("one", 2)])
+def test_an_epoch_that_fits_the_shuffle_buffer_is_one_permutation_of_the_part(seven_shards, prefix, workers):
+    # 700 samples, 14 steps of 50 (7 per worker, each worker's part 350 samples of the one shard):
+    # the epoch reads each sample once, and no later pass leaks into it.
+    url = mf.manifest_url(str(seven_shards), prefix, "test")
+    stream = ShardStream(url, Split(0, 1), 50, CenterCrop(28), seed=2)
+    epoch = sorted(x.numpy().tobytes() for xs, _ in loader(stream, workers=workers) for x in xs)
+    every = sorted(x.numpy().tobytes() for xs, _ in loader(ShardStream(url, Split(0, 1), 50, CenterCrop(28), train=False)) for x in xs)
+    assert epoch == every
