@@ -30,6 +30,7 @@ from orchestrator.train import build_trainer, run_dir
 # request, so it asks for one byte of memory.
 TRIAL_DRIVER = {"CPU": 0, "memory": 1}
 SPEC = "sweep.yaml"
+POLL_S = 0.25  # how often a trial's Train controller polls its workers (Train's default: 2 s)
 KEEP_TRIAL_CHECKPOINTS = 4  # PBT warns below 3: a donor's checkpoint must outlive the exploit
 
 
@@ -183,6 +184,9 @@ class TrialRun:
         message = ("stopped", None, None)
         try:
             if not self.stopping.is_set():
+                # The controller polls its workers this often; Train's 2 s default adds up to that
+                # much to every report (a trial's result) and to the run's start and end.
+                os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(POLL_S))
                 me = ray.get_runtime_context().current_actor
                 cfg = RunConfig.model_validate(config)
                 result = build_trainer(cfg, callbacks=[_callback(self.queue), _tell_runner(me)], pin_nodes=False).fit()
@@ -335,7 +339,10 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False):
         param_space=param_space(cfg, space),
         tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, scheduler=scheduler(cfg, space),
                                     num_samples=cfg.tune.num_samples, max_concurrent_trials=at_once,
-                                    trial_dirname_creator=_trial_dirname),
+                                    trial_dirname_creator=_trial_dirname,
+                                    # a finished trial's process runs the next one (saves its start);
+                                    # PBT's exploits restart trials through a fresh one
+                                    reuse_actors=cfg.tune.scheduler != "pbt"),
         run_config=tune.RunConfig(name=cfg.tune.name, storage_path=str(path.parent),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_TRIAL_CHECKPOINTS)),
     )

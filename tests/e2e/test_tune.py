@@ -82,7 +82,9 @@ def test_asha_stops_a_weak_trial_early_and_exports_a_trainable_best_config(ray_c
 def test_pbt_exploit_continues_from_the_donor_checkpoint(ray_cluster, fmnist_root, tmp_path):
     res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 1e-9), "--scheduler", "pbt",
                               "--num-samples", "1", "--max-concurrent", "2", "--trial-workers", "1", "--epochs", "5", "--name", "pbt",
-                              "--address", ray_cluster.address, *sets(fmnist_root, tmp_path / "runs", "tune.perturbation_interval=1")])
+                              "--address", ray_cluster.address,
+                              # the full-width model: epochs long enough that the trials, which start seconds apart, overlap
+                              *sets(fmnist_root, tmp_path / "runs", "tune.perturbation_interval=1", "model.width=1.0")])
     assert res.exit_code == 0, res.output
     sweep = tmp_path / "runs" / "pbt"
     all_rows = trial_rows(sweep)
