@@ -379,7 +379,7 @@ class _Batch:
 
     def __init__(self, size: int, shared: bool, ring: _Ring | None = None):
         self.size, self.shared, self.n = size, shared, 0
-        self.buf = self.arr = None
+        self.buf = self.arr = self.slots = None
         self.labels: list[int] = []
         self.ring = ring
 
@@ -394,13 +394,17 @@ class _Batch:
     def add(self, image: np.ndarray, label: int) -> bool:
         if self.buf is None:
             self.buf = self._new((self.size, *image.shape))
-            self.arr = self.buf.numpy()
+            self.arr, self.slots = self.buf.numpy(), self.buf.unbind(0)
         elif image.shape != self.arr.shape[1:]:
             raise BadSample(f"sample of shape {image.shape} in a batch of {self.arr.shape[1:]} (batch size 1 for full images)")
-        if min(image.strides) < 0:  # a flipped view: numpy copies it ~15x slower than torch flips it
-            flips = [d for d, step in enumerate(image.strides) if step < 0]
+        strides = image.strides
+        if strides[1] < 0 and strides[0] > 0 and image.ndim == 3:  # flipped along the width, as every flip here
+            # numpy copies a flipped view ~15x slower than torch flips it
+            self.slots[self.n].copy_(torch.from_numpy(image[:, ::-1]).flip(1))
+        elif min(strides) < 0:
+            flips = [d for d, step in enumerate(strides) if step < 0]
             image = image[tuple(slice(None, None, -1) if d in flips else slice(None) for d in range(image.ndim))]
-            self.buf[self.n].copy_(torch.from_numpy(image).flip(flips))
+            self.slots[self.n].copy_(torch.from_numpy(image).flip(flips))
         else:
             self.arr[self.n] = image
         self.labels.append(label)
@@ -410,7 +414,7 @@ class _Batch:
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
         images = self.buf[: self.n].movedim(-1, -3)  # N×H×W×3 -> N×3×H×W view: channels_last
         out = images, torch.tensor(self.labels, dtype=torch.int64)
-        self.buf = self.arr = None
+        self.buf = self.arr = self.slots = None
         self.labels, self.n = [], 0
         return out
 
