@@ -250,7 +250,7 @@ class ShardStream(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return self.split.dp_rank * workers + worker, self.split.dp_size * workers, workers
 
-    def _my_part(self) -> tuple[list[str], Callable[[int], bool]]:
+    def _my_part(self, epoch: int) -> tuple[list[str], Callable[[int], bool]]:
         """Shard-level split when there are enough shards, else sample-level (every k-th sample).
 
         The shard order is shuffled with a seed shared by all ranks (seed, epoch), so the ranks'
@@ -259,7 +259,7 @@ class ShardStream(IterableDataset):
         unit, units, _ = self._unit()
         urls = list(self.urls)
         if self.train:
-            random.Random(f"{self.seed}/{self.epoch}").shuffle(urls)
+            random.Random(f"{self.seed}/{epoch}").shuffle(urls)
         if len(urls) >= units:
             return urls[unit::units], lambda i: True
         return urls, lambda i: i % units == unit
@@ -273,9 +273,9 @@ class ShardStream(IterableDataset):
             self._reported += 1
             print(f"cnnctl: skipped bad sample(s): {exc}", file=sys.stderr, flush=True)
 
-    def _samples(self) -> Iterator[Sample]:
+    def _samples(self, epoch: int) -> Iterator[Sample]:
         """This reader's raw (still encoded) samples, one pass."""
-        urls, mine = self._my_part()
+        urls, mine = self._my_part(epoch)
         expected = {u: sh["count"] for u, sh in zip(self.urls, self.manifest["shards"])}
         i = 0
         for url in urls:
@@ -295,7 +295,7 @@ class ShardStream(IterableDataset):
                 self._skip(BadSample(f"{url}: unreadable after {count} samples ({type(exc).__name__}: {exc})"),
                            max(expected[url] - count, 1))
 
-    def _stream(self, rng: random.Random, buffer: int, wanted: Callable[[], int]) -> Iterator[Sample]:
+    def _stream(self, epoch: int, rng: random.Random, buffer: int, wanted: Callable[[], int]) -> Iterator[Sample]:
         """Training: the part, pass after pass, each pass shuffled on its own through a buffer of
         ``buffer`` samples, so a part that fits in it comes as one permutation and no pass is read
         before the last one is used up. A later pass (a part that runs short of the epoch's steps)
@@ -305,7 +305,7 @@ class ShardStream(IterableDataset):
         first = True
         while True:
             count = 0
-            samples = self._samples()
+            samples = self._samples(epoch)
             size = min(buffer, max(wanted(), 1)) if not first else buffer
             if self.train and size > 1:
                 samples = _shuffled(samples, size, rng)
@@ -318,7 +318,8 @@ class ShardStream(IterableDataset):
 
     def __iter__(self):
         unit, units, workers = self._unit()
-        rng = random.Random(f"{self.seed}/{self.epoch}/{unit}")
+        epoch = self.epoch  # once: a persistent worker's next epoch may be set while this one drains
+        rng = random.Random(f"{self.seed}/{epoch}/{unit}")
         info = get_worker_info()
         worker = info.id if info else 0
         # The DataLoader takes batches from workers in turn, so worker w owns steps w, w+W, ...
@@ -327,7 +328,7 @@ class ShardStream(IterableDataset):
         batch, done, bad_run = _Batch(self.batch_size, shared=info is not None, ring=ring), 0, 0
         # A buffer no larger than this reader's part: a larger one would hold nothing more.
         buffer = min(self.shuffle_buffer, max(self.samples_per_rank // workers, 1))
-        stream = self._stream(rng, buffer, lambda: (my_steps - done) * self.batch_size - batch.n)
+        stream = self._stream(epoch, rng, buffer, lambda: (my_steps - done) * self.batch_size - batch.n)
         for raw in stream:
             if self.train and done == my_steps:
                 break
