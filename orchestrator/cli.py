@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
 
+from orchestrator.cluster import connect
 from orchestrator.config import ConfigError, RunConfig, resolve, to_yaml
 
 app = typer.Typer(
@@ -29,6 +32,13 @@ def fail(lines: list[str] | str, code: int = 1) -> typer.Exit:
 Preset = Annotated[Optional[str], typer.Option("--preset", help="Preset from configs/ (e.g. demo-fashion), applied before --config.")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="YAML file with RunConfig sections (data, model, optim, schedule, parallel, run, tune).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override one field, e.g. --set model.lrn.alpha=2e-4 (repeatable).")]
+
+
+def check_data(cfg: RunConfig) -> list[str]:
+    """Problems with the configured splits, found before Ray or any worker starts."""
+    from shards.manifest import check_splits
+
+    return check_splits(cfg.data.root, cfg.data.prefix, [cfg.data.train_split, cfg.data.val_split])
 
 
 def _config(preset, config_file, sets, flags) -> RunConfig:
@@ -179,9 +189,6 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and cluster shape, start nothing.")] = False,
 ) -> None:
     """Train a model with Ray Train workers (data parallel; tower parallel with parallel.mp=2)."""
-    from orchestrator.data import check_data
-    from orchestrator.train import fit, run_dir
-
     mp = {None: None, "dp": 1, "mp": 2, "hybrid": 2}.get(parallel, -1)
     if mp == -1:
         raise fail(f"--parallel {parallel!r}: dp, mp or hybrid")
@@ -199,6 +206,14 @@ def train(
     problems = check_data(cfg)
     if problems:
         raise fail(problems)
+    # Importing torch and Ray Train (seconds) overlaps with starting Ray, which stays on this thread:
+    # Ray ends the processes it starts when the thread that started them ends.
+    importer = threading.Thread(target=importlib.import_module, args=("orchestrator.train",), daemon=True)
+    importer.start()
+    connect(p.address, cpus_needed=p.world * p.cpus_per_worker)
+    importer.join()
+    from orchestrator.train import fit, run_dir
+
     typer.echo(f"training {cfg.model.name} on {cfg.data.root} | {shape} | run {run_dir(cfg)}")
     result = fit(cfg)
     if result.error:
@@ -389,8 +404,6 @@ def tune_run(
         return
     if (sweeps.sweep_dir(cfg) / "sweep.yaml").exists():
         raise fail(f"sweep {t.name} already exists at {sweeps.sweep_dir(cfg)}: continue it with --resume {t.name}, or pick another --name")
-    from orchestrator.data import check_data
-
     problems = check_data(cfg)
     if problems:
         raise fail(problems)

@@ -169,8 +169,11 @@ def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAU
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    cpus = max(os.cpu_count() or 1, int(-(-cpus_needed // 1)))
+    cpus = max(len(os.sched_getaffinity(0)), int(-(-cpus_needed // 1)))  # the cores this process may use
     local_only()
+    # Nothing preempts a Ray that lives and dies with this process: Train's preemption watcher (one
+    # actor process per run) only costs start-up time. The local raylet's workers inherit this env.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
 
 

@@ -17,18 +17,6 @@ def manifest_url(cfg: RunConfig, split: str) -> str:
     return mf.manifest_url(cfg.data.root, cfg.data.prefix, split)
 
 
-def check_data(cfg: RunConfig) -> list[str]:
-    """Problems with the configured splits, found before any worker starts."""
-    problems = []
-    for split in {cfg.data.train_split, cfg.data.val_split}:
-        url = manifest_url(cfg, split)
-        try:
-            mf.load(url)
-        except (FileNotFoundError, ValueError) as exc:
-            problems.append(f"data ({split}): {exc}")
-    return problems
-
-
 def num_classes(cfg: RunConfig) -> int:
     return cfg.model.num_classes or len(mf.load(manifest_url(cfg, cfg.data.train_split))["classes"])
 

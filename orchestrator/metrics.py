@@ -26,17 +26,17 @@ class MetricsLog:
     def __init__(self, run_dir: str, enabled: bool = True, start_epoch: int = 0):
         self.run_dir, self.enabled = run_dir.rstrip("/"), enabled
         self.rows = [r for r in read(run_dir) if r.get("epoch", -1) < start_epoch] if enabled else []
-        self.tb = None
-        if enabled and "://" not in run_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(f"{self.run_dir}/tensorboard")
+        self.tb = None  # opened at the first write: importing TensorBoard would delay the first step
 
     def write(self, metrics: dict) -> None:
         if not self.enabled:
             return
         self.rows.append(metrics)
         publish_bytes(f"{self.run_dir}/metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows).encode())
+        if self.tb is None and "://" not in self.run_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(f"{self.run_dir}/tensorboard")
         if self.tb is not None:
             for key in NUMERIC:
                 if key in metrics:

@@ -58,6 +58,17 @@ def load(url: str) -> dict:
     return manifest
 
 
+def check_splits(root: str, prefix: str, splits: list[str]) -> list[str]:
+    """One line per split whose manifest is missing or unreadable (cheap: no shard is opened)."""
+    problems = []
+    for split in dict.fromkeys(splits):
+        try:
+            load(manifest_url(root, prefix, split))
+        except (FileNotFoundError, ValueError) as exc:
+            problems.append(f"data ({split}): {exc}")
+    return problems
+
+
 def shard_urls(url: str, manifest: dict) -> list[str]:
     """Shard URLs of a manifest, resolved next to it."""
     root = url.rsplit("/", 1)[0] if "/" in url else "."
