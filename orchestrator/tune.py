@@ -204,6 +204,9 @@ class TrialRun:
                 pass
         ray.actor.exit_actor()
 
+    def alive(self) -> bool:
+        return True
+
     def set_controller(self, controller) -> None:
         with self.lock:
             self.controller = controller
@@ -267,7 +270,7 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
     """The Tune function trainable: one trial = one Ray Train run of the training loop."""
     import ray
     from ray import tune
-    from ray.util.queue import Queue
+    from ray.util.queue import Empty, Queue
 
     trial_id = tune.get_context().get_trial_id()
     cfg = apply(base, params)
@@ -284,7 +287,11 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
     runner.fit.remote(cfg.model_dump(mode="json"))
     try:
         while True:
-            kind, metrics, path = queue.get()
+            try:
+                kind, metrics, path = queue.get(timeout=60)
+            except Empty:
+                ray.get(runner.alive.remote())  # raises if the run's actor died (its node went)
+                continue
             if kind == "done":
                 return
             if kind != "report":
