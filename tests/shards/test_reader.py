@@ -249,3 +249,22 @@ def test_an_epoch_that_fits_the_shuffle_buffer_is_one_permutation_of_the_part(se
     epoch = sorted(x.numpy().tobytes() for xs, _ in loader(stream, workers=workers) for x in xs)
     every = sorted(x.numpy().tobytes() for xs, _ in loader(ShardStream(url, Split(0, 1), 50, CenterCrop(28), train=False)) for x in xs)
     assert epoch == every
+
+
+def test_recycled_buffers_keep_the_last_batch_of_an_epoch_while_the_next_epoch_starts(seven_shards):
+    # 700 samples in batches of 16: 43 steps, the last one worker 0's 22nd batch. The consumer may still
+    # hold it when the next epoch's first batches come (the current batch and the two before it), and
+    # the next epoch's workers must not write into its buffer.
+    url = mf.manifest_url(str(seven_shards), "seven", "test")
+    stream = ShardStream(url, Split(0, 1), 16, CropFlip(28, 2), seed=5)
+    data = loader(stream, workers=2, recycle=True)
+    for images, _ in data:
+        last = images
+    kept = last.clone()
+    stream.set_epoch(1)
+    taken = []
+    for images, _ in data:
+        taken.append(images)
+        if len(taken) == 2:
+            break
+    assert torch.equal(last, kept)
