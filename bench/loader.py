@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import random
 import statistics
 import tarfile
@@ -130,6 +131,7 @@ def main() -> None:
         print(f"corpus: {len(jpegs)} JPEGs in {len(manifest['shards'])} shards, shorter side 256 (e.g. {sizes[0][1]}x{sizes[0][0]}), "
               f"{sum(map(len, jpegs)) / len(jpegs) / 1024:.1f} KiB each; built in {time.perf_counter() - t0:.1f}s")
         rates = {"loader": [], "codec": [], "naive": []}
+        load0 = os.getloadavg()[0]  # other jobs on the machine skew the ratios: say how busy it was
         with ProcessPoolExecutor(args.workers) as pool:
             run_codec(pool, jpegs[:50], args.workers)  # start the processes, warm imports and the page cache
             stream = ShardStream(url, Split(), args.batch, AlexNetCrop(CROP), seed=0)
@@ -147,6 +149,10 @@ def main() -> None:
         print(f"naive  (per-sample PIL pipeline, DataLoader {w} workers):        {rate['naive']:7.1f} img/s")
         print(f"loader / codec limit: {rate['loader'] / rate['codec']:.2f}x (goal >= 0.9x)")
         print(f"loader / naive PIL:   {rate['loader'] / rate['naive']:.2f}x (goal >= 1.8x)")
+        pairs = list(zip(rates["loader"], rates["codec"], rates["naive"]))  # each round's three, measured back to back
+        print("per round, loader / codec:", " ".join(f"{l / c:.2f}" for l, c, _ in pairs),
+              "| loader / naive:", " ".join(f"{l / n:.2f}" for l, _, n in pairs))
+        print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
