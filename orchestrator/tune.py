@@ -279,6 +279,14 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
     cfg.run.storage, cfg.run.name = str(runs), f"{trial_id}-{len(list(runs.glob(f'{trial_id}-*')))}"
     (runs / cfg.run.name).mkdir(parents=True, exist_ok=True)
     origin = seed_from(tune.get_checkpoint(), runs / cfg.run.name)
+    if origin and origin["resumed_from_epoch"] >= cfg.schedule.epochs - 1:
+        # Nothing left to train (PBT cloned a finished trial, or a trial is restarted from its last
+        # epoch): that checkpoint's result stands as this trial's final one; no Train run starts.
+        seed = runs / cfg.run.name / f"checkpoint_seed_{origin['resumed_from_epoch']:06d}"
+        metrics = json.loads((seed / "meta.json").read_text())["metrics"]
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+        tune.report({**scalars, **origin, "run": cfg.run.name, "carried_over": True})
+        return
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     # Detached and out of the trial's placement group (Tune's groups capture child tasks): the run
     # must outlive the trial long enough to give its workers' CPUs back (see TrialRun).
