@@ -124,6 +124,7 @@ class TuneConfig(_Section):
     perturbation_interval: int = Field(1, ge=1, description="pbt: epochs between exploit/explore steps.")
     pbt_lrn: bool = Field(False, description="pbt: also mutate LRN alpha and beta (when the search space has them), not only optim.lr.")
     trial_workers: int = Field(1, ge=1, description="Ray Train workers of each trial (sets parallel.workers_per_node, one node per trial).")
+    trial_seeds: Literal["same", "distinct"] = Field("same", description="same: every trial trains with run.seed (common random numbers: two trials differ only by their hyperparameters); distinct: trial i uses run.seed + i, so trials of one configuration are independent samples.")
 
 
 class RunConfig(_Section):

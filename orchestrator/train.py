@@ -214,6 +214,19 @@ def fit(cfg: RunConfig):
     return build_trainer(cfg).fit()
 
 
+def prepare(cfg: RunConfig) -> RunConfig:
+    """Settle what every worker must agree on, once, and save the config beside the run."""
+    # Workers run in their own working folders: local paths must be absolute before they travel.
+    cfg.data.root = ckpt.storage_path(cfg.data.root)
+    cfg.run.storage = ckpt.storage_path(cfg.run.storage)
+    cfg.model.num_classes = cfg.model.num_classes or num_classes(cfg)  # from the manifest, once
+    if "://" not in cfg.run.storage:
+        out = Path(run_dir(cfg))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+    return cfg
+
+
 def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool = True):
     """The TorchTrainer of one run (Ray already connected); `fit` and each `cnnctl tune` trial use it.
 
@@ -222,18 +235,10 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool
     """
     from orchestrator.cluster import place_workers
 
-    p = cfg.parallel
-    # Workers run in their own working folders: local paths must be absolute before they travel.
-    cfg.data.root = ckpt.storage_path(cfg.data.root)
-    cfg.run.storage = ckpt.storage_path(cfg.run.storage)
-    cfg.model.num_classes = cfg.model.num_classes or num_classes(cfg)  # from the manifest, once
+    p = prepare(cfg).parallel
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    out = Path(run_dir(cfg)) if "://" not in cfg.run.storage else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
     resources = {"CPU": p.cpus_per_worker, **({"GPU": 1} if p.gpus else {})}
     selectors = place_workers(p.nodes, p.workers_per_node, p.cpus_per_worker, p.gpus) if pin_nodes or p.nodes > 1 else None
     return TorchTrainer(

@@ -1,13 +1,14 @@
-"""`cnnctl tune`: Ray Tune sweeps whose trials are Ray Train runs of the ordinary training loop.
+"""`cnnctl tune`: Ray Tune sweeps whose trials are runs of the ordinary training loop (`train.Trainer`).
 
-Each trial is a Tune function trainable that builds the run's TorchTrainer (`train.build_trainer`)
-and waits on it. The trial itself holds no CPU; its Train workers ask for theirs, so the number of
-trials running at once is capped by what the cluster's CPUs hold, never oversubscribing them.
+A one-worker trial trains inside the trial's own process, which holds that worker's CPU (and GPU):
+no Train controller, placement group or worker process is started per trial, and Tune reuses the
+process for the next trial. A trial of several workers is a Ray Train run (`train.build_trainer`)
+driven from a TrialRun actor; the trial's process holds nothing, its Train workers ask for their
+CPUs. Either way the trials running at once never hold more than the cluster's CPUs.
 
-Every epoch's rank-0 metrics and checkpoint travel from the Train controller to the trial through a
-small queue, and the trial reports them to Tune *with* the checkpoint, so schedulers can use it:
-PBT's exploit hands a donor's checkpoint to the weak trial, which copies it into a fresh run folder
-where the training loop resumes from it (`checkpoint.resume_point` falls back to the run folder).
+Every epoch's rank-0 metrics and checkpoint reach Tune *with* the checkpoint, so schedulers can use
+it: PBT's exploit hands a donor's checkpoint to the weak trial, which copies it into a fresh run
+folder where the training loop resumes from it (`checkpoint.resume_point` falls back to the run folder).
 """
 
 from __future__ import annotations
@@ -104,9 +105,8 @@ class ForwardToTrial:
     def after_report(self, run_context, metrics, checkpoint):
         from ray.exceptions import RayActorError
 
-        scalars = {k: v for k, v in metrics[0].items() if isinstance(v, (int, float, str, bool))}
         try:
-            self.queue.put(("report", scalars, checkpoint.path if checkpoint else None))
+            self.queue.put(("report", _scalars(metrics[0]), checkpoint.path if checkpoint else None))
         except RayActorError:  # the trial is gone; its TrialRun aborts this run
             pass
 
@@ -266,14 +266,27 @@ def seed_from(checkpoint, dest: Path) -> dict:
             "resumed_from_epoch": meta["epoch"]}
 
 
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+
+
+def trial_resources(cfg: RunConfig) -> dict:
+    """A one-worker trial trains in its own process, which holds the worker's CPU (and GPU); a
+    bigger trial's process holds nothing, its Train workers ask for theirs."""
+    if cfg.parallel.world == 1:
+        return {"CPU": cfg.parallel.cpus_per_worker, **({"GPU": 1} if cfg.parallel.gpus else {})}
+    return TRIAL_DRIVER
+
+
 def run_trial(params: dict, base: dict, sweep: str) -> None:
-    """The Tune function trainable: one trial = one Ray Train run of the training loop."""
-    import ray
+    """The Tune function trainable: one trial = one run of the training loop (`train.Trainer`),
+    in the trial's own process for one worker, as a Ray Train run for more."""
     from ray import tune
-    from ray.util.queue import Empty, Queue
 
     trial_id = tune.get_context().get_trial_id()
     cfg = apply(base, params)
+    if cfg.tune.trial_seeds == "distinct":
+        cfg.run.seed += int(trial_id.rsplit("_", 1)[1])
     runs = Path(sweep) / "train"
     # A fresh run folder per start: after a PBT exploit the trial must not resume its own run.
     cfg.run.storage, cfg.run.name = str(runs), f"{trial_id}-{len(list(runs.glob(f'{trial_id}-*')))}"
@@ -284,9 +297,46 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
         # epoch): that checkpoint's result stands as this trial's final one; no Train run starts.
         seed = runs / cfg.run.name / f"checkpoint_seed_{origin['resumed_from_epoch']:06d}"
         metrics = json.loads((seed / "meta.json").read_text())["metrics"]
-        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
-        tune.report({**scalars, **origin, "run": cfg.run.name, "carried_over": True})
+        tune.report({**_scalars(metrics), **origin, "run": cfg.run.name, "carried_over": True})
         return
+    if cfg.parallel.world == 1:
+        _train_here(cfg, origin)
+    else:
+        _train_run(cfg, origin, trial_id)
+
+
+def _train_here(cfg: RunConfig, origin: dict) -> None:
+    """The training loop in the trial's process, over a one-rank gloo group: no Train controller,
+    placement group or worker process to start, and nothing outlives the trial when Tune stops it."""
+    import random
+
+    import ray
+    import torch.distributed as dist
+    from ray import tune
+
+    from orchestrator.train import Trainer, prepare
+
+    cfg = prepare(cfg)
+    random.seed(cfg.run.seed)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        trainer = Trainer(cfg, resume_from=ckpt.resume_point(None, run_dir(cfg)), node=ray.get_runtime_context().get_node_id())
+
+        def report(metrics: dict, folder: str | None) -> None:
+            tune.report({**_scalars(metrics), **origin, "run": cfg.run.name},
+                        checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
+
+        trainer.run(report)
+    finally:  # a reused trial process starts its next trial with a new group
+        dist.destroy_process_group()
+
+
+def _train_run(cfg: RunConfig, origin: dict, trial_id: str) -> None:
+    """The trial as a Ray Train run, driven from a TrialRun actor; its reports come through a queue."""
+    import ray
+    from ray import tune
+    from ray.util.queue import Empty, Queue
+
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     # Detached and out of the trial's placement group (Tune's groups capture child tasks): the run
     # must outlive the trial long enough to give its workers' CPUs back (see TrialRun).
@@ -340,7 +390,7 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False):
 
     path = sweep_dir(cfg)
     base = cfg.model_dump(mode="json")
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep=str(path)), TRIAL_DRIVER)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep=str(path)), trial_resources(cfg))
     if resume:
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
         return tuner.fit()
