@@ -54,11 +54,18 @@ def trial_rows(sweep: Path) -> dict[str, list[dict]]:
 def test_asha_stops_a_weak_trial_early_and_exports_a_trainable_best_config(ray_cluster, fmnist_root, tmp_path):
     res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 1e-9), "--scheduler", "asha",
                               "--num-samples", "2", "--max-concurrent", "2", "--epochs", "2", "--name", "asha",
-                              "--address", ray_cluster.address, *sets(fmnist_root, tmp_path / "runs", "tune.grace_period=1")])
+                              "--address", ray_cluster.address,
+                              *sets(fmnist_root, tmp_path / "runs", "tune.grace_period=1", "tune.trial_seeds=distinct", "run.seed=7")])
     assert res.exit_code == 0, res.output
     sweep = tmp_path / "runs" / "asha"
     rows = results(sweep)
     assert len(rows) == 4 and all(r["status"] != "error" for r in rows)
+    for trial, reports in trial_rows(sweep).items():
+        run = sweep / "train" / f"{trial.removeprefix('trial_')}-0"
+        # a one-worker trial trains in the trial's own process: Tune's pid is the training rank's
+        assert {r["pid"] for r in reports} == {m["pid_of_rank"][0] for m in (json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines())}
+        # tune.trial_seeds=distinct: trial i trains with run.seed + i
+        assert yaml.safe_load((run / "config.yaml").read_text())["run"]["seed"] == 7 + int(trial.rsplit("_", 1)[1])
     assert any(r["status"] == "stopped at epoch 0" for r in rows), rows  # ASHA cut a trial at its first rung
     losses = [float(r["val_loss"]) for r in rows]
     assert losses == sorted(losses)  # sorted by the metric (min mode: best first)
