@@ -181,7 +181,13 @@ class Trainer:
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt.save(tmp, weights, self.cfg, state, {"epoch": epoch, "metrics": metrics})
                 report(metrics, tmp)
+        self.close()
+
+    def close(self) -> None:
+        """Flush the metrics and end the loaders' persistent workers."""
         self.log.close()
+        self.train_data.close()
+        self.val_data.close()
 
 
 def train_loop(config: dict) -> None:

@@ -319,6 +319,7 @@ def _train_here(cfg: RunConfig, origin: dict) -> None:
     cfg = prepare(cfg)
     random.seed(cfg.run.seed)
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    trainer = None
     try:
         trainer = Trainer(cfg, resume_from=ckpt.resume_point(None, run_dir(cfg)), node=ray.get_runtime_context().get_node_id())
 
@@ -327,7 +328,9 @@ def _train_here(cfg: RunConfig, origin: dict) -> None:
                         checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 
         trainer.run(report)
-    finally:  # a reused trial process starts its next trial with a new group
+    finally:  # a reused trial process starts its next trial afresh: new group, no old loader workers
+        if trainer is not None:
+            trainer.close()
         dist.destroy_process_group()
 
 

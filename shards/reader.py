@@ -226,6 +226,12 @@ class ShardStream(IterableDataset):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_loaders": {}}  # a worker started by spawn gets no DataLoaders
 
+    def close(self) -> None:
+        """End the workers that loader(recycle=True) keeps across epochs. The stream and its
+        DataLoaders refer to each other, so without this they wait for Python's cycle collector
+        (a reused Tune trial process would carry them into its next trial)."""
+        self._loaders.clear()  # the last reference to each DataLoader: its iterator shuts its workers down
+
     @property
     def bad_samples(self) -> int:
         """Bad samples skipped so far (all epochs, all workers) under on_bad_sample=skip."""

@@ -216,6 +216,12 @@ def test_recycled_buffers_give_a_training_loop_the_same_batches(seven_shards):
         assert (stream.rings is not None) == recycle
     assert pids[0] == pids[1] == pids[2]  # persistent: set_epoch reached them through shared memory
     assert digests[:3] == digests[3:] and len(digests[0]) == 700 // 16 and len({str(d) for d in digests[:3]}) == 3
+    workers = [w for w in data._iterator._workers]
+    del data
+    stream.close()  # ends the persistent workers now, not whenever the cycle collector runs
+    for w in workers:
+        w.join(timeout=10)
+    assert not any(w.is_alive() for w in workers)
 
 
 def test_tar_walk_stops_at_a_damaged_header_after_the_members_before_it():
