@@ -51,7 +51,9 @@ def trial_rows(sweep: Path) -> dict[str, list[dict]]:
     return out
 
 
-def test_asha_stops_a_weak_trial_early_and_exports_a_trainable_best_config(ray_cluster, fmnist_root, tmp_path):
+def test_asha_stops_a_weak_trial_early_and_exports_a_trainable_best_config(ray_cluster, fmnist_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(fmnist_root).parent)  # a relative data root, as the README's commands give it
+    fmnist_root = Path(fmnist_root).name
     res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 1e-9), "--scheduler", "asha",
                               "--num-samples", "2", "--max-concurrent", "2", "--epochs", "2", "--name", "asha",
                               "--address", ray_cluster.address,
