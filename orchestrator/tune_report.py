@@ -97,6 +97,12 @@ def _axis_values(values: list, log: bool) -> tuple[list[float], list[str] | None
     return [float(labels.index(str(v))) for v in values], labels
 
 
+def _spans_decades(values: list) -> bool:
+    """Positive numbers two or more decades apart (a grid such as 1e-5, 1e-4, 1e-3) read on a log axis."""
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return len(nums) == len(values) and min(nums) > 0 and max(nums) / min(nums) >= 100
+
+
 def plot(sweep: Path, trials: list[Trial], metric: str, space) -> dict:
     scored = [t for t in trials if t.best]
     out = {}
@@ -108,10 +114,19 @@ def plot(sweep: Path, trials: list[Trial], metric: str, space) -> dict:
     cols = min(3, len(paths))
     rows = math.ceil(len(paths) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, constrained_layout=True)
+    # An on/off dimension (LRN enabled, say) colours every other panel: "off" trials ignore the knobs.
+    switch = next((p for p in paths if all(isinstance(t.params.get(p), bool) for t in scored)), None)
     for ax, path in zip(axes.flat, paths):
-        log = space.space[path].loguniform is not None
-        xs, labels = _axis_values([t.params.get(path) for t in scored], log)
-        ax.scatter(xs, scores)
+        values = [t.params.get(path) for t in scored]
+        log = space.space[path].loguniform is not None or _spans_decades(values)
+        xs, labels = _axis_values(values, log)
+        if switch and path != switch:
+            for flag, colour in ((True, "tab:blue"), (False, "tab:orange")):
+                pick = [i for i, t in enumerate(scored) if t.params.get(switch) is flag]
+                ax.scatter([xs[i] for i in pick], [scores[i] for i in pick], color=colour, label=f"{switch}={flag}")
+            ax.legend(fontsize=7)
+        else:
+            ax.scatter(xs, scores)
         ax.set_xlabel(f"log10 {path}" if log and labels is None else path)
         ax.set_ylabel(metric)
         if labels:

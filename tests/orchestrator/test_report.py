@@ -19,3 +19,12 @@ def test_report_draws_a_png(tmp_path):
 def test_report_without_metrics_is_an_error(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 1 and "no metrics.jsonl" in res.output
+
+
+def test_sweep_plots_read_a_grid_over_decades_on_a_log_axis():
+    from orchestrator.tune_report import _spans_decades
+
+    assert _spans_decades([1e-5, 1e-4, 1e-3])
+    assert not _spans_decades([0.5, 0.75, 1.0])
+    assert not _spans_decades([True, False])  # an on/off switch is categorical
+    assert not _spans_decades([0.0, 1e-3, 1.0])  # zero has no logarithm
