@@ -206,8 +206,9 @@ def train(
     problems = check_data(cfg)
     if problems:
         raise fail(problems)
-    # Importing torch and Ray Train (seconds) overlaps with starting Ray, which stays on this thread:
-    # Ray ends the processes it starts when the thread that started them ends.
+    # Importing the training code and torch (seconds) overlaps with starting Ray, which stays on this
+    # thread (Ray ends the processes it starts when the thread that started them ends). Ray Train is
+    # imported later, by build_trainer: only after connect() has set a cluster's auth env.
     importer = threading.Thread(target=importlib.import_module, args=("orchestrator.train",), daemon=True)
     importer.start()
     connect(p.address, cpus_needed=p.world * p.cpus_per_worker)

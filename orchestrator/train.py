@@ -142,10 +142,9 @@ class Trainer:
                 print(f"epoch {epoch} step {i + 1}/{steps} loss {sums[0].item() / seen:.4f} lr {lr:.4g} {rate:.0f} img/s", flush=True)
         elapsed = time.perf_counter() - t0
         steps_per_rank = self._gather(i + 1)
-        loss_sum, hits, seen = self._all_sum([*sums.tolist(), seen])
+        loss_sum, hits, seen, bad = self._all_sum([*sums.tolist(), seen, self.train_data.bad_samples])
         return {"train_loss": loss_sum / seen, "train_top1": hits / seen, "lr": lr,
-                "images_per_sec": seen / elapsed, "steps_per_rank": steps_per_rank,
-                "bad_samples": int(self._all_sum([float(self.train_data.bad_samples)])[0])}
+                "images_per_sec": seen / elapsed, "steps_per_rank": steps_per_rank, "bad_samples": int(bad)}
 
     def validate(self) -> dict:
         model = unwrap(self.model)  # no DDP forward: ranks may take different eval batch counts
@@ -220,7 +219,7 @@ def fit(cfg: RunConfig):
     return build_trainer(cfg).fit()
 
 
-def prepare(cfg: RunConfig) -> RunConfig:
+def prepare_run(cfg: RunConfig) -> RunConfig:
     """Settle what every worker must agree on, once, and save the config beside the run."""
     # Workers run in their own working folders: local paths must be absolute before they travel.
     cfg.data.root = ckpt.storage_path(cfg.data.root)
@@ -241,7 +240,7 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool
     """
     from orchestrator.cluster import place_workers
 
-    p = prepare(cfg).parallel
+    p = prepare_run(cfg).parallel
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 

@@ -314,9 +314,9 @@ def _train_here(cfg: RunConfig, origin: dict) -> None:
     import torch.distributed as dist
     from ray import tune
 
-    from orchestrator.train import Trainer, prepare
+    from orchestrator.train import Trainer, prepare_run
 
-    cfg = prepare(cfg)
+    cfg = prepare_run(cfg)
     random.seed(cfg.run.seed)
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     trainer = None
