@@ -6,25 +6,30 @@ FMNIST    := /usr/share/datasets/fashion-mnist
 STAMP     := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data jpeg-headers demo test bench clean
 
 setup: $(STAMP) data
 
 # torch is installed first and pinned: a bare `torch` requirement pulls several GB of CUDA wheels.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml shards/_jpegcrop.c | jpeg-headers
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[dev,s3]"
 	@touch $@
 
 data:
-	@if [ ! -d $(FMNIST) ]; then \
-	  echo "Fashion-MNIST is missing: installing Debian's dataset-fashion-mnist"; \
+	@test -d $(FMNIST) || $(call apt_install,dataset-fashion-mnist,Fashion-MNIST,$(FMNIST))
+
+# The windowed JPEG decoder (shards/_jpegcrop.c) builds against libjpeg-turbo's headers.
+jpeg-headers:
+	@test -f /usr/include/jpeglib.h || $(call apt_install,libjpeg62-turbo-dev,libjpeg-turbo's headers,/usr/include)
+
+# $(call apt_install,package,what,where): Debian's package, as root or with passwordless sudo.
+apt_install = { echo "$(2) missing: installing Debian's $(1)"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
-	  ( $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist ) >/dev/null \
-	  || { echo "error: could not install dataset-fashion-mnist (needs root or passwordless sudo and Debian's package index)." >&2; \
-	       echo "       Install it by hand: apt-get install dataset-fashion-mnist (files land in $(FMNIST))." >&2; exit 1; }; \
-	fi
+	  ( $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(1) ) >/dev/null \
+	  || { echo "error: could not install $(1) (needs root or passwordless sudo and Debian's package index)." >&2; \
+	       echo "       Install it by hand: apt-get install $(1) (files land in $(3))." >&2; exit 1; }; }
 
 # shard -> train (2 Ray Train workers, data parallel) -> eval on the Fashion-MNIST test split.
 demo: setup

@@ -10,6 +10,9 @@ same run, interleaved over rounds, on the same tar bytes:
 - codec:  a bare loop over the JPEG bytes of the same shards (already in memory): simplejpeg decode,
           random 227 crop, flip, copy out; one loop per process, W processes at once (the codec limit;
           the goal is loader >= 0.9x this);
+- window: the same bare loop with the loader's own decoder, which decodes only the crop's window,
+          straight into a reused buffer (shards/_jpegcrop.c): loader / window is the loader's own
+          overhead, now that it no longer decodes whole images;
 - naive:  a plain per-sample PIL pipeline in a DataLoader with W workers: Image.open, crop,
           transpose, to a CHW tensor, default collate (the goal is loader >= 1.8x this).
 
@@ -35,6 +38,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from shards import codec
 from shards import manifest as mf
 from shards.reader import ShardStream, Split, loader
 from shards.sources import class_folders
@@ -51,6 +55,25 @@ def tar_jpegs(shards: list[Path]) -> list[bytes]:
         with tarfile.open(p) as t:
             out += [t.extractfile(m).read() for m in t.getmembers() if m.name.endswith(".jpg")]
     return out
+
+
+def _plans(jpegs: list[bytes]):
+    """(data, top, left, flip) per image: a random crop of the central square, as AlexNetCrop draws."""
+    rng = random.Random(0)
+    for data in jpegs:
+        h, w = codec.jpeg_size(data)
+        side = min(h, w)
+        yield data, (h - side) // 2 + rng.randrange(side - CROP + 1), (w - side) // 2 + rng.randrange(side - CROP + 1), rng.random() < 0.5
+
+
+def window_loop(jpegs: list[bytes]) -> tuple[int, float]:
+    """decode of the crop's window only, flipped in the decoder, into one reused buffer."""
+    out = np.empty((CROP, CROP, 3), np.uint8)
+    plans = list(_plans(jpegs))
+    t0 = time.perf_counter()
+    for data, top, left, flip in plans:
+        codec.decode_window(data, out, top, left, flip)
+    return len(jpegs), time.perf_counter() - t0
 
 
 def codec_loop(jpegs: list[bytes]) -> tuple[int, float]:
@@ -99,9 +122,9 @@ def run_loader(stream: ShardStream, workers: int, epoch: int) -> tuple[int, floa
     return n, time.perf_counter() - t0
 
 
-def run_codec(pool: ProcessPoolExecutor, jpegs: list[bytes], workers: int) -> float:
+def run_codec(pool: ProcessPoolExecutor, jpegs: list[bytes], workers: int, loop=codec_loop) -> float:
     """img/s of W simultaneous bare loops: the sum of their rates."""
-    return sum(n / t for n, t in pool.map(codec_loop, [jpegs[i::workers] for i in range(workers)]))
+    return sum(n / t for n, t in pool.map(loop, [jpegs[i::workers] for i in range(workers)]))
 
 
 def run_naive(jpegs: list[bytes], workers: int, batch: int) -> tuple[int, float]:
@@ -130,28 +153,32 @@ def main() -> None:
         sizes = [simplejpeg.decode_jpeg_header(j)[:2] for j in jpegs[:200]]
         print(f"corpus: {len(jpegs)} JPEGs in {len(manifest['shards'])} shards, shorter side 256 (e.g. {sizes[0][1]}x{sizes[0][0]}), "
               f"{sum(map(len, jpegs)) / len(jpegs) / 1024:.1f} KiB each; built in {time.perf_counter() - t0:.1f}s")
-        rates = {"loader": [], "codec": [], "naive": []}
+        rates = {"loader": [], "codec": [], "window": [], "naive": []}
         load0 = os.getloadavg()[0]  # other jobs on the machine skew the ratios: say how busy it was
         with ProcessPoolExecutor(args.workers) as pool:
             run_codec(pool, jpegs[:50], args.workers)  # start the processes, warm imports and the page cache
+            run_codec(pool, jpegs[:50], args.workers, window_loop)
             stream = ShardStream(url, Split(), args.batch, AlexNetCrop(CROP), seed=0)
             run_loader(stream, args.workers, 0)  # likewise: start its (persistent) workers, untimed
             for r in range(args.rounds):
                 n, t = run_loader(stream, args.workers, r + 1)
                 rates["loader"].append(n / t)
                 rates["codec"].append(run_codec(pool, jpegs, args.workers))
+                rates["window"].append(run_codec(pool, jpegs, args.workers, window_loop))
                 n, t = run_naive(jpegs, args.workers, args.batch)
                 rates["naive"].append(n / t)
         rate = {k: statistics.median(v) for k, v in rates.items()}
         w = args.workers
         print(f"loader (ShardStream, AlexNet crop+flip, {w} workers, batch {args.batch}): {rate['loader']:7.1f} img/s")
         print(f"codec  (bare decode+crop+flip loop x {w} processes):            {rate['codec']:7.1f} img/s")
+        print(f"window (bare windowed-decode loop x {w} processes):             {rate['window']:7.1f} img/s")
         print(f"naive  (per-sample PIL pipeline, DataLoader {w} workers):        {rate['naive']:7.1f} img/s")
         print(f"loader / codec limit: {rate['loader'] / rate['codec']:.2f}x (goal >= 0.9x)")
         print(f"loader / naive PIL:   {rate['loader'] / rate['naive']:.2f}x (goal >= 1.8x)")
-        pairs = list(zip(rates["loader"], rates["codec"], rates["naive"]))  # each round's three, measured back to back
-        print("per round, loader / codec:", " ".join(f"{l / c:.2f}" for l, c, _ in pairs),
-              "| loader / naive:", " ".join(f"{l / n:.2f}" for l, _, n in pairs))
+        print(f"loader / window loop: {rate['loader'] / rate['window']:.2f}x (the loader's own overhead over its decoder)")
+        rounds = list(zip(rates["loader"], rates["codec"], rates["window"], rates["naive"]))  # each round's, back to back
+        for name, i in (("codec", 1), ("naive", 3), ("window", 2)):
+            print(f"per round, loader / {name}:", " ".join(f"{r[0] / r[i]:.2f}" for r in rounds))
         print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 

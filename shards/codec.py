@@ -17,6 +17,14 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+try:  # built from shards/_jpegcrop.c where libjpeg-turbo's headers are found (pyproject.toml)
+    from shards._jpegcrop import decode_into as _decode_into
+except ImportError:  # then transforms decode whole images and crop after: the same pixels, more CPU
+    _decode_into = None
+
+# Whether decode_window can run: a crop transform then decodes only its window, into the batch.
+WINDOWED = _decode_into is not None
+
 JPEG_SOI = b"\xff\xd8"
 _SIGNATURES = ((JPEG_SOI, "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
 # Antialiased bilinear, as torchvision's Resize; bicubic costs ~30% more for no training benefit.
@@ -185,9 +193,31 @@ def transcode_pixels(pixels: np.ndarray, target: Target) -> Encoded:
     return Encoded(out, img.size, arr)
 
 
+def is_jpeg(data: bytes, ext: str) -> bool:
+    return ext in ("jpg", "jpeg") and data[:2] == JPEG_SOI
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(height, width) from the JPEG header."""
+    h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+    return h, w
+
+
+def decode_window(data: bytes, out: np.ndarray, top: int, left: int, flip: bool) -> None:
+    """Decode the window of JPEG ``data`` that ``out`` (HxWx3 uint8, C-contiguous) covers, its top
+    left corner at (top, left), into ``out``, mirrored left-right if ``flip``. Only the window's
+    rows and iMCU columns are decoded (libjpeg-turbo's skip and crop of scanlines); the pixels equal
+    a whole decode's (tests/shards/test_jpegcrop.py). Needs WINDOWED; raises ValueError for corrupt
+    data or a window outside the image."""
+    if out.dtype != np.uint8 or out.ndim != 3 or out.shape[2] != 3 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous HxWx3 uint8 array, not {out.dtype} {out.shape} (strides {out.strides})")
+    h, w = out.shape[:2]
+    _decode_into(data, out, top, left, h, w, flip)
+
+
 def decode(data: bytes, ext: str) -> np.ndarray:
     """Shard member bytes -> HxWx3 uint8. Grayscale PNGs are expanded to 3 channels."""
-    if ext in ("jpg", "jpeg") and data[:2] == JPEG_SOI:
+    if is_jpeg(data, ext):
         return simplejpeg.decode_jpeg(data, colorspace="RGB")
     arr = np.asarray(open_image(data, ext))
     if arr.ndim == 2:

@@ -162,13 +162,18 @@ def tar_samples(url: str) -> Iterator[Sample]:
         yield sample
 
 
-def decode_sample(raw: Sample, transform: Transform, rng: random.Random | None) -> tuple[np.ndarray, int]:
-    """Raw sample -> (transformed HxWx3 uint8, label). Any failure is a BadSample naming URL and key."""
+def decode_sample(raw: Sample, transform: Transform, rng: random.Random | None,
+                  into: np.ndarray | None = None) -> tuple[np.ndarray | None, int]:
+    """Raw sample -> (transformed HxWx3 uint8, label), or (None, label) when the transform decoded it
+    straight into ``into``, the batch's next slot (Transform.load_into). Any failure is a BadSample
+    naming URL and key."""
     ext = "jpg" if "jpg" in raw else next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None or "cls" not in raw:
         raise BadSample(f"{_where(raw)} lacks an image or a .cls member")
     try:
         label = int(raw["cls"])
+        if into is not None and transform.load_into(raw[ext], ext, rng, into):
+            return None, label
         return transform(transform.load(raw[ext], ext, rng), rng), label
     except (codec.BadImage, ValueError) as exc:  # simplejpeg raises ValueError for corrupt data
         raise BadSample(f"{_where(raw)}: {exc}") from None
@@ -332,6 +337,7 @@ class ShardStream(IterableDataset):
         my_steps = len(range(worker, self.steps, workers))
         ring = self.rings[worker] if info is not None and self.rings and len(self.rings) == workers else None
         batch, done, bad_run = _Batch(self.batch_size, shared=info is not None, ring=ring), 0, 0
+        shape = self.transform.sample_shape()
         # A buffer no larger than this reader's part: a larger one would hold nothing more.
         buffer = min(self.shuffle_buffer, max(self.samples_per_rank // workers, 1))
         stream = self._stream(epoch, rng, buffer, lambda: (my_steps - done) * self.batch_size - batch.n)
@@ -339,7 +345,7 @@ class ShardStream(IterableDataset):
             if self.train and done == my_steps:
                 break
             try:
-                image, label = decode_sample(raw, self.transform, rng)
+                image, label = decode_sample(raw, self.transform, rng, batch.slot(shape))
             except BadSample as exc:
                 self._skip(exc)  # training: the endless stream makes up for it, so steps stay equal
                 bad_run += 1
@@ -398,10 +404,30 @@ class _Batch:
             return shared_uint8(shape)
         return torch.empty(shape, dtype=torch.uint8)
 
-    def add(self, image: np.ndarray, label: int) -> bool:
+    def _start(self, shape: tuple) -> None:
+        self.buf = self._new((self.size, *shape))
+        self.arr, self.slots = self.buf.numpy(), self.buf.unbind(0)
+
+    def slot(self, shape: tuple | None) -> np.ndarray | None:
+        """The next sample's slot, for a transform to decode into (then ``add(None, label)``); None
+        when samples vary in shape."""
+        if shape is None:
+            return None
         if self.buf is None:
-            self.buf = self._new((self.size, *image.shape))
-            self.arr, self.slots = self.buf.numpy(), self.buf.unbind(0)
+            self._start(shape)
+        return self.arr[self.n]
+
+    def add(self, image: np.ndarray | None, label: int) -> bool:
+        """Append a sample (None: it is already in ``slot()``); True when the batch is full."""
+        if image is not None:
+            self._copy(image)
+        self.labels.append(label)
+        self.n += 1
+        return self.n == self.size
+
+    def _copy(self, image: np.ndarray) -> None:
+        if self.buf is None:
+            self._start(image.shape)
         elif image.shape != self.arr.shape[1:]:
             raise BadSample(f"sample of shape {image.shape} in a batch of {self.arr.shape[1:]} (batch size 1 for full images)")
         strides = image.strides
@@ -414,9 +440,6 @@ class _Batch:
             self.slots[self.n].copy_(torch.from_numpy(image).flip(flips))
         else:
             self.arr[self.n] = image
-        self.labels.append(label)
-        self.n += 1
-        return self.n == self.size
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
         images = self.buf[: self.n].movedim(-1, -3)  # N×H×W×3 -> N×3×H×W view: channels_last

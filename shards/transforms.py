@@ -9,6 +9,12 @@ same batches:
 - ``__call__(img, rng)``: pixels -> the sample, HxWx3 (ten-crop: 10xHxWx3). It may return a strided
   view (a crop, a flip): the reader copies it once, straight into the batch buffer.
 
+A transform whose sample is one window of the image, mirrored or not (AlexNet's crop, a centre
+crop), says which in ``window(h, w, rng)``, drawing from ``rng`` exactly as ``__call__`` does. The
+reader then calls ``load_into``, which decodes only that window of a JPEG, straight into the batch
+buffer (codec.decode_window): no whole decode, no crop copy, no flip pass. Both ways give the same
+pixels from the same draws, so a seed gives the same batches whichever runs.
+
 Samples stay HWC: a batch N×H×W×3 is already the channels_last layout the model runs in, so the
 reader hands it on as an N×3×H×W view and no transpose is ever paid per sample. Normalisation,
 mean subtraction and PCA lighting run later, batched, on the training device (orchestrator/data.py).
@@ -28,24 +34,22 @@ from PIL import Image
 from shards import codec
 
 
-def _square(img: np.ndarray) -> tuple[int, int, int]:
+def _square(h: int, w: int, size: int) -> tuple[int, int, int]:
     """(top, left, side) of the central square: AlexNet's crops come from the 256x256 centre (§2)."""
-    h, w = img.shape[:2]
     side = min(h, w)
+    if side < size:
+        raise ValueError(f"image {w}x{h} is smaller than the {size}px crop")
     return (h - side) // 2, (w - side) // 2, side
 
 
-def _check(img: np.ndarray, size: int) -> None:
-    h, w = img.shape[:2]
+def _check(h: int, w: int, size: int) -> None:
     if h < size or w < size:
         raise ValueError(f"image {w}x{h} is smaller than the {size}px crop")
 
 
-def _center(img: np.ndarray, size: int) -> np.ndarray:
-    _check(img, size)
-    h, w = img.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return img[top : top + size, left : left + size]
+def _window(img: np.ndarray, size: int, top: int, left: int, flip: bool) -> np.ndarray:
+    img = img[top : top + size, left : left + size]
+    return img[:, ::-1] if flip else img
 
 
 class Transform:
@@ -62,6 +66,21 @@ class Transform:
         size = getattr(self, "size", None)
         return (size, size, 3) if size else None
 
+    def window(self, h: int, w: int, rng: random.Random | None) -> tuple[int, int, bool] | None:
+        """(top, left, flip) of the sample_shape() window of an h x w image that is the sample, or
+        None when the sample is not one window (then nothing is drawn from rng)."""
+        return None
+
+    def load_into(self, data: bytes, ext: str, rng: random.Random | None, out: np.ndarray) -> bool:
+        """Decode the sample straight into ``out`` (a batch slot) when it is one window of a JPEG and
+        the windowed decoder is built; False (nothing drawn, nothing written) leaves it to
+        ``__call__(load(...))``."""
+        if not codec.WINDOWED or type(self).window is Transform.window or not codec.is_jpeg(data, ext):
+            return False
+        top, left, flip = self.window(*codec.jpeg_size(data), rng)
+        codec.decode_window(data, out, top, left, flip)
+        return True
+
 
 Full = Transform
 
@@ -73,24 +92,29 @@ class CropFlip(Transform):
     size: int
     pad: int = 0
 
+    def _draw(self, h: int, w: int, rng: random.Random) -> tuple[int, int, bool]:
+        _check(h, w, self.size)
+        return rng.randrange(h - self.size + 1), rng.randrange(w - self.size + 1), rng.random() < 0.5
+
+    def window(self, h: int, w: int, rng: random.Random) -> tuple[int, int, bool] | None:
+        return None if self.pad else self._draw(h, w, rng)  # a padded crop is not a window of the JPEG
+
     def __call__(self, img: np.ndarray, rng: random.Random) -> np.ndarray:
         if self.pad:
             img = np.pad(img, ((self.pad, self.pad), (self.pad, self.pad), (0, 0)))
-        _check(img, self.size)
-        h, w = img.shape[:2]
-        top, left = rng.randrange(h - self.size + 1), rng.randrange(w - self.size + 1)
-        img = img[top : top + self.size, left : left + self.size]
-        if rng.random() < 0.5:
-            img = img[:, ::-1]
-        return img
+        return _window(img, self.size, *self._draw(*img.shape[:2], rng))
 
 
 @dataclass(frozen=True)
 class CenterCrop(Transform):
     size: int
 
+    def window(self, h: int, w: int, rng: random.Random | None = None) -> tuple[int, int, bool]:
+        _check(h, w, self.size)
+        return (h - self.size) // 2, (w - self.size) // 2, False
+
     def __call__(self, img: np.ndarray, rng: random.Random | None = None) -> np.ndarray:
-        return _center(img, self.size)
+        return _window(img, self.size, *self.window(*img.shape[:2]))
 
 
 @dataclass(frozen=True)
@@ -102,13 +126,13 @@ class AlexNetCrop(Transform):
 
     size: int = 227
 
-    def __call__(self, img: np.ndarray, rng: random.Random) -> np.ndarray:
-        top0, left0, side = _square(img)
-        if side < self.size:
-            raise ValueError(f"image {img.shape[1]}x{img.shape[0]} is smaller than the {self.size}px crop")
+    def window(self, h: int, w: int, rng: random.Random) -> tuple[int, int, bool]:
+        top0, left0, side = _square(h, w, self.size)
         top, left = top0 + rng.randrange(side - self.size + 1), left0 + rng.randrange(side - self.size + 1)
-        img = img[top : top + self.size, left : left + self.size]
-        return img[:, ::-1] if rng.random() < 0.5 else img
+        return top, left, rng.random() < 0.5
+
+    def __call__(self, img: np.ndarray, rng: random.Random) -> np.ndarray:
+        return _window(img, self.size, *self.window(*img.shape[:2], rng))
 
 
 @dataclass(frozen=True)
@@ -137,8 +161,8 @@ class ScaleJitter(Transform):
         return s, (left / fx, top / fy, (left + self.size) / fx, (top + self.size) / fy)
 
     def load(self, data: bytes, ext: str, rng: random.Random) -> np.ndarray:
-        if ext in ("jpg", "jpeg") and data[:2] == codec.JPEG_SOI:
-            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        if codec.is_jpeg(data, ext):
+            h, w = codec.jpeg_size(data)
             s, box = self.plan(w, h, rng)
             shrink = min(w, h) / s
             if shrink >= 2:  # decode at 1/2, 1/4 or 1/8 scale, still at least as large as needed
@@ -168,9 +192,7 @@ class TenCrop(Transform):
         return (10, self.size, self.size, 3)
 
     def __call__(self, img: np.ndarray, rng: random.Random | None = None) -> np.ndarray:
-        top0, left0, side = _square(img)
-        if side < self.size:
-            raise ValueError(f"image {img.shape[1]}x{img.shape[0]} is smaller than the {self.size}px crop")
+        top0, left0, side = _square(*img.shape[:2], self.size)
         sq = img[top0 : top0 + side, left0 : left0 + side]
         far, mid = side - self.size, (side - self.size) // 2
         views = [sq[t : t + self.size, l : l + self.size] for t, l in ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))]
