@@ -34,10 +34,19 @@ class DataConfig(_Section):
     lighting_std: float = Field(0.1, ge=0, description="alexnet/vgg: sigma of the PCA lighting coefficients alpha_i ~ N(0, sigma), with the manifest's RGB eigen-decomposition; 0 turns it off.")
     mean: list[float] | None = Field(None, description="Per-channel mean on the 0-1 scale; None takes it from the manifest statistics.")
     std: list[float] | None = Field(None, description="Per-channel std on the 0-1 scale; None takes it from the manifest statistics.")
+    mean_image: bool = Field(False, description="Subtract the training split's per-pixel mean image instead of the per-channel mean (AlexNet §2): the mean of every pixel of the images' central square, written by `cnnctl shard` beside the manifest (needs --resize). Each crop subtracts its own patch of it, mirrored with it. Needs augment alexnet or none.")
     limit: int | None = Field(None, gt=0, description="Use at most this many training samples per epoch (for quick runs and tests).")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker (0 = decode in the training process).")
     shuffle_buffer: int = Field(2000, ge=0, description="Sample shuffle buffer per loader, on top of the per-epoch shard shuffle.")
     on_bad_sample: Literal["error", "skip"] = Field("error", description="A sample that fails to decode stops the run (error) or is counted and skipped (skip).")
+
+    @field_validator("mean_image")
+    @classmethod
+    def _mean_image_crops(cls, v: bool, info: ValidationInfo) -> bool:
+        augment = info.data.get("augment")
+        if v and augment not in ("alexnet", "none"):
+            raise ValueError(f"a per-pixel mean image needs crops of the central square (augment alexnet or none), not augment {augment}")
+        return v
 
     @field_validator("scale_max")
     @classmethod

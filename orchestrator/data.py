@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from orchestrator.config import DataConfig, RunConfig
@@ -37,11 +38,27 @@ def eval_transform(d: DataConfig, tta: str = "center") -> Transform:
     return {"center": CenterCrop, "ten-crop": TenCrop}[tta](d.image_size) if tta != "dense" else Full()
 
 
+def mean_image(cfg: RunConfig) -> np.ndarray | None:
+    """The training split's per-pixel mean image (side x side x 3, 0-255) when data.mean_image is set."""
+    if not cfg.data.mean_image:
+        return None
+    url = manifest_url(cfg, cfg.data.train_split)
+    return mf.load_mean_image(url, mf.load(url))
+
+
+def _frame(cfg: RunConfig, transform: Transform) -> int | None:
+    """A stream's window frame: the mean image's side, for the crops that subtract a patch of it."""
+    if not cfg.data.mean_image or not transform.windowed:
+        return None
+    return mf.load(manifest_url(cfg, cfg.data.train_split))["stats"]["mean_image"]["side"]
+
+
 def train_stream(cfg: RunConfig, split: Split) -> ShardStream:
     d = cfg.data
-    stream = ShardStream(manifest_url(cfg, d.train_split), split, d.batch_size // split.dp_size, train_transform(d),
+    transform = train_transform(d)
+    stream = ShardStream(manifest_url(cfg, d.train_split), split, d.batch_size // split.dp_size, transform,
                          train=True, seed=cfg.run.seed, limit=d.limit, shuffle_buffer=d.shuffle_buffer,
-                         on_bad_sample=d.on_bad_sample)
+                         on_bad_sample=d.on_bad_sample, frame=_frame(cfg, transform))
     if d.augment in ("alexnet", "vgg") and d.lighting_std > 0:
         # Seeded by dp rank: both towers of a pair light their shared batch identically.
         stream.device_augment = lighting(cfg, stream.manifest, seed=cfg.run.seed * 1000 + split.dp_rank)
@@ -49,11 +66,14 @@ def train_stream(cfg: RunConfig, split: Split) -> ShardStream:
 
 
 def eval_stream(cfg: RunConfig, split: Split, split_name: str | None = None, manifest: str | None = None,
-                tta: str = "center") -> ShardStream:
+                tta: str = "center", frame_cfg: RunConfig | None = None) -> ShardStream:
+    """``frame_cfg``: the run whose mean image sets the windows' frame, when not ``cfg`` (fusion)."""
     d = cfg.data
     url = manifest or manifest_url(cfg, split_name or d.val_split)
     batch = 1 if tta == "dense" else max(1, d.batch_size // split.dp_size)  # dense: whole images of any size
-    return ShardStream(url, split, batch, eval_transform(d, tta), train=False, on_bad_sample=d.on_bad_sample)
+    transform = eval_transform(d, tta)
+    return ShardStream(url, split, batch, transform, train=False, on_bad_sample=d.on_bad_sample,
+                       frame=_frame(frame_cfg or cfg, transform))
 
 
 def make_loader(cfg: RunConfig, stream: ShardStream):
@@ -62,20 +82,43 @@ def make_loader(cfg: RunConfig, stream: ShardStream):
 
 
 class Normalize(torch.nn.Module):
-    """uint8 N×3×H×W -> float, mean/std on the 0-1 scale (from the manifest unless the config sets them)."""
+    """uint8 N×3×H×W -> float: (x/255 - mean) / std, on the 0-1 scale.
 
-    def __init__(self, mean: list[float], std: list[float]):
+    ``mean`` is per channel, or with ``mean_image`` (side x side x 3, 0-255: AlexNet §2) per pixel:
+    each sample subtracts the patch of the mean image under its window, given as ``windows``, an
+    N×3 of (top, left, flip) in the frame of the image's central square. A mirrored crop subtracts
+    the mirrored patch: the mean is taken off before the flip, as the pixels were.
+    """
+
+    def __init__(self, mean: list[float], std: list[float], mean_image: np.ndarray | None = None):
         super().__init__()
-        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)))
-        self.register_buffer("shift", torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1))
+        std_ = torch.tensor(std).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std_))
+        self.register_buffer("shift", torch.tensor(mean).view(1, 3, 1, 1) / std_)
+        image = None if mean_image is None else torch.from_numpy(mean_image).float().permute(2, 0, 1) / (255.0 * std_[0])
+        self.register_buffer("mean_image", image)  # 3×S×S, already divided by std
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float() * self.scale - self.shift
+    def forward(self, x: torch.Tensor, windows: torch.Tensor | None = None) -> torch.Tensor:
+        if self.mean_image is None:
+            return x.float() * self.scale - self.shift
+        if windows is None:
+            raise ValueError("a per-pixel mean image needs each sample's window (a stream with a frame)")
+        return x.float() * self.scale - self.patches(windows, *x.shape[-2:])
+
+    def patches(self, windows: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """N×3×h×w: the mean image under each (top, left, flip) window, mirrored where it flips."""
+        top, left, flip = windows.to(self.mean_image.device).unbind(1)
+        rows = top[:, None] + torch.arange(h, device=top.device)
+        cols = left[:, None] + torch.arange(w, device=top.device)
+        cols = torch.where(flip[:, None].bool(), cols.flip(1), cols)
+        return self.mean_image[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
 
 
 def normalizer(cfg: RunConfig, manifest: dict) -> Normalize:
+    """The run's normalisation: data.mean/std (a run settles them from the training split's manifest,
+    train.prepare_run), else ``manifest``'s; and the training split's mean image under data.mean_image."""
     stats = manifest["stats"]
-    return Normalize(cfg.data.mean or stats["mean_rgb"], cfg.data.std or stats["std_rgb"])
+    return Normalize(cfg.data.mean or stats["mean_rgb"], cfg.data.std or stats["std_rgb"], mean_image(cfg))
 
 
 def lighting(cfg: RunConfig, manifest: dict, seed: int = 0) -> Lighting:

@@ -28,6 +28,7 @@ from orchestrator.data import TTA, eval_stream, make_loader, normalizer
 from orchestrator.modeling import build_model, evaluate, summarize
 from shards import manifest as mf
 from shards.reader import Split
+from shards.transforms import TenCrop
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, object]:
@@ -44,9 +45,14 @@ class _Prepare(torch.nn.Module):
         super().__init__()
         self.normalize, self.channels_last = normalize, channels_last
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(x)
+    def forward(self, x: torch.Tensor, windows: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.normalize(x, windows)
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def ten_crop_windows(self, n: int, size: int) -> torch.Tensor | None:
+        """The ten views' windows for n images, for a per-pixel mean image (None without one)."""
+        image = self.normalize.mean_image
+        return None if image is None else torch.tensor(TenCrop(size).windows(image.shape[-1])).repeat(n, 1)
 
 
 def rescale_shorter(x: torch.Tensor, q: int | None) -> torch.Tensor:
@@ -60,13 +66,15 @@ def rescale_shorter(x: torch.Tensor, q: int | None) -> torch.Tensor:
     return x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
-def view_probs(model: torch.nn.Module, prepare: Callable, x: torch.Tensor, tta: str, scales: list[int | None], flip: bool) -> list[torch.Tensor]:
-    """The softmax of every test view of a uint8 batch: a list of (N, classes)."""
+def view_probs(model: torch.nn.Module, prepare: _Prepare, x: torch.Tensor, tta: str, scales: list[int | None], flip: bool,
+               windows: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The softmax of every test view of a uint8 batch: a list of (N, classes). ``windows``: where
+    the centre crops lay, for a per-pixel mean image."""
     if tta == "ten-crop":  # (N, 10, 3, H, W): one forward over all N*10 views
         n, v = x.shape[:2]
-        return list(model(prepare(x.flatten(0, 1))).softmax(1).view(n, v, -1).unbind(1))
+        return list(model(prepare(x.flatten(0, 1), prepare.ten_crop_windows(n, x.shape[-1]))).softmax(1).view(n, v, -1).unbind(1))
     if tta == "center":
-        xs = [prepare(x)]
+        xs = [prepare(x, windows)]
     else:  # dense: the whole image at every scale Q
         xs = [rescale_shorter(prepare(x), q) for q in scales]
     if flip:
@@ -82,10 +90,10 @@ def make_predict(models_: list[torch.nn.Module], prepares: list[Callable], tta: 
         models_ = [to_dense(m).eval() for m in models_]
     single = len(models_) == 1 and tta == "center" and not flip
 
-    def predict(x: torch.Tensor) -> torch.Tensor:
+    def predict(x: torch.Tensor, windows: torch.Tensor | None = None) -> torch.Tensor:
         if single:
-            return models_[0](prepares[0](x))  # plain logits: the loss is the one training reports
-        probs = [p for m, prep in zip(models_, prepares) for p in view_probs(m, prep, x, tta, scales, flip)]
+            return models_[0](prepares[0](x, windows))  # plain logits: the loss is the one training reports
+        probs = [p for m, prep in zip(models_, prepares) for p in view_probs(m, prep, x, tta, scales, flip, windows)]
         return torch.stack(probs).mean(0).clamp_min(1e-12).log()  # log of the averaged softmax
 
     return predict
@@ -107,7 +115,12 @@ def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test
     if data:
         cfg.data.root = data
     url = mf.manifest_url(cfg.data.root, cfg.data.prefix, split)
-    stream = eval_stream(cfg, Split(), manifest=url, tta=tta)
+    with_mean = [c for _, c in loaded if c.data.mean_image]
+    if with_mean and tta == "dense":
+        raise ValueError("--tta dense takes whole images of any size; a per-pixel mean image (data.mean_image) is for "
+                         "crops of the central square: use --tta center or ten-crop")
+    # the crops' windows travel with the batches when any checkpoint subtracts a mean image
+    stream = eval_stream(cfg, Split(), manifest=url, tta=tta, frame_cfg=with_mean[0] if with_mean else None)
     prepares = [_Prepare(normalizer(c, stream.manifest), c.parallel.channels_last) for _, c in loaded]
     predict = make_predict([m for m, _ in loaded], prepares, tta, scales, flip)
 

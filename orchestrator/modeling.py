@@ -36,13 +36,14 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
 def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, device: torch.device) -> dict:
     """Sums over this process's part of a split: loss, top-1 and top-5 hits, count.
 
-    ``predict`` maps a uint8 batch to logits (or log-probabilities, as an ensemble returns).
+    ``predict`` maps a uint8 batch (and its crops' windows, when the batches carry them) to logits
+    (or log-probabilities, as an ensemble returns).
     """
     loss = torch.zeros((), dtype=torch.float64)
     top1 = top5 = count = 0
-    for images, labels in batches:
+    for images, labels, *windows in batches:
         labels = labels.to(device)
-        logits = predict(images.to(device, non_blocking=True))
+        logits = predict(images.to(device, non_blocking=True), *windows)
         loss += F.cross_entropy(logits.float(), labels, reduction="sum").double().cpu()
         c1, c5 = topk_correct(logits, labels)
         top1, top5, count = top1 + c1, top5 + c5, count + len(labels)

@@ -25,10 +25,11 @@ from models.parallel import (Mesh, apply_tower_split, canonical_optimizer_state,
                              load_canonical_optimizer, unwrap)
 from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig, to_yaml
-from orchestrator.data import eval_stream, make_loader, normalizer, num_classes, train_stream
+from orchestrator.data import eval_stream, make_loader, manifest_url, normalizer, num_classes, train_stream
 from orchestrator.metrics import MetricsLog
 from orchestrator.modeling import build_model, evaluate, summarize
 from orchestrator.schedule import Plateau, lr_at
+from shards import manifest as mf
 from shards.reader import Split
 
 Report = Callable[[dict, str | None], None]  # (metrics, checkpoint folder or None)
@@ -91,9 +92,10 @@ class Trainer:
         dist.all_reduce(t, group=self.mesh.dp_group)  # each dp group sees every sample exactly once
         return t.tolist()
 
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 batch -> normalised float on the device, in the model's memory format."""
-        x = self.normalize(images.to(self.device, non_blocking=True))
+    def prepare(self, images: torch.Tensor, windows: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 batch -> normalised float on the device, in the model's memory format; ``windows``:
+        where each crop lay, for a per-pixel mean image (data.mean_image)."""
+        x = self.normalize(images.to(self.device, non_blocking=True), windows)
         return x.contiguous(memory_format=self.memory_format)
 
     def _gather_objects(self, value) -> list:
@@ -123,11 +125,11 @@ class Trainer:
         # Loss and top-1 sums stay on the device: no host sync per step, only at log lines.
         sums, seen = torch.zeros(2, dtype=torch.float64, device=self.device), 0
         t0 = time.perf_counter()
-        for i, (images, labels) in enumerate(make_loader(cfg, self.train_data)):
+        for i, (images, labels, *windows) in enumerate(make_loader(cfg, self.train_data)):
             lr = lr_at(cfg, self.step, steps, self.plateau.drops)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            images, labels = self.train_data.device_augment(self.prepare(images)), labels.to(self.device, non_blocking=True)
+            images, labels = self.train_data.device_augment(self.prepare(images, *windows)), labels.to(self.device, non_blocking=True)
             with self.autocast:
                 logits = model(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
@@ -149,9 +151,9 @@ class Trainer:
     def validate(self) -> dict:
         model = unwrap(self.model)  # no DDP forward: ranks may take different eval batch counts
         model.eval()
-        def forward(x):
+        def forward(x, *windows):
             with self.autocast:
-                return model(self.prepare(x))
+                return model(self.prepare(x, *windows))
 
         sums = evaluate(forward, make_loader(self.cfg, self.val_data), self.device)
         model.train()
@@ -225,6 +227,9 @@ def prepare_run(cfg: RunConfig) -> RunConfig:
     cfg.data.root = ckpt.storage_path(cfg.data.root)
     cfg.run.storage = ckpt.storage_path(cfg.run.storage)
     cfg.model.num_classes = cfg.model.num_classes or num_classes(cfg)  # from the manifest, once
+    if cfg.data.mean is None or cfg.data.std is None:  # so the checkpoint's config says how it normalised
+        stats = mf.load(manifest_url(cfg, cfg.data.train_split))["stats"]
+        cfg.data.mean, cfg.data.std = cfg.data.mean or stats["mean_rgb"], cfg.data.std or stats["std_rgb"]
     if "://" not in cfg.run.storage:
         out = Path(run_dir(cfg))
         out.mkdir(parents=True, exist_ok=True)

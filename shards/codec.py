@@ -219,7 +219,7 @@ def decode(data: bytes, ext: str) -> np.ndarray:
     """Shard member bytes -> HxWx3 uint8. Grayscale PNGs are expanded to 3 channels."""
     if is_jpeg(data, ext):
         return simplejpeg.decode_jpeg(data, colorspace="RGB")
-    arr = np.asarray(open_image(data, ext))
+    arr = np.array(open_image(data, ext))  # writable (asarray of a Pillow image is not): torch reads it without a copy warning
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     elif arr.shape[2] == 4:

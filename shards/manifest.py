@@ -5,11 +5,13 @@ The manifest is written last and is the commit marker of a split: a split withou
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import uuid
 
 import fsspec
+import numpy as np
 
 FORMAT = "cnnctl-shards/1"
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -39,6 +41,32 @@ def shard_name(prefix: str, split: str, index: int) -> str:
 
 def manifest_name(prefix: str, split: str) -> str:
     return f"{prefix}-{split}.manifest.json"
+
+
+def mean_image_name(prefix: str, split: str) -> str:
+    return f"{prefix}-{split}.mean.npy"
+
+
+def mean_image_bytes(mean: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, mean.astype(np.float32), allow_pickle=False)
+    return out.getvalue()
+
+
+def load_mean_image(url: str, manifest: dict) -> np.ndarray:
+    """The split's per-pixel mean image (side x side x 3 float32, 0-255), published beside the manifest."""
+    info = manifest.get("stats", {}).get("mean_image")
+    if not info:
+        raise ValueError(f"{url}: the manifest has no per-pixel mean image (the shards were packed without --resize, "
+                         "so their images differ in size, or by a cnnctl that did not write one: pack them again)")
+    file = join(url.rsplit("/", 1)[0], info["file"])
+    fs, path = fsspec.core.url_to_fs(file)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{file}: the mean image the manifest {url} names is missing")
+    mean = np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False)
+    if mean.shape != (info["side"], info["side"], 3):
+        raise ValueError(f"{file}: shape {mean.shape}, not the manifest's {info['side']}x{info['side']}x3")
+    return mean
 
 
 def manifest_url(root: str, prefix: str, split: str) -> str:

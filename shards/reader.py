@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards import codec
 from shards import manifest as mf
-from shards.transforms import Transform
+from shards.transforms import Placed, Transform
 
 Sample = dict  # raw: {"__key__", "__url__", "jpg"|"jpeg"|"png": bytes, "cls": bytes, ...}
 IMAGE_EXTS = ("jpg", "jpeg", "png")
@@ -163,17 +163,17 @@ def tar_samples(url: str) -> Iterator[Sample]:
 
 
 def decode_sample(raw: Sample, transform: Transform, rng: random.Random | None,
-                  into: np.ndarray | None = None) -> tuple[np.ndarray | None, int]:
-    """Raw sample -> (transformed HxWx3 uint8, label), or (None, label) when the transform decoded it
-    straight into ``into``, the batch's next slot (Transform.load_into). Any failure is a BadSample
-    naming URL and key."""
+                  into: np.ndarray | None = None) -> tuple[np.ndarray | Placed, int]:
+    """Raw sample -> (transformed HxWx3 uint8, label); or, for a windowed transform given ``into``
+    (the batch's next slot), (where its window lay, label), the pixels already in ``into``
+    (Transform.load_into). Any failure is a BadSample naming URL and key."""
     ext = "jpg" if "jpg" in raw else next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None or "cls" not in raw:
         raise BadSample(f"{_where(raw)} lacks an image or a .cls member")
     try:
         label = int(raw["cls"])
-        if into is not None and transform.load_into(raw[ext], ext, rng, into):
-            return None, label
+        if into is not None and transform.windowed:
+            return transform.load_into(raw[ext], ext, rng, into), label
         return transform(transform.load(raw[ext], ext, rng), rng), label
     except (codec.BadImage, ValueError) as exc:  # simplejpeg raises ValueError for corrupt data
         raise BadSample(f"{_where(raw)}: {exc}") from None
@@ -187,6 +187,9 @@ class ShardStream(IterableDataset):
     """Batches of (uint8 N×3×H×W images, int64 labels) for one dp rank; see the module docstring.
 
     The images tensor is a channels_last view of an N×H×W×3 buffer (ten-crop: N×10×3×H×W).
+    With ``frame`` = S (a per-pixel mean image's side), a batch also carries each sample's window,
+    an int64 N×3 of (top, left, flip) in the frame of its image's central square, which must be
+    S×S (else the sample is bad); the transform must be windowed.
     """
 
     def __init__(
@@ -201,9 +204,13 @@ class ShardStream(IterableDataset):
         limit: int | None = None,
         shuffle_buffer: int = 2000,
         on_bad_sample: str = "error",
+        frame: int | None = None,
     ):
         if on_bad_sample not in ("error", "skip"):
             raise ValueError(f"on_bad_sample {on_bad_sample!r}: error or skip")
+        if frame is not None and not transform.windowed:
+            raise ValueError(f"{type(transform).__name__} is not one window of the image: it has no place in a {frame}px frame")
+        self.frame = frame
         self.manifest = mf.load(manifest_url)
         self.urls = mf.shard_urls(manifest_url, self.manifest)
         self.split, self.batch_size, self.transform = split, batch_size, transform
@@ -336,7 +343,7 @@ class ShardStream(IterableDataset):
         # The DataLoader takes batches from workers in turn, so worker w owns steps w, w+W, ...
         my_steps = len(range(worker, self.steps, workers))
         ring = self.rings[worker] if info is not None and self.rings and len(self.rings) == workers else None
-        batch, done, bad_run = _Batch(self.batch_size, shared=info is not None, ring=ring), 0, 0
+        batch, done, bad_run = _Batch(self.batch_size, shared=info is not None, ring=ring, windows=self.frame is not None), 0, 0
         shape = self.transform.sample_shape()
         # A buffer no larger than this reader's part: a larger one would hold nothing more.
         buffer = min(self.shuffle_buffer, max(self.samples_per_rank // workers, 1))
@@ -346,6 +353,7 @@ class ShardStream(IterableDataset):
                 break
             try:
                 image, label = decode_sample(raw, self.transform, rng, batch.slot(shape))
+                window = self._in_frame(raw, image)
             except BadSample as exc:
                 self._skip(exc)  # training: the endless stream makes up for it, so steps stay equal
                 bad_run += 1
@@ -353,13 +361,22 @@ class ShardStream(IterableDataset):
                     break
                 continue
             bad_run = 0
-            if batch.add(image, label):
+            if batch.add(image, label, window):
                 yield batch.take()
                 done += 1
         if batch.n and not self.train:
             yield batch.take()
         elif self.train and done < my_steps:
             raise BadSample(f"dp rank {self.split.dp_rank}: its shards hold no readable samples")
+
+
+    def _in_frame(self, raw: Sample, image: np.ndarray | Placed) -> tuple[int, int, bool] | None:
+        if self.frame is None:
+            return None
+        side, top, left, flip = image.in_square()
+        if side != self.frame:
+            raise BadSample(f"{_where(raw)}: its central square is {side}px, not the mean image's {self.frame}px")
+        return top, left, flip
 
 
 class _Ring:
@@ -390,10 +407,11 @@ class _Batch:
     when it has one (`loader(..., recycle=True)`; `list(loader)` must not use one).
     """
 
-    def __init__(self, size: int, shared: bool, ring: _Ring | None = None):
+    def __init__(self, size: int, shared: bool, ring: _Ring | None = None, windows: bool = False):
         self.size, self.shared, self.n = size, shared, 0
         self.buf = self.arr = self.slots = None
         self.labels: list[int] = []
+        self.windows: list[tuple[int, int, bool]] | None = [] if windows else None
         self.ring = ring
 
     def _new(self, shape: tuple) -> torch.Tensor:
@@ -409,18 +427,20 @@ class _Batch:
         self.arr, self.slots = self.buf.numpy(), self.buf.unbind(0)
 
     def slot(self, shape: tuple | None) -> np.ndarray | None:
-        """The next sample's slot, for a transform to decode into (then ``add(None, label)``); None
-        when samples vary in shape."""
+        """The next sample's slot, for a windowed transform to decode into (then ``add`` takes its
+        Placed); None when samples vary in shape."""
         if shape is None:
             return None
         if self.buf is None:
             self._start(shape)
         return self.arr[self.n]
 
-    def add(self, image: np.ndarray | None, label: int) -> bool:
-        """Append a sample (None: it is already in ``slot()``); True when the batch is full."""
-        if image is not None:
+    def add(self, image: np.ndarray | Placed, label: int, window: tuple[int, int, bool] | None = None) -> bool:
+        """Append a sample (a Placed one is already in ``slot()``); True when the batch is full."""
+        if not isinstance(image, Placed):
             self._copy(image)
+        if self.windows is not None:
+            self.windows.append(window)
         self.labels.append(label)
         self.n += 1
         return self.n == self.size
@@ -441,9 +461,12 @@ class _Batch:
         else:
             self.arr[self.n] = image
 
-    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def take(self) -> tuple[torch.Tensor, ...]:
         images = self.buf[: self.n].movedim(-1, -3)  # N×H×W×3 -> N×3×H×W view: channels_last
         out = images, torch.tensor(self.labels, dtype=torch.int64)
+        if self.windows is not None:
+            out += (torch.tensor(self.windows, dtype=torch.int64).view(-1, 3),)
+            self.windows = []
         self.buf = self.arr = self.slots = None
         self.labels, self.n = [], 0
         return out

@@ -9,10 +9,11 @@ same batches:
 - ``__call__(img, rng)``: pixels -> the sample, HxWx3 (ten-crop: 10xHxWx3). It may return a strided
   view (a crop, a flip): the reader copies it once, straight into the batch buffer.
 
-A transform whose sample is one window of the image, mirrored or not (AlexNet's crop, a centre
-crop), says which in ``window(h, w, rng)``, drawing from ``rng`` exactly as ``__call__`` does. The
-reader then calls ``load_into``, which decodes only that window of a JPEG, straight into the batch
-buffer (codec.decode_window): no whole decode, no crop copy, no flip pass. Both ways give the same
+A *windowed* transform, whose sample is one window of the image, mirrored or not (AlexNet's crop, a
+centre crop), says which in ``window(h, w, rng)``, drawing from ``rng`` exactly as ``__call__`` does.
+The reader then calls ``load_into`` instead, which decodes only that window of a JPEG, straight into
+the batch buffer (codec.decode_window): no whole decode, no crop copy, no flip pass. It returns
+where the window lay (``Placed``), which a per-pixel mean image needs. Both ways give the same
 pixels from the same draws, so a seed gives the same batches whichever runs.
 
 Samples stay HWC: a batch N×H×W×3 is already the channels_last layout the model runs in, so the
@@ -66,20 +67,42 @@ class Transform:
         size = getattr(self, "size", None)
         return (size, size, 3) if size else None
 
-    def window(self, h: int, w: int, rng: random.Random | None) -> tuple[int, int, bool] | None:
-        """(top, left, flip) of the sample_shape() window of an h x w image that is the sample, or
-        None when the sample is not one window (then nothing is drawn from rng)."""
-        return None
+    # A windowed transform's sample is one sample_shape() window of the image, mirrored or not:
+    # window(h, w, rng) -> (top, left, flip) says which, drawing from rng as __call__ does.
+    windowed = False
 
-    def load_into(self, data: bytes, ext: str, rng: random.Random | None, out: np.ndarray) -> bool:
-        """Decode the sample straight into ``out`` (a batch slot) when it is one window of a JPEG and
-        the windowed decoder is built; False (nothing drawn, nothing written) leaves it to
-        ``__call__(load(...))``."""
-        if not codec.WINDOWED or type(self).window is Transform.window or not codec.is_jpeg(data, ext):
-            return False
-        top, left, flip = self.window(*codec.jpeg_size(data), rng)
-        codec.decode_window(data, out, top, left, flip)
-        return True
+    def load_into(self, data: bytes, ext: str, rng: random.Random | None, out: np.ndarray) -> Placed:
+        """A windowed transform's sample, straight into ``out`` (a batch slot). A JPEG decodes only
+        its window when the windowed decoder is built; anything else decodes whole and the window
+        is copied (the same pixels either way)."""
+        if codec.WINDOWED and codec.is_jpeg(data, ext):
+            h, w = codec.jpeg_size(data)
+            top, left, flip = self.window(h, w, rng)
+            codec.decode_window(data, out, top, left, flip)
+        else:
+            img = self.load(data, ext, rng)
+            h, w = img.shape[:2]
+            top, left, flip = self.window(h, w, rng)
+            crop = torch.from_numpy(img[top : top + out.shape[0], left : left + out.shape[1]])
+            torch.from_numpy(out).copy_(crop.flip(1) if flip else crop)  # torch flips ~15x faster than numpy
+        return Placed(h, w, top, left, flip)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where a windowed sample came from: the image's size, the window's top left corner, and
+    whether it was mirrored."""
+
+    h: int
+    w: int
+    top: int
+    left: int
+    flip: bool
+
+    def in_square(self) -> tuple[int, int, int, bool]:
+        """(side, top, left, flip) with the corner in the frame of the image's central square."""
+        t0, l0, side = _square(self.h, self.w, 1)
+        return side, self.top - t0, self.left - l0, self.flip
 
 
 Full = Transform
@@ -96,8 +119,12 @@ class CropFlip(Transform):
         _check(h, w, self.size)
         return rng.randrange(h - self.size + 1), rng.randrange(w - self.size + 1), rng.random() < 0.5
 
-    def window(self, h: int, w: int, rng: random.Random) -> tuple[int, int, bool] | None:
-        return None if self.pad else self._draw(h, w, rng)  # a padded crop is not a window of the JPEG
+    @property
+    def windowed(self) -> bool:
+        return self.pad == 0  # a padded crop is not a window of the image
+
+    def window(self, h: int, w: int, rng: random.Random) -> tuple[int, int, bool]:
+        return self._draw(h, w, rng)
 
     def __call__(self, img: np.ndarray, rng: random.Random) -> np.ndarray:
         if self.pad:
@@ -108,6 +135,8 @@ class CropFlip(Transform):
 @dataclass(frozen=True)
 class CenterCrop(Transform):
     size: int
+
+    windowed = True
 
     def window(self, h: int, w: int, rng: random.Random | None = None) -> tuple[int, int, bool]:
         _check(h, w, self.size)
@@ -125,6 +154,8 @@ class AlexNetCrop(Transform):
     """
 
     size: int = 227
+
+    windowed = True
 
     def window(self, h: int, w: int, rng: random.Random) -> tuple[int, int, bool]:
         top0, left0, side = _square(h, w, self.size)
@@ -191,10 +222,14 @@ class TenCrop(Transform):
     def sample_shape(self) -> tuple[int, ...]:
         return (10, self.size, self.size, 3)
 
+    def windows(self, side: int) -> list[tuple[int, int, bool]]:
+        """(top, left, flip) of the 10 views in the frame of a side x side central square."""
+        far, mid = side - self.size, (side - self.size) // 2
+        five = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+        return [(t, l, False) for t, l in five] + [(t, l, True) for t, l in five]
+
     def __call__(self, img: np.ndarray, rng: random.Random | None = None) -> np.ndarray:
         top0, left0, side = _square(*img.shape[:2], self.size)
         sq = img[top0 : top0 + side, left0 : left0 + side]
-        far, mid = side - self.size, (side - self.size) // 2
-        views = [sq[t : t + self.size, l : l + self.size] for t, l in ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))]
-        five = np.stack(views)
+        five = np.stack([sq[t : t + self.size, l : l + self.size] for t, l, _ in self.windows(side)[:5]])
         return np.concatenate([five, torch.from_numpy(five).flip(2).numpy()])  # torch flips ~15x faster than numpy copies a flip

@@ -32,7 +32,9 @@ STATS_SAMPLE = 10_000
 STATS_PIXELS = 1024  # pixels taken per image, on a fixed grid: 10M pixels estimate a 3x3 covariance well
 BYTES_SAMPLE = 64  # images encoded to turn --shard-bytes into a sample count
 BYTES_MARGIN = 0.9  # aim under --shard-bytes: shard sizes vary around the estimate
-Stats = tuple[np.ndarray, np.ndarray, int]  # sum, sum of outer products, pixel count
+# sum, sum of outer products and count of the sampled pixels (0-1 scale); the sum (int64, exact in
+# any order) and count of the sampled images' central squares, for the per-pixel mean image
+Stats = tuple[np.ndarray, np.ndarray, int, np.ndarray | None, int]
 MapFn = Callable[[Callable, list], Iterator[tuple[int, object]]]  # -> (job index, result), any order
 
 
@@ -87,18 +89,32 @@ def encode(record: Record, target: codec.Target) -> codec.Encoded:
     return codec.transcode(record.read(), target)
 
 
-def _pixel_stats(pixels: np.ndarray) -> Stats:
+def _pixel_stats(pixels: np.ndarray, side: int | None) -> Stats:
+    """A sampled image's share of the statistics; ``side``: the shorter side every image is resized
+    to (None: sizes vary, no mean image)."""
     flat = pixels.reshape(-1, 1 if pixels.ndim == 2 else 3)
     px = flat[:: max(1, len(flat) // STATS_PIXELS)].astype(np.float64) / 255.0
     px = px.repeat(3, 1) if px.shape[1] == 1 else px
-    return px.sum(0), px.T @ px, len(px)
+    square = _central_square(pixels, side)
+    return px.sum(0), px.T @ px, len(px), square, int(square is not None)
+
+
+def _central_square(pixels: np.ndarray, side: int | None) -> np.ndarray | None:
+    """The image's central side x side square as int64 RGB: what AlexNet's crops are cut from (§2)."""
+    h, w = pixels.shape[:2]
+    if side is None or min(h, w) != side:
+        return None
+    top, left = (h - side) // 2, (w - side) // 2
+    square = pixels[top : top + side, left : left + side].astype(np.int64)
+    return np.repeat(square[..., None], 3, 2) if square.ndim == 2 else square
 
 
 def _add_stats(a: Stats, b: Stats) -> Stats:
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+    squares = b[3] if a[3] is None else a[3] if b[3] is None else a[3] + b[3]
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2], squares, a[4] + b[4]
 
 
-NO_STATS: Stats = (np.zeros(3), np.zeros((3, 3)), 0)
+NO_STATS: Stats = (np.zeros(3), np.zeros((3, 3)), 0, None, 0)
 
 
 def _member(name: str, data: bytes) -> bytes:
@@ -144,7 +160,7 @@ def build_shard(job: ShardJob) -> tuple[bytes, list[dict], Stats]:
         parts.append(_member(f"{rec.key}.cls", str(rec.label).encode()))
         parts.append(_member(f"{rec.key}.json", json.dumps(info, sort_keys=True).encode()))
         if rec.key in job.stats_keys:
-            stats = _add_stats(stats, _pixel_stats(enc.pixels))
+            stats = _add_stats(stats, _pixel_stats(enc.pixels, job.target.short))
     parts.append(_end_of_archive(sum(map(len, parts))))
     return b"".join(parts), rejected, stats
 
@@ -180,7 +196,7 @@ def _existing(job: ShardJob) -> ShardResult | None:
             continue
         if rec.key not in keys:
             return None  # it encodes now: the shard is not what this run would write
-        stats = _add_stats(stats, _pixel_stats(enc.pixels))
+        stats = _add_stats(stats, _pixel_stats(enc.pixels, job.target.short))
     return ShardResult(job.url.rsplit("/", 1)[-1], len(keys), len(data), hashlib.sha256(data).hexdigest(), rejected, True, stats)
 
 
@@ -224,7 +240,7 @@ def plan(n: int, size: int, seed: int) -> list[np.ndarray]:
 
 def rgb_stats(partial: Stats, images: int) -> dict:
     """Mean RGB, per-channel std and the RGB covariance eigen-decomposition (AlexNet §4.1 PCA lighting)."""
-    s, ss, count = partial
+    s, ss, count = partial[:3]
     mean = s / max(count, 1)
     cov = ss / max(count, 1) - np.outer(mean, mean)
     eigval, eigvec = np.linalg.eigh(cov)
@@ -340,8 +356,13 @@ def pack(listing: Listing, dest: str, prefix: str, opts: PackOptions, progress: 
         url = mf.join(dest, mf.shard_name(prefix, listing.split, i))
         jobs.append(ShardJob(url, recs, wnids, opts.target, opts.overwrite, sampled & {r.key for r in recs}))
     rejected, results = list(listing.rejected), [None] * len(jobs)
+    squares, squares_count = None, 0  # summed as results arrive: one int64 square per shard otherwise
     with closing((map_fn or local_map(opts.workers))(write_shard, jobs)) as running:
         for i, res in running:
+            if res.stats[3] is not None:
+                squares = res.stats[3] if squares is None else squares + res.stats[3]
+                squares_count += res.stats[4]
+            res.stats = res.stats[:3] + (None, 0)
             results[i] = res
             rejected.extend(res.rejected)
             progress(len(jobs[i].records))
@@ -363,6 +384,11 @@ def pack(listing: Listing, dest: str, prefix: str, opts: PackOptions, progress: 
         "rejected": sorted(rejected, key=lambda r: r["source"]),
         "stats": rgb_stats(stats, len(sample) - sum(r["source"] in sampled_sources for r in rejected)),
     }
+    manifest["stats"]["mean_image"] = None
+    if squares_count:  # published before the manifest, which commits the split
+        name = mf.mean_image_name(prefix, listing.split)
+        mf.publish_bytes(mf.join(dest, name), mf.mean_image_bytes(squares / squares_count))
+        manifest["stats"]["mean_image"] = {"file": name, "side": opts.resize, "images": squares_count, "scale": "0-255"}
     mf.save(mf.manifest_url(dest, prefix, listing.split), manifest)
     _tidy(dest, prefix, listing.split, {r.name for r in results} | {mf.manifest_name(prefix, listing.split)})
     return manifest, sum(r.reused for r in results)

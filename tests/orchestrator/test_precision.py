@@ -7,7 +7,9 @@ in tests/gpu uses it with NCCL.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -24,8 +26,9 @@ def _port() -> int:
 
 
 def run_trainer(data: str, out, backend: str, sets: list[str]) -> tuple[set, list[dict]]:
-    """Train on a one-rank `backend` group with bf16; returns ({(device type, conv input dtype,
-    channels_last)} seen by conv1, the epochs' metrics)."""
+    """Train on a one-rank `backend` group with bf16 (unless `sets` say otherwise); returns ({(device
+    type, conv input dtype, channels_last)} seen by conv1, the epochs' metrics). Each epoch's
+    checkpoint is copied to out/checkpoint_<epoch> (Ray Train would persist it)."""
     cfg = resolve("demo-fashion", None, [f"data.root={data}", f"run.storage={out}", "run.name=bf16",
                                          "parallel.workers_per_node=1", "parallel.precision=bf16", "run.log_every=1000",
                                          *sets])
@@ -39,7 +42,12 @@ def run_trainer(data: str, out, backend: str, sets: list[str]) -> tuple[set, lis
         conv1.register_forward_hook(lambda m, args, out: seen.add(
             (out.device.type, out.dtype, args[0].is_contiguous(memory_format=torch.channels_last))))
         metrics = []
-        trainer.run(lambda m, folder: metrics.append(m))
+        def report(m: dict, folder: str | None) -> None:
+            metrics.append(m)
+            if folder:
+                shutil.copytree(folder, Path(out) / f"checkpoint_{m['epoch']:06d}")
+
+        trainer.run(report)
     finally:
         dist.destroy_process_group()
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())

@@ -81,16 +81,16 @@ def jpeg_shards(tmp_path_factory) -> str:
 @pytest.mark.parametrize("transform, train, workers", [(AlexNetCrop(227), True, 0), (AlexNetCrop(227), True, 2), (CenterCrop(224), False, 0)])
 def test_the_reader_gives_the_same_batches_with_and_without_windowed_decoding(jpeg_shards, monkeypatch, transform, train, workers):
     def batches():
-        stream = ShardStream(jpeg_shards, Split(0, 1), 16, transform, train=train, seed=5)
+        stream = ShardStream(jpeg_shards, Split(0, 1), 16, transform, train=train, seed=5, frame=256)
         stream.set_epoch(1)
-        return [(x.clone(), y) for x, y in loader(stream, workers=workers)]
+        return [(x.clone(), y, w) for x, y, w in loader(stream, workers=workers)]
 
     windowed = batches()
     monkeypatch.setattr(codec, "WINDOWED", False)  # transforms decode whole images and crop after
     whole = batches()
     assert len(windowed) == len(whole) >= 12
-    for (xa, ya), (xb, yb) in zip(windowed, whole):
-        assert torch_equal(xa, xb) and torch_equal(ya, yb)
+    for (xa, ya, wa), (xb, yb, wb) in zip(windowed, whole):
+        assert torch_equal(xa, xb) and torch_equal(ya, yb) and torch_equal(wa, wb)
 
 
 def torch_equal(a, b) -> bool:

@@ -34,7 +34,8 @@ def test_pack_to_s3_with_workers_resume_and_verify(s3, imagenet, tmp_path):
     manifest, reused = pack(listing, "s3://shards/imagenet", "v", PackOptions(resize=40, shard_size=2, workers=2))
     assert reused == 0 and manifest == local  # same bytes wherever they are written
     names = sorted(p.rsplit("/", 1)[1] for p in s3.ls("shards/imagenet"))
-    assert names == sorted([s["name"] for s in manifest["shards"]] + ["v-val.manifest.json"])
+    assert names == sorted([s["name"] for s in manifest["shards"]] + ["v-val.manifest.json", "v-val.mean.npy"])
+    assert s3.cat_file("shards/imagenet/v-val.mean.npy") == (tmp_path / "v-val.mean.npy").read_bytes()
     url = mf.manifest_url("s3://shards/imagenet", "v", "val")
     assert verify(url, decode=True)[1] == []
     # a lost shard and manifest (a killed run) are rebuilt; the rest is reused

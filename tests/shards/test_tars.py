@@ -90,7 +90,7 @@ def test_unsafe_members_are_rejected_and_nothing_is_written_outside(tmp_path):
     assert manifest["num_samples"] == 2
     after = sorted(p for p in tmp_path.rglob("*"))
     assert [p for p in after if p not in before] == [work / "out"] + sorted((work / "out").iterdir())
-    assert sorted(p.name for p in (work / "out").iterdir()) == ["t-train-000000.tar", "t-train.manifest.json"]
+    assert sorted(p.name for p in (work / "out").iterdir()) == ["t-train-000000.tar", "t-train.manifest.json", "t-train.mean.npy"]
 
 
 def test_truncated_and_compressed_archives(tmp_path):
