@@ -16,7 +16,11 @@ same run, interleaved over rounds, on the same tar bytes:
 - naive:  a plain per-sample PIL pipeline in a DataLoader with W workers: Image.open, crop,
           transpose, to a CHW tensor, default collate (the goal is loader >= 1.8x this).
 
-Usage: python bench/loader.py [--images 4000] [--workers 2] [--rounds 3] [--batch 128]
+With --augment vgg it measures VGG's scale jitter instead (S in [256, 512], random 224 crop of the
+rescaled image, flip): the loader decoding only the pixels the crop's resize reads, against the same
+loader decoding whole images (shards/_jpegcrop.c switched off in its workers), interleaved.
+
+Usage: python bench/loader.py [--images 4000] [--workers 2] [--rounds 3] [--batch 128] [--augment alexnet|vgg]
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from shards import codec
 from shards import manifest as mf
 from shards.reader import ShardStream, Split, loader
 from shards.sources import class_folders
-from shards.transforms import AlexNetCrop
+from shards.transforms import AlexNetCrop, ScaleJitter
 from shards.writer import PackOptions, pack
 from shard import build_corpus  # bench/shard.py (this folder): the same ImageNet-like corpus
 
@@ -135,12 +139,33 @@ def run_naive(jpegs: list[bytes], workers: int, batch: int) -> tuple[int, float]
     return n, time.perf_counter() - t0
 
 
+def compare_vgg(url: str, args: argparse.Namespace) -> None:
+    """VGG scale jitter: windowed decoding against whole-image decoding, the same loader otherwise."""
+    streams = {}
+    for windowed in (False, True):  # workers fork at the warm-up and keep the flag they saw
+        codec.WINDOWED = windowed and codec._decode_into is not None
+        streams[windowed] = ShardStream(url, Split(), args.batch, ScaleJitter(224, 256, 512), seed=0)
+        run_loader(streams[windowed], args.workers, 0)
+    load0 = os.getloadavg()[0]
+    rates = {False: [], True: []}
+    for r in range(args.rounds):
+        for windowed, stream in streams.items():
+            n, t = run_loader(stream, args.workers, r + 1)
+            rates[windowed].append(n / t)
+    whole, window = statistics.median(rates[False]), statistics.median(rates[True])
+    print(f"loader, VGG scale jitter, whole-image decode:  {whole:7.1f} img/s")
+    print(f"loader, VGG scale jitter, windowed decode:     {window:7.1f} img/s")
+    print(f"windowed / whole: {window / whole:.2f}x; per round:", " ".join(f"{b / a:.2f}" for a, b in zip(rates[False], rates[True])))
+    print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=4000, help="corpus size")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (and bare codec processes)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     ap.add_argument("--batch", type=int, default=128, help="batch size")
+    ap.add_argument("--augment", choices=("alexnet", "vgg"), default="alexnet", help="the train transform measured")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,6 +178,8 @@ def main() -> None:
         sizes = [simplejpeg.decode_jpeg_header(j)[:2] for j in jpegs[:200]]
         print(f"corpus: {len(jpegs)} JPEGs in {len(manifest['shards'])} shards, shorter side 256 (e.g. {sizes[0][1]}x{sizes[0][0]}), "
               f"{sum(map(len, jpegs)) / len(jpegs) / 1024:.1f} KiB each; built in {time.perf_counter() - t0:.1f}s")
+        if args.augment == "vgg":
+            return compare_vgg(url, args)
         rates = {"loader": [], "codec": [], "window": [], "naive": []}
         load0 = os.getloadavg()[0]  # other jobs on the machine skew the ratios: say how busy it was
         with ProcessPoolExecutor(args.workers) as pool:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -453,11 +454,11 @@ class _Batch:
         strides = image.strides
         if strides[1] < 0 and strides[0] > 0 and image.ndim == 3:  # flipped along the width, as every flip here
             # numpy copies a flipped view ~15x slower than torch flips it
-            self.slots[self.n].copy_(torch.from_numpy(image[:, ::-1]).flip(1))
+            self.slots[self.n].copy_(_as_tensor(image[:, ::-1]).flip(1))
         elif min(strides) < 0:
             flips = [d for d, step in enumerate(strides) if step < 0]
             image = image[tuple(slice(None, None, -1) if d in flips else slice(None) for d in range(image.ndim))]
-            self.slots[self.n].copy_(torch.from_numpy(image).flip(flips))
+            self.slots[self.n].copy_(_as_tensor(image).flip(flips))
         else:
             self.arr[self.n] = image
 
@@ -470,6 +471,15 @@ class _Batch:
         self.buf = self.arr = self.slots = None
         self.labels, self.n = [], 0
         return out
+
+
+def _as_tensor(image: np.ndarray) -> torch.Tensor:
+    """A tensor over the array, only ever read: a read-only array (Pillow's pixels) needs no copy."""
+    if image.flags.writeable:
+        return torch.from_numpy(image)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(image)
 
 
 def shared_uint8(shape: tuple) -> torch.Tensor:

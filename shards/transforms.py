@@ -172,8 +172,11 @@ class ScaleJitter(Transform):
     take a random ``size`` (224) crop and flip it with p=0.5 (the RGB colour shift runs on the device).
 
     Only the crop window is ever resampled: the window is mapped back to source pixels and resized
-    once (Pillow's ``resize(box=...)``), and a JPEG that S shrinks by 2x or more is first decoded
-    DCT-scaled by libjpeg-turbo. Rescaling the whole image to S=512 first would cost ~5x more.
+    once (Pillow's ``resize(box=...)``) from the pixels under the filter's support alone, and only
+    those are decoded (codec.decode_window; the whole image where the windowed decoder is not
+    built, then the same pixels are cut from it, so both give the same sample). A JPEG that S
+    shrinks by 2x or more is decoded whole, DCT-scaled by libjpeg-turbo. Rescaling the whole image
+    to S=512 first would cost ~5x more.
     """
 
     size: int = 224
@@ -191,6 +194,18 @@ class ScaleJitter(Transform):
         fx, fy = sw / w, sh / h
         return s, (left / fx, top / fy, (left + self.size) / fx, (top + self.size) / fy)
 
+    def support(self, box: tuple[float, float, float, float], w: int, h: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1): the source pixels the resize of ``box`` to size x size reads, with a
+        pixel to spare: bilinear reads max(1, box side / size) pixels either side of each centre."""
+        l, t, r, b = box
+        m = math.ceil(max(1.0, (r - l) / self.size, (b - t) / self.size)) + 1
+        return max(0, math.floor(l) - m), max(0, math.floor(t) - m), min(w, math.ceil(r) + m), min(h, math.ceil(b) + m)
+
+    def _resize(self, pixels: np.ndarray, box: tuple[float, ...], x0: int, y0: int) -> np.ndarray:
+        """Resize ``box`` (in the frame where ``pixels`` starts at (x0, y0)) to size x size."""
+        box = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+        return np.asarray(Image.fromarray(pixels).resize((self.size, self.size), codec.RESAMPLE, box=box))
+
     def load(self, data: bytes, ext: str, rng: random.Random) -> np.ndarray:
         if codec.is_jpeg(data, ext):
             h, w = codec.jpeg_size(data)
@@ -198,6 +213,11 @@ class ScaleJitter(Transform):
             shrink = min(w, h) / s
             if shrink >= 2:  # decode at 1/2, 1/4 or 1/8 scale, still at least as large as needed
                 arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(w / shrink), min_height=math.ceil(h / shrink))
+            elif codec.WINDOWED:
+                x0, y0, x1, y1 = self.support(box, w, h)
+                window = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+                codec.decode_window(data, window, y0, x0, False)
+                return self._resize(window, box, x0, y0)
             else:
                 arr = simplejpeg.decode_jpeg(data, colorspace="RGB")
         else:
@@ -206,7 +226,8 @@ class ScaleJitter(Transform):
             s, box = self.plan(w, h, rng)
         k = arr.shape[1] / w
         box = tuple(min(v * k, lim) for v, lim in zip(box, (arr.shape[1], arr.shape[0]) * 2))
-        return np.asarray(Image.fromarray(arr).resize((self.size, self.size), codec.RESAMPLE, box=box))
+        x0, y0, x1, y1 = self.support(box, arr.shape[1], arr.shape[0])
+        return self._resize(arr[y0:y1, x0:x1], box, x0, y0)
 
     def __call__(self, img: np.ndarray, rng: random.Random) -> np.ndarray:
         return img[:, ::-1] if rng.random() < 0.5 else img

@@ -11,7 +11,7 @@ from shards import codec
 from shards import manifest as mf
 from shards.reader import ShardStream, Split, loader
 from shards.sources import class_folders
-from shards.transforms import AlexNetCrop, CenterCrop
+from shards.transforms import AlexNetCrop, CenterCrop, ScaleJitter
 from shards.writer import PackOptions, pack
 
 from conftest import jpeg_bytes, photo
@@ -95,3 +95,33 @@ def test_the_reader_gives_the_same_batches_with_and_without_windowed_decoding(jp
 
 def torch_equal(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
+
+
+def test_scale_jitter_gives_the_same_sample_from_its_window_as_from_the_whole_image(monkeypatch):
+    t = ScaleJitter(224, 256, 512)
+    rng = np.random.default_rng(3)
+    images = [jpeg_bytes(photo(rng, w, h)) for w, h in ((341, 256), (256, 384), (256, 256), (300, 263), (500, 375))]
+    windowed = [t.load(d, "jpg", random.Random(seed)) for d in images for seed in range(12)]
+    monkeypatch.setattr(codec, "WINDOWED", False)
+    whole = [t.load(d, "jpg", random.Random(seed)) for d in images for seed in range(12)]
+    for a, b in zip(windowed, whole):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_scale_jitter_decodes_every_pixel_the_resize_reads():
+    # Pillow's bilinear resize of a box reads, for output pixel i, the source pixels
+    # [int(c - support + 0.5), int(c + support + 0.5)) with c = box0 + (i + 0.5) * scale and
+    # support = max(1, scale) (Resample.c, precompute_coeffs): all of them must lie in the window
+    t = ScaleJitter(224, 256, 512)
+    for seed in range(300):
+        rng = random.Random(seed)
+        w, h = rng.randint(224, 700), rng.randint(224, 700)
+        _, box = t.plan(w, h, rng)
+        x0, y0, x1, y1 = t.support(box, w, h)
+        for lo, hi, start, end, size in ((box[0], box[2], x0, x1, w), (box[1], box[3], y0, y1, h)):
+            scale = (hi - lo) / 224
+            support = max(1.0, scale)
+            centres = [lo + (i + 0.5) * scale for i in range(224)]
+            first = max(0, min(int(c - support + 0.5) for c in centres))
+            last = min(size, max(int(c + support + 0.5) for c in centres))
+            assert start <= first and last <= end, (seed, w, h, box)
