@@ -234,6 +234,7 @@ def eval_(
     tta: Annotated[str, typer.Option(help="Test views: center (the centre crop), ten-crop (AlexNet: 4 corners + centre, and their flips), dense (VGG: the fully-convolutional net on the whole image at each of --scales).")] = "center",
     scales: Annotated[Optional[str], typer.Option(help="dense: comma-separated shorter sides Q the image is rescaled to, e.g. 224,256,288 (default: as stored).")] = None,
     flip: Annotated[bool, typer.Option("--flip", help="Also average the softmax of the horizontally flipped views (center, dense).")] = False,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per forward (default: the run's data.batch_size; dense: 8 images of one size, which share a batch).")] = None,
 ) -> None:
     """Top-1/top-5 of a checkpoint on a split; several checkpoints average their softmax (with every TTA view)."""
     from orchestrator.evaluate import run_eval
@@ -243,7 +244,8 @@ def eval_(
     except ValueError:
         raise fail(f"--scales {scales!r}: expected comma-separated integers such as 256,384,512") from None
     try:
-        result = run_eval(checkpoints, data=data, split=split, out=out, threads=threads, tta=tta, scales=qs, flip=flip)
+        result = run_eval(checkpoints, data=data, split=split, out=out, threads=threads, tta=tta, scales=qs, flip=flip,
+                          batch_size=batch_size)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from None
     typer.echo(json.dumps(result, indent=1))

@@ -65,12 +65,16 @@ def train_stream(cfg: RunConfig, split: Split) -> ShardStream:
     return stream
 
 
+DENSE_BATCH = 8  # whole images at up to the largest Q: far more memory per image than a crop
+
+
 def eval_stream(cfg: RunConfig, split: Split, split_name: str | None = None, manifest: str | None = None,
-                tta: str = "center", frame_cfg: RunConfig | None = None) -> ShardStream:
-    """``frame_cfg``: the run whose mean image sets the windows' frame, when not ``cfg`` (fusion)."""
+                tta: str = "center", frame_cfg: RunConfig | None = None, batch_size: int | None = None) -> ShardStream:
+    """``frame_cfg``: the run whose mean image sets the windows' frame, when not ``cfg`` (fusion).
+    ``batch_size``: images per batch (default: the run's per-rank batch; dense: DENSE_BATCH of one size)."""
     d = cfg.data
     url = manifest or manifest_url(cfg, split_name or d.val_split)
-    batch = 1 if tta == "dense" else max(1, d.batch_size // split.dp_size)  # dense: whole images of any size
+    batch = batch_size or (DENSE_BATCH if tta == "dense" else max(1, d.batch_size // split.dp_size))
     transform = eval_transform(d, tta)
     return ShardStream(url, split, batch, transform, train=False, on_bad_sample=d.on_bad_sample,
                        frame=_frame(frame_cfg or cfg, transform))

@@ -100,7 +100,7 @@ def make_predict(models_: list[torch.nn.Module], prepares: list[Callable], tta: 
 
 
 def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test", out: Path | None = None, threads: int = 2,
-             tta: str = "center", scales: list[int] | None = None, flip: bool = False) -> dict:
+             tta: str = "center", scales: list[int] | None = None, flip: bool = False, batch_size: int | None = None) -> dict:
     if tta not in TTA:
         raise ValueError(f"--tta {tta!r}: one of {', '.join(TTA)}")
     if scales and tta != "dense":
@@ -120,7 +120,7 @@ def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test
         raise ValueError("--tta dense takes whole images of any size; a per-pixel mean image (data.mean_image) is for "
                          "crops of the central square: use --tta center or ten-crop")
     # the crops' windows travel with the batches when any checkpoint subtracts a mean image
-    stream = eval_stream(cfg, Split(), manifest=url, tta=tta, frame_cfg=with_mean[0] if with_mean else None)
+    stream = eval_stream(cfg, Split(), manifest=url, tta=tta, frame_cfg=with_mean[0] if with_mean else None, batch_size=batch_size)
     prepares = [_Prepare(normalizer(c, stream.manifest), c.parallel.channels_last) for _, c in loaded]
     predict = make_predict([m for m, _ in loaded], prepares, tta, scales, flip)
 

@@ -349,6 +349,9 @@ class ShardStream(IterableDataset):
         # A buffer no larger than this reader's part: a larger one would hold nothing more.
         buffer = min(self.shuffle_buffer, max(self.samples_per_rank // workers, 1))
         stream = self._stream(epoch, rng, buffer, lambda: (my_steps - done) * self.batch_size - batch.n)
+        # Evaluation of whole images, whose sizes vary: a batch per size (ImageNet's are mostly 4:3),
+        # each flushed when full and the rest at the end, so every sample is still read exactly once.
+        by_size = {} if shape is None and not self.train else None
         for raw in stream:
             if self.train and done == my_steps:
                 break
@@ -362,12 +365,14 @@ class ShardStream(IterableDataset):
                     break
                 continue
             bad_run = 0
+            if by_size is not None:
+                batch = by_size.setdefault(image.shape, _Batch(self.batch_size, shared=info is not None))
             if batch.add(image, label, window):
                 yield batch.take()
                 done += 1
-        if batch.n and not self.train:
-            yield batch.take()
-        elif self.train and done < my_steps:
+        if not self.train:
+            yield from (b.take() for b in (by_size.values() if by_size is not None else [batch]) if b.n)
+        elif done < my_steps:
             raise BadSample(f"dp rank {self.split.dp_rank}: its shards hold no readable samples")
 
 
@@ -450,7 +455,7 @@ class _Batch:
         if self.buf is None:
             self._start(image.shape)
         elif image.shape != self.arr.shape[1:]:
-            raise BadSample(f"sample of shape {image.shape} in a batch of {self.arr.shape[1:]} (batch size 1 for full images)")
+            raise BadSample(f"sample of shape {image.shape} in a batch of {self.arr.shape[1:]}")
         strides = image.strides
         if strides[1] < 0 and strides[0] > 0 and image.ndim == 3:  # flipped along the width, as every flip here
             # numpy copies a flipped view ~15x slower than torch flips it

@@ -56,6 +56,9 @@ def test_tta_forms_agree_where_they_must_and_fuse(checkpoint, tmp_path):
     # dense at the native size: the score map is 1x1, so dense = centre (up to conv vs linear rounding)
     dense = _eval(tmp_path, str(checkpoint), "--tta", "dense")
     assert dense["top1"] == center["top1"] and dense["loss"] == pytest.approx(center["loss"], rel=1e-4)
+    # batched dense evaluation (8 images of one size per forward by default) = one image at a time
+    one = _eval(tmp_path, str(checkpoint), "--tta", "dense", "--batch-size", "1")
+    assert one["top1"] == dense["top1"] and one["loss"] == pytest.approx(dense["loss"], rel=1e-5)
     # fusing a checkpoint with itself averages identical softmaxes: the same as one, for every TTA
     for args, alone in ((["--tta", "ten-crop"], ten), (["--tta", "dense"], dense), ([], center)):
         fused = _eval(tmp_path, str(checkpoint), str(checkpoint), *args)

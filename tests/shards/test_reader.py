@@ -274,3 +274,26 @@ def test_recycled_buffers_keep_the_last_batch_of_an_epoch_while_the_next_epoch_s
         if len(taken) == 2:
             break
     assert torch.equal(last, kept)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_whole_images_of_several_sizes_batch_by_size_and_cover_the_split_once(tmp_path, workers):
+    from PIL import Image
+    from shards.sources import class_folders
+    from shards.transforms import Full
+
+    sizes = [(30, 20), (20, 30), (24, 24)]
+    for i in range(45):  # 15 of each size; the blue channel says which image it is
+        folder = tmp_path / "src" / f"c{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        w, h = sizes[i % 3] if i % 5 else sizes[(i + 1) % 3]
+        Image.fromarray(np.full((h, w, 3), i, np.uint8)).save(folder / f"im{i}.png")
+    pack(class_folders(tmp_path / "src", "train"), str(tmp_path / "out"), "v", PackOptions(image_format="png", resize=None, shard_size=10))
+    url = mf.manifest_url(str(tmp_path / "out"), "v", "train")
+    seen = []
+    for rank in range(2):
+        for images, labels in loader(ShardStream(url, Split(rank, 2), 4, Full(), train=False), workers=workers):
+            assert 1 <= len(images) <= 4 and images.shape[1] == 3
+            seen += [int(x[2, 0, 0]) for x in images]
+    assert sorted(seen) == list(range(45))
