@@ -11,10 +11,9 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.config import ConfigError, resolve
 from orchestrator.data import Normalize
+from shards.sources import fashion_mnist
+from shards.writer import PackOptions, pack
 from test_precision import run_trainer
-
-from conftest import pack_request
-from orchestrator.sharding import run_pack
 
 
 def test_a_crop_of_the_mean_image_normalises_to_zero_flipped_or_not():
@@ -44,8 +43,10 @@ def test_only_central_square_crops_take_a_mean_image():
 def fmnist32(tmp_path_factory) -> str:
     """Fashion-MNIST resized to 32 px (so the crops move and a mean image exists)."""
     root = tmp_path_factory.mktemp("fmnist32")
-    run_pack(pack_request("fashion-mnist", str(root), splits=["train"], per_class_limit=30, shard_size=100, resize="32"))
-    run_pack(pack_request("fashion-mnist", str(root), splits=["test"], per_class_limit=10, shard_size=100, resize="32"))
+    for split, count in (("train", 300), ("test", 100)):
+        listing = fashion_mnist(split)
+        listing.records = listing.records[:count]
+        pack(listing, str(root), "fashion-mnist", PackOptions(image_format="png", resize=32, shard_size=100))
     return str(root)
 
 
