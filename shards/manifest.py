@@ -63,7 +63,10 @@ def load_mean_image(url: str, manifest: dict) -> np.ndarray:
     fs, path = fsspec.core.url_to_fs(file)
     if not fs.exists(path):
         raise FileNotFoundError(f"{file}: the mean image the manifest {url} names is missing")
-    mean = np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False)
+    try:
+        mean = np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False)
+    except (ValueError, EOFError) as exc:
+        raise ValueError(f"{file}: not a readable .npy ({exc})") from None
     if mean.shape != (info["side"], info["side"], 3):
         raise ValueError(f"{file}: shape {mean.shape}, not the manifest's {info['side']}x{info['side']}x3")
     return mean

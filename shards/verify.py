@@ -81,6 +81,11 @@ def verify(url: str, decode: bool = False) -> tuple[dict, list[str]]:
             found.append(f"{len(samples)} samples, the manifest says {entry['count']}")
         total += len(samples)
         problems.extend(f"{name}: {p}" for p in found)
+    if manifest["stats"].get("mean_image"):
+        try:
+            mf.load_mean_image(url, manifest)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{manifest['stats']['mean_image']['file']}: {exc}")
     if total != manifest["num_samples"] and not problems:
         problems.append(f"{mf.manifest_name(manifest['prefix'], manifest['split'])}: shards hold {total} samples, num_samples says {manifest['num_samples']}")
     return manifest, problems

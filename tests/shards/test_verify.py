@@ -49,3 +49,16 @@ def test_repeated_keys_and_labels_out_of_range(packed):
     _, problems = verify(url)
     assert any(p.startswith(f"{second['name']}: key ") and f"repeats (also in {first['name']})" in p for p in problems)
     assert any(p.startswith(f"{first['name']}: sample ") and "is not a class index 0..0" in p for p in problems)
+
+
+def test_a_missing_or_damaged_mean_image_is_named(packed):
+    root, manifest, url = packed
+    assert manifest["stats"]["mean_image"]["file"] == "v-val.mean.npy"
+    mean = root / "v-val.mean.npy"
+    whole = mean.read_bytes()
+    for cut in (0, 100, 1000):  # empty, a torn header, torn data
+        mean.write_bytes(whole[:cut])
+        [problem] = verify(url)[1]
+        assert problem.startswith("v-val.mean.npy: ") and "not a readable .npy" in problem
+    mean.unlink()
+    assert verify(url)[1] == [f"v-val.mean.npy: {mf.join(str(root), 'v-val.mean.npy')}: the mean image the manifest {url} names is missing"]
