@@ -123,9 +123,11 @@ def test_pbt_exploit_continues_from_the_donor_checkpoint(ray_cluster, fmnist_roo
         assert meta["epoch"] == donor_row["epoch"]
         assert (meta["metrics"]["val_loss"], meta["metrics"]["train_loss"]) == (donor_row["val_loss"], donor_row["train_loss"])
         assert yaml.safe_load((seed / "config.yaml").read_text())["run"]["name"] == row["resumed_from_run"]
-        # and, while Tune still keeps the donor's copy of it, the weights match byte for byte
+        # and, while Tune still keeps the donor's copy of it, the weights match byte for byte (a donor
+        # paused and restarted by PBT may hold the same epoch twice, from two of its runs: the one named)
         for p in (sweep / f"trial_{row['resumed_from_trial']}").glob("checkpoint_*"):
-            if json.loads((p / "meta.json").read_text())["epoch"] == row["resumed_from_epoch"]:
+            if (json.loads((p / "meta.json").read_text())["epoch"] == row["resumed_from_epoch"]
+                    and yaml.safe_load((p / "config.yaml").read_text())["run"]["name"] == row["resumed_from_run"]):
                 assert (seed / "model.safetensors").read_bytes() == (p / "model.safetensors").read_bytes()
     assert trained, "no exploited trial trained on from its donor's checkpoint"
     assert any(r["exploited_from"] for r in results(sweep))
