@@ -5,6 +5,7 @@ A checkpoint folder holds:
     state.pt            optimizer (canonical), epoch, step, plateau state; torch.load(weights_only=True)
     config.yaml         the resolved RunConfig
     meta.json           epoch and metrics
+    mean_image.npy      the per-pixel mean image the run subtracts (data.mean_image only)
     COMPLETE            written last; a folder without it is torn and ignored
 """
 
@@ -16,6 +17,7 @@ import pickle
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -23,16 +25,20 @@ from safetensors.torch import load_file, save_file
 from orchestrator.config import RunConfig, to_yaml
 
 MARKER = "COMPLETE"
+MEAN_IMAGE = "mean_image.npy"
 
 
 class CheckpointError(RuntimeError):
     pass
 
 
-def save(path: str | Path, weights: dict[str, torch.Tensor], cfg: RunConfig, state: dict, meta: dict) -> Path:
+def save(path: str | Path, weights: dict[str, torch.Tensor], cfg: RunConfig, state: dict, meta: dict,
+         mean_image: np.ndarray | None = None) -> Path:
     """Write a checkpoint folder; ``weights`` is the canonical state dict."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if mean_image is not None:
+        np.save(path / MEAN_IMAGE, mean_image.astype(np.float32), allow_pickle=False)
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, path / "model.safetensors")
     torch.save(state, path / "state.pt")
     (path / "config.yaml").write_text(to_yaml(cfg))
@@ -71,6 +77,14 @@ def find(path: str | Path) -> Path:
 
 def load_config(path: str | Path) -> RunConfig:
     return RunConfig.model_validate(yaml.safe_load((Path(path) / "config.yaml").read_text()))
+
+
+def load_mean_image(path: str | Path) -> np.ndarray:
+    """The per-pixel mean image a checkpoint of a data.mean_image run carries."""
+    file = Path(path) / MEAN_IMAGE
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: missing; its run subtracts a per-pixel mean image (data.mean_image)")
+    return np.load(file, allow_pickle=False)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -32,33 +32,31 @@ def train_transform(d: DataConfig) -> Transform:
     return CenterCrop(d.image_size)
 
 
-def eval_transform(d: DataConfig, tta: str = "center") -> Transform:
+def eval_transform(d: DataConfig, tta: str = "center", side: int | None = None) -> Transform:
+    """``side``: a mean image's side, which ten-crop checks every image's central square against."""
     if tta not in TTA:
         raise ValueError(f"tta {tta!r}: one of {', '.join(TTA)}")
-    return {"center": CenterCrop, "ten-crop": TenCrop}[tta](d.image_size) if tta != "dense" else Full()
+    if tta == "dense":
+        return Full()
+    return TenCrop(d.image_size, side) if tta == "ten-crop" else CenterCrop(d.image_size)
 
 
 def mean_image(cfg: RunConfig) -> np.ndarray | None:
-    """The training split's per-pixel mean image (side x side x 3, 0-255) when data.mean_image is set."""
+    """The training split's per-pixel mean image (side x side x 3, 0-255) when data.mean_image is set;
+    a run's checkpoints carry it (checkpoint.save), so evaluation needs no training split."""
     if not cfg.data.mean_image:
         return None
     url = manifest_url(cfg, cfg.data.train_split)
     return mf.load_mean_image(url, mf.load(url))
 
 
-def _frame(cfg: RunConfig, transform: Transform) -> int | None:
-    """A stream's window frame: the mean image's side, for the crops that subtract a patch of it."""
-    if not cfg.data.mean_image or not transform.windowed:
-        return None
-    return mf.load(manifest_url(cfg, cfg.data.train_split))["stats"]["mean_image"]["side"]
-
-
-def train_stream(cfg: RunConfig, split: Split) -> ShardStream:
+def train_stream(cfg: RunConfig, split: Split, side: int | None = None) -> ShardStream:
+    """``side``: the mean image's side, when one is subtracted: batches then carry their windows."""
     d = cfg.data
     transform = train_transform(d)
     stream = ShardStream(manifest_url(cfg, d.train_split), split, d.batch_size // split.dp_size, transform,
                          train=True, seed=cfg.run.seed, limit=d.limit, shuffle_buffer=d.shuffle_buffer,
-                         on_bad_sample=d.on_bad_sample, frame=_frame(cfg, transform))
+                         on_bad_sample=d.on_bad_sample, frame=side if transform.windowed else None)
     if d.augment in ("alexnet", "vgg") and d.lighting_std > 0:
         # Seeded by dp rank: both towers of a pair light their shared batch identically.
         stream.device_augment = lighting(cfg, stream.manifest, seed=cfg.run.seed * 1000 + split.dp_rank)
@@ -69,15 +67,16 @@ DENSE_BATCH = 8  # whole images at up to the largest Q: far more memory per imag
 
 
 def eval_stream(cfg: RunConfig, split: Split, split_name: str | None = None, manifest: str | None = None,
-                tta: str = "center", frame_cfg: RunConfig | None = None, batch_size: int | None = None) -> ShardStream:
-    """``frame_cfg``: the run whose mean image sets the windows' frame, when not ``cfg`` (fusion).
-    ``batch_size``: images per batch (default: the run's per-rank batch; dense: DENSE_BATCH of one size)."""
+                tta: str = "center", side: int | None = None, batch_size: int | None = None) -> ShardStream:
+    """``side``: the mean image's side, when one is subtracted: centre crops then carry their windows
+    and ten-crop checks its images. ``batch_size``: images per batch (default: the run's per-rank
+    batch; dense: DENSE_BATCH of one size)."""
     d = cfg.data
     url = manifest or manifest_url(cfg, split_name or d.val_split)
     batch = batch_size or (DENSE_BATCH if tta == "dense" else max(1, d.batch_size // split.dp_size))
-    transform = eval_transform(d, tta)
+    transform = eval_transform(d, tta, side)
     return ShardStream(url, split, batch, transform, train=False, on_bad_sample=d.on_bad_sample,
-                       frame=_frame(frame_cfg or cfg, transform))
+                       frame=side if transform.windowed else None)
 
 
 def make_loader(cfg: RunConfig, stream: ShardStream):
@@ -111,18 +110,18 @@ class Normalize(torch.nn.Module):
 
     def patches(self, windows: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """N×3×h×w: the mean image under each (top, left, flip) window, mirrored where it flips."""
-        top, left, flip = windows.to(self.mean_image.device).unbind(1)
+        top, left, flip = windows.to(self.mean_image.device, non_blocking=True).unbind(1)
         rows = top[:, None] + torch.arange(h, device=top.device)
         cols = left[:, None] + torch.arange(w, device=top.device)
         cols = torch.where(flip[:, None].bool(), cols.flip(1), cols)
         return self.mean_image[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
 
 
-def normalizer(cfg: RunConfig, manifest: dict) -> Normalize:
+def normalizer(cfg: RunConfig, manifest: dict, mean_image: np.ndarray | None = None) -> Normalize:
     """The run's normalisation: data.mean/std (a run settles them from the training split's manifest,
-    train.prepare_run), else ``manifest``'s; and the training split's mean image under data.mean_image."""
+    train.prepare_run), else ``manifest``'s; per pixel with ``mean_image``."""
     stats = manifest["stats"]
-    return Normalize(cfg.data.mean or stats["mean_rgb"], cfg.data.std or stats["std_rgb"], mean_image(cfg))
+    return Normalize(cfg.data.mean or stats["mean_rgb"], cfg.data.std or stats["std_rgb"], mean_image)
 
 
 def lighting(cfg: RunConfig, manifest: dict, seed: int = 0) -> Lighting:

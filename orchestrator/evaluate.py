@@ -115,13 +115,18 @@ def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test
     if data:
         cfg.data.root = data
     url = mf.manifest_url(cfg.data.root, cfg.data.prefix, split)
-    with_mean = [c for _, c in loaded if c.data.mean_image]
-    if with_mean and tta == "dense":
+    # a checkpoint of a data.mean_image run carries its mean image; the crops' windows then travel
+    # with the batches, in the frame of the image's central square, which must be the mean image's
+    means = [ckpt.load_mean_image(p) if c.data.mean_image else None for p, (_, c) in zip(paths, loaded)]
+    sides = sorted({m.shape[0] for m in means if m is not None})
+    if sides and tta == "dense":
         raise ValueError("--tta dense takes whole images of any size; a per-pixel mean image (data.mean_image) is for "
                          "crops of the central square: use --tta center or ten-crop")
-    # the crops' windows travel with the batches when any checkpoint subtracts a mean image
-    stream = eval_stream(cfg, Split(), manifest=url, tta=tta, frame_cfg=with_mean[0] if with_mean else None, batch_size=batch_size)
-    prepares = [_Prepare(normalizer(c, stream.manifest), c.parallel.channels_last) for _, c in loaded]
+    if len(sides) > 1:
+        raise ValueError(f"the checkpoints subtract mean images of different sizes ({', '.join(map(str, sides))} px): "
+                         "their crops cannot share one frame")
+    stream = eval_stream(cfg, Split(), manifest=url, tta=tta, side=sides[0] if sides else None, batch_size=batch_size)
+    prepares = [_Prepare(normalizer(c, stream.manifest, m), c.parallel.channels_last) for (_, c), m in zip(loaded, means)]
     predict = make_predict([m for m, _ in loaded], prepares, tta, scales, flip)
 
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from models.parallel import (Mesh, apply_tower_split, canonical_optimizer_state,
                              load_canonical_optimizer, unwrap)
 from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig, to_yaml
-from orchestrator.data import eval_stream, make_loader, manifest_url, normalizer, num_classes, train_stream
+from orchestrator.data import eval_stream, make_loader, manifest_url, mean_image, normalizer, num_classes, train_stream
 from orchestrator.metrics import MetricsLog
 from orchestrator.modeling import build_model, evaluate, summarize
 from orchestrator.schedule import Plateau, lr_at
@@ -65,9 +65,11 @@ class Trainer:
         self.plateau = Plateau(cfg.schedule.patience, cfg.schedule.max_drops, state and state.get("plateau"))
         # Gradients are averaged within the dp group only (a tower pair holds different weights).
         self.model = DistributedDataParallel(model, process_group=self.mesh.dp_group) if self.mesh.dp > 1 else model
-        self.train_data = train_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp))
-        self.val_data = eval_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp))
-        self.normalize = normalizer(cfg, self.train_data.manifest).to(self.device)
+        self.mean_image = mean_image(cfg)  # data.mean_image: it goes into every checkpoint too
+        side = None if self.mean_image is None else self.mean_image.shape[0]
+        self.train_data = train_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp), side)
+        self.val_data = eval_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp), side=side)
+        self.normalize = normalizer(cfg, self.train_data.manifest, self.mean_image).to(self.device)
         self.log = MetricsLog(run_dir(cfg), enabled=self.is_logger, start_epoch=self.start_epoch)
         # Where each rank runs (Ray node, process id), reported with the metrics.
         self.node_of_rank, self.pid_of_rank = zip(*self._gather_objects((node, os.getpid())))
@@ -180,7 +182,7 @@ class Trainer:
             self.log.write(metrics)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}), flush=True)
             with tempfile.TemporaryDirectory() as tmp:
-                ckpt.save(tmp, weights, self.cfg, state, {"epoch": epoch, "metrics": metrics})
+                ckpt.save(tmp, weights, self.cfg, state, {"epoch": epoch, "metrics": metrics}, self.mean_image)
                 report(metrics, tmp)
         self.close()
 

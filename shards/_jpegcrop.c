@@ -1,14 +1,15 @@
 /* Decode one window of a JPEG straight into a caller's buffer, optionally mirrored.
  *
  * AlexNet's training crop keeps 227x227 of a 256-px-high image: libjpeg-turbo can skip the rows
- * above the window (jpeg_skip_scanlines: entropy decoding only, no IDCT, upsampling or colour
- * conversion), stop after its last row, and run the IDCT only for the iMCU columns the window
- * touches (jpeg_crop_scanline). simplejpeg decodes whole images only. The pixels are the ones a
- * whole decode gives (accurate integer IDCT, fancy upsampling, as simplejpeg's defaults); the
- * tests check that against simplejpeg.
+ * above and below the window (jpeg_skip_scanlines: entropy decoding only, no IDCT, upsampling or
+ * colour conversion) and run the IDCT only for the iMCU columns the window touches
+ * (jpeg_crop_scanline). simplejpeg decodes whole images only. The pixels are the ones a whole
+ * decode gives (accurate integer IDCT, fancy upsampling, as simplejpeg's defaults); the tests
+ * check that against simplejpeg.
  *
  * Warnings (a truncated or corrupt stream that libjpeg would pad with grey) are errors, as in
- * simplejpeg's strict mode.
+ * simplejpeg's strict mode, wherever in the image they are: the rows below the window are
+ * entropy-decoded too (skipping straight to the end would not read them), then the end marker.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -98,8 +99,16 @@ static int decode_window(const unsigned char *data, size_t size, unsigned char *
             }
         }
     }
+    /* The rest of the stream, for its errors: skip to the last row (skipping to the end returns
+     * at once without reading), read that row, then up to the end marker. */
+    JDIMENSION last = cinfo.output_height - 1;
+    if (cinfo.output_scanline < last) jpeg_skip_scanlines(&cinfo, last - cinfo.output_scanline);
+    if (cinfo.output_scanline == last) {
+        JSAMPROW line = row;
+        jpeg_read_scanlines(&cinfo, &line, 1);
+    }
+    jpeg_finish_decompress(&cinfo);
     free(row);
-    jpeg_abort_decompress(&cinfo); /* the rows below the window are never decoded */
     jpeg_destroy_decompress(&cinfo);
     return 0;
 }

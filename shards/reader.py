@@ -350,7 +350,8 @@ class ShardStream(IterableDataset):
         buffer = min(self.shuffle_buffer, max(self.samples_per_rank // workers, 1))
         stream = self._stream(epoch, rng, buffer, lambda: (my_steps - done) * self.batch_size - batch.n)
         # Evaluation of whole images, whose sizes vary: a batch per size (ImageNet's are mostly 4:3),
-        # each flushed when full and the rest at the end, so every sample is still read exactly once.
+        # each handed on when full; at most OPEN_SIZES part-filled at once (a new size hands on the
+        # oldest), the rest at the end. Every sample is still read exactly once.
         by_size = {} if shape is None and not self.train else None
         for raw in stream:
             if self.train and done == my_steps:
@@ -366,10 +367,14 @@ class ShardStream(IterableDataset):
                 continue
             bad_run = 0
             if by_size is not None:
+                if image.shape not in by_size and len(by_size) == OPEN_SIZES:
+                    yield by_size.pop(next(iter(by_size))).take()
                 batch = by_size.setdefault(image.shape, _Batch(self.batch_size, shared=info is not None))
             if batch.add(image, label, window):
                 yield batch.take()
                 done += 1
+                if by_size is not None:
+                    del by_size[image.shape]
         if not self.train:
             yield from (b.take() for b in (by_size.values() if by_size is not None else [batch]) if b.n)
         elif done < my_steps:
@@ -510,6 +515,7 @@ def _shuffled(stream: Iterator, size: int, rng: random.Random) -> Iterator:
 
 
 PREFETCH = 4  # batches in flight per DataLoader worker
+OPEN_SIZES = 4  # evaluation of whole images: part-filled batches of distinct sizes held at once
 RING_LIMIT = 1 << 30  # bytes of recycled buffers per stream at most (a ten-crop batch is 10x a training one)
 
 

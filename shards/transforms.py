@@ -74,15 +74,20 @@ class Transform:
     def load_into(self, data: bytes, ext: str, rng: random.Random | None, out: np.ndarray) -> Placed:
         """A windowed transform's sample, straight into ``out`` (a batch slot). A JPEG decodes only
         its window when the windowed decoder is built; anything else decodes whole and the window
-        is copied (the same pixels either way)."""
-        if codec.WINDOWED and codec.is_jpeg(data, ext):
+        is copied. Either way a JPEG's window is drawn from its header before any decoding, so a
+        corrupt image leaves ``rng`` where the other way leaves it: the same pixels, and the same
+        batches after it, whichever way runs."""
+        jpeg = codec.is_jpeg(data, ext)
+        if jpeg:
             h, w = codec.jpeg_size(data)
             top, left, flip = self.window(h, w, rng)
+        if jpeg and codec.WINDOWED:
             codec.decode_window(data, out, top, left, flip)
         else:
             img = self.load(data, ext, rng)
-            h, w = img.shape[:2]
-            top, left, flip = self.window(h, w, rng)
+            if not jpeg:
+                h, w = img.shape[:2]
+                top, left, flip = self.window(h, w, rng)
             crop = torch.from_numpy(img[top : top + out.shape[0], left : left + out.shape[1]])
             torch.from_numpy(out).copy_(crop.flip(1) if flip else crop)  # torch flips ~15x faster than numpy
         return Placed(h, w, top, left, flip)
@@ -236,9 +241,11 @@ class ScaleJitter(Transform):
 @dataclass(frozen=True)
 class TenCrop(Transform):
     """AlexNet §4.1 test views: the 4 corner and the centre ``size`` crops of the central square, and
-    their flips: 10xHxWx3. The network's softmax is averaged over them."""
+    their flips: 10xHxWx3. The network's softmax is averaged over them. ``side``: the central square
+    every image must have (a per-pixel mean image's side: the views subtract its patches)."""
 
     size: int = 227
+    side: int | None = None
 
     def sample_shape(self) -> tuple[int, ...]:
         return (10, self.size, self.size, 3)
@@ -251,6 +258,8 @@ class TenCrop(Transform):
 
     def __call__(self, img: np.ndarray, rng: random.Random | None = None) -> np.ndarray:
         top0, left0, side = _square(*img.shape[:2], self.size)
+        if self.side is not None and side != self.side:
+            raise ValueError(f"image {img.shape[1]}x{img.shape[0]}: its central square is {side}px, not the mean image's {self.side}px")
         sq = img[top0 : top0 + side, left0 : left0 + side]
         five = np.stack([sq[t : t + self.size, l : l + self.size] for t, l, _ in self.windows(side)[:5]])
         return np.concatenate([five, torch.from_numpy(five).flip(2).numpy()])  # torch flips ~15x faster than numpy copies a flip

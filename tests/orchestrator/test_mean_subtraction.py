@@ -2,6 +2,8 @@
 in training and in `cnnctl eval` (centre and ten-crop), on real Fashion-MNIST shards packed at 32 px."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,15 +41,18 @@ def test_only_central_square_crops_take_a_mean_image():
     assert resolve("demo-fashion", None, ["data.augment=alexnet", "data.mean_image=true"]).data.mean_image
 
 
+def _pack(root, splits, resize: int) -> str:
+    for split, count in splits:
+        listing = fashion_mnist(split)
+        listing.records = listing.records[:count]
+        pack(listing, str(root), "fashion-mnist", PackOptions(image_format="png", resize=resize, shard_size=100))
+    return str(root)
+
+
 @pytest.fixture(scope="module")
 def fmnist32(tmp_path_factory) -> str:
     """Fashion-MNIST resized to 32 px (so the crops move and a mean image exists)."""
-    root = tmp_path_factory.mktemp("fmnist32")
-    for split, count in (("train", 300), ("test", 100)):
-        listing = fashion_mnist(split)
-        listing.records = listing.records[:count]
-        pack(listing, str(root), "fashion-mnist", PackOptions(image_format="png", resize=32, shard_size=100))
-    return str(root)
+    return _pack(tmp_path_factory.mktemp("fmnist32"), [("train", 300), ("test", 100)], 32)
 
 
 @pytest.mark.timeout(300)
@@ -57,11 +62,17 @@ def test_training_and_evaluation_subtract_the_mean_image(fmnist32, tmp_path):
     _, metrics = run_trainer(fmnist32, tmp_path, backend="gloo", sets=sets)
     assert len(metrics) == 1 and np.isfinite(metrics[0]["train_loss"]) and metrics[0]["val_count"] == 100
     ckpt = tmp_path / "checkpoint_000000"
+    # the checkpoint carries the mean image, so a folder holding only the test split evaluates it
+    np.testing.assert_array_equal(np.load(ckpt / "mean_image.npy"), np.load(Path(fmnist32) / "fashion-mnist-train.mean.npy"))
+    test_only = tmp_path / "test-only"
+    test_only.mkdir()
+    for f in Path(fmnist32).glob("fashion-mnist-test*"):
+        shutil.copy(f, test_only / f.name)
     runner = CliRunner()
     results = {}
     for tta in ("center", "ten-crop"):
         out = tmp_path / f"{tta}.json"
-        res = runner.invoke(app, ["eval", str(ckpt), "--tta", tta, "--out", str(out), "--threads", "1"])
+        res = runner.invoke(app, ["eval", str(ckpt), "--data", str(test_only), "--tta", tta, "--out", str(out), "--threads", "1"])
         assert res.exit_code == 0, res.output
         results[tta] = json.loads(out.read_text())
         assert results[tta]["count"] == 100
@@ -69,3 +80,9 @@ def test_training_and_evaluation_subtract_the_mean_image(fmnist32, tmp_path):
     assert results["center"]["top1"] == pytest.approx(metrics[0]["val_top1"])
     res = runner.invoke(app, ["eval", str(ckpt), "--tta", "dense", "--threads", "1"])
     assert res.exit_code != 0 and "per-pixel mean image" in res.output
+    # images whose central square is not the mean image's are refused, naming a shard and a key
+    other = _pack(tmp_path / "36", [("test", 100)], 36)
+    for tta in ("center", "ten-crop"):
+        res = runner.invoke(app, ["eval", str(ckpt), "--data", other, "--tta", tta, "--threads", "1"])
+        assert res.exit_code != 0
+        assert "fashion-mnist-test-000000.tar: sample" in res.output and "central square is 36px, not the mean image's 32px" in res.output

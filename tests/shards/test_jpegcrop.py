@@ -27,6 +27,8 @@ def _images() -> list[tuple[str, bytes]]:
     sizes = [(341, 256), (256, 384), (256, 256), (301, 257), (263, 300), (500, 375), (233, 229)]
     out = [(f"{w}x{h} {sub}", jpeg_bytes(photo(rng, w, h), subsampling=sub))
            for w, h in sizes for sub in (0, 1, 2)]  # 4:4:4, 4:2:2, 4:2:0; odd sizes end mid-iMCU
+    for sub in ("440", "411"):  # samplings Pillow does not write; libjpeg-turbo upsamples them on their own paths
+        out.append((f"301x263 {sub}", simplejpeg.encode_jpeg(photo(rng, 301, 263), quality=90, colorspace="RGB", colorsubsampling=sub)))
     out.append(("grey", jpeg_bytes(photo(rng, 300, 260), mode="L")))
     out.append(("progressive", jpeg_bytes(photo(rng, 320, 256), progressive=True)))
     return out
@@ -58,6 +60,8 @@ def test_bad_input_is_a_value_error_naming_the_problem():
         codec.decode_window(data, out, 30, 0, False)
     with pytest.raises(ValueError, match="(?i)premature end|corrupt"):
         codec.decode_window(data[: len(data) // 2], out, 0, 0, False)  # a warning in libjpeg: an error here
+    with pytest.raises(ValueError, match="(?i)premature end|corrupt"):  # damage below the window is found too
+        codec.decode_window(data[: len(data) * 9 // 10], np.empty((50, 50, 3), np.uint8), 0, 0, False)
     with pytest.raises(ValueError, match="Not a JPEG file"):
         codec.decode_window(b"GIF89a" + bytes(200), out, 0, 0, False)
     for bad in (np.empty((227, 454, 3), np.uint8)[:, ::2], np.empty((227, 227, 3), np.float32), np.empty((227, 227), np.uint8)):
@@ -125,3 +129,18 @@ def test_scale_jitter_decodes_every_pixel_the_resize_reads():
             first = max(0, min(int(c - support + 0.5) for c in centres))
             last = min(size, max(int(c + support + 0.5) for c in centres))
             assert start <= first and last <= end, (seed, w, h, box)
+
+
+def test_a_corrupt_jpeg_leaves_the_draws_where_a_whole_decode_leaves_them(monkeypatch):
+    # the window is drawn from the header before decoding either way, so a bad sample cannot shift
+    # the batches after it between a machine with the decoder and one without
+    data = jpeg_bytes(photo(np.random.default_rng(4), 341, 256))
+    bad = data[: len(data) * 9 // 10]
+    states = []
+    for windowed in (True, False):
+        monkeypatch.setattr(codec, "WINDOWED", windowed)
+        rng = random.Random(7)
+        with pytest.raises(ValueError, match="(?i)premature end|corrupt"):
+            AlexNetCrop(227).load_into(bad, "jpg", rng, np.empty((227, 227, 3), np.uint8))
+        states.append(rng.random())
+    assert states[0] == states[1]

@@ -283,11 +283,11 @@ def test_whole_images_of_several_sizes_batch_by_size_and_cover_the_split_once(tm
     from shards.sources import class_folders
     from shards.transforms import Full
 
-    sizes = [(30, 20), (20, 30), (24, 24)]
-    for i in range(45):  # 15 of each size; the blue channel says which image it is
+    sizes = [(30, 20), (20, 30), (24, 24), (26, 22), (22, 26), (28, 21)]  # more than OPEN_SIZES
+    for i in range(45):  # the blue channel says which image it is
         folder = tmp_path / "src" / f"c{i % 3}"
         folder.mkdir(parents=True, exist_ok=True)
-        w, h = sizes[i % 3] if i % 5 else sizes[(i + 1) % 3]
+        w, h = sizes[i % 6] if i % 5 else sizes[(i + 1) % 6]
         Image.fromarray(np.full((h, w, 3), i, np.uint8)).save(folder / f"im{i}.png")
     pack(class_folders(tmp_path / "src", "train"), str(tmp_path / "out"), "v", PackOptions(image_format="png", resize=None, shard_size=10))
     url = mf.manifest_url(str(tmp_path / "out"), "v", "train")
