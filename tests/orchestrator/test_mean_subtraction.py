@@ -80,6 +80,14 @@ def test_training_and_evaluation_subtract_the_mean_image(fmnist32, tmp_path):
     assert results["center"]["top1"] == pytest.approx(metrics[0]["val_top1"])
     res = runner.invoke(app, ["eval", str(ckpt), "--tta", "dense", "--threads", "1"])
     assert res.exit_code != 0 and "per-pixel mean image" in res.output
+    # fused with a run that subtracts the mean RGB: each normalises as it trained
+    plain = tmp_path / "plain"
+    _, plain_metrics = run_trainer(fmnist32, plain, backend="gloo", sets=[s for s in sets if "mean_image" not in s])
+    out = tmp_path / "fused.json"
+    res = runner.invoke(app, ["eval", str(ckpt), str(plain / "checkpoint_000000"), "--out", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    fused = json.loads(out.read_text())
+    assert fused["count"] == 100 and len(fused["checkpoints"]) == 2 and 0 <= fused["top1"] <= 1
     # images whose central square is not the mean image's are refused, naming a shard and a key
     other = _pack(tmp_path / "36", [("test", 100)], 36)
     for tta in ("center", "ten-crop"):
