@@ -63,11 +63,9 @@ def tar_jpegs(shards: list[Path]) -> list[bytes]:
 
 def _plans(jpegs: list[bytes]):
     """(data, top, left, flip) per image: a random crop of the central square, as AlexNetCrop draws."""
-    rng = random.Random(0)
+    rng, crop = random.Random(0), AlexNetCrop(CROP)
     for data in jpegs:
-        h, w = codec.jpeg_size(data)
-        side = min(h, w)
-        yield data, (h - side) // 2 + rng.randrange(side - CROP + 1), (w - side) // 2 + rng.randrange(side - CROP + 1), rng.random() < 0.5
+        yield data, *crop.window(*codec.jpeg_size(data), rng)
 
 
 def window_loop(jpegs: list[bytes]) -> tuple[int, float]:

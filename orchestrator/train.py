@@ -25,7 +25,7 @@ from models.parallel import (Mesh, apply_tower_split, canonical_optimizer_state,
                              load_canonical_optimizer, unwrap)
 from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig, to_yaml
-from orchestrator.data import eval_stream, make_loader, manifest_url, mean_image, normalizer, num_classes, train_stream
+from orchestrator.data import eval_stream, make_loader, manifest_url, mean_image, normalizer, train_stream
 from orchestrator.metrics import MetricsLog
 from orchestrator.modeling import build_model, evaluate, summarize
 from orchestrator.schedule import Plateau, lr_at
@@ -228,9 +228,12 @@ def prepare_run(cfg: RunConfig) -> RunConfig:
     # Workers run in their own working folders: local paths must be absolute before they travel.
     cfg.data.root = ckpt.storage_path(cfg.data.root)
     cfg.run.storage = ckpt.storage_path(cfg.run.storage)
-    cfg.model.num_classes = cfg.model.num_classes or num_classes(cfg)  # from the manifest, once
-    if cfg.data.mean is None or cfg.data.std is None:  # so the checkpoint's config says how it normalised
-        stats = mf.load(manifest_url(cfg, cfg.data.train_split))["stats"]
+    # From the training manifest, read once: the classes, and the normalisation (so the checkpoint's
+    # config says how it normalised).
+    if not cfg.model.num_classes or cfg.data.mean is None or cfg.data.std is None:
+        train = mf.load(manifest_url(cfg, cfg.data.train_split))
+        cfg.model.num_classes = cfg.model.num_classes or len(train["classes"])
+        stats = train["stats"]
         cfg.data.mean, cfg.data.std = cfg.data.mean or stats["mean_rgb"], cfg.data.std or stats["std_rgb"]
     if "://" not in cfg.run.storage:
         out = Path(run_dir(cfg))
