@@ -9,8 +9,14 @@ with dropout 0.5 after the first two (§3.1). Parameter counts at 1000 classes: 
 State-dict keys of A, B, D and E are torchvision's (`features.N`, `classifier.0/3/6`).
 
 Deviations: an `avgpool` (AdaptiveAvgPool2d(7)) sits between features and classifier as in
-torchvision; it is the identity at 224 px. Init is N(0, 0.01) with zero biases: §3.1 says "10^-2
-variance", but std 0.01 is what Caffe and torchvision's `vgg` init use, and a std of 0.1 diverges.
+torchvision; it is the identity at 224 px. Init "paper" is N(0, 0.01) with zero biases: §3.1 says
+"10^-2 variance", but std 0.01 is what Caffe and torchvision's `vgg` init use, and a std of 0.1
+diverges. §3.1 trains A from that init and starts B-E from A (`init_from`); its footnote notes that
+Glorot & Bengio's init ("glorot") trains the deep nets without that step. "kaiming" is He et al.'s.
+
+`width` multiplies every conv and the two hidden FC layers (64 -> 8 at width 1/8): the papers' nets
+are width 1; smaller widths are for rehearsals of a recipe on a CPU. At small widths N(0, 0.01)
+leaves the signal vanishing through the stack and the net does not learn: use "glorot" there.
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ CFGS: dict[str, Cfg] = {
 }
 
 
-def make_features(cfg: Cfg, lrn: LRNParams | None = PAPER) -> nn.Sequential:
-    """The conv part of one Table 1 column; `lrn` gives the parameters of its "LRN" entries."""
+def make_features(cfg: Cfg, lrn: LRNParams | None = PAPER, width: float = 1.0) -> nn.Sequential:
+    """The conv part of one Table 1 column; `lrn` gives the parameters of its "LRN" entries, and
+    `width` multiplies every conv's filters."""
     layers: list[nn.Module] = []
     c_in = 3
     for v in cfg:
@@ -50,6 +57,7 @@ def make_features(cfg: Cfg, lrn: LRNParams | None = PAPER) -> nn.Sequential:
                 layers.append(LRN.from_params(lrn))
         else:
             kernel, c = (1, int(v.removeprefix("conv1-"))) if isinstance(v, str) else (3, v)
+            c = max(1, round(c * width))
             layers += [nn.Conv2d(c_in, c, kernel, padding=kernel // 2), nn.ReLU(inplace=True)]
             c_in = c
     return nn.Sequential(*layers)
@@ -61,24 +69,37 @@ class VGG(nn.Module):
     input_size = 224
 
     def __init__(
-        self, cfg: Cfg, num_classes: int = 1000, *, dropout: float = 0.5, lrn: LRNParams | Mapping | None = PAPER
+        self,
+        cfg: Cfg,
+        num_classes: int = 1000,
+        *,
+        dropout: float = 0.5,
+        lrn: LRNParams | Mapping | None = PAPER,
+        width: float = 1.0,
+        init: str = "paper",
     ):
         super().__init__()
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {sorted(_INITS)}, got {init!r}")
+        if not width > 0:
+            raise ValueError(f"width must be > 0, got {width!r}")
         self.towers = 1
         self.lrn = lrn_params(lrn) if "LRN" in cfg else None
+        fc = max(1, round(4096 * width))
         device = torch.empty(0).device  # the caller's default device (cpu, cuda or meta)
         with torch.device("meta"):  # skip the layers' default init: it is overwritten below
-            self.features = make_features(cfg, self.lrn)
+            self.features = make_features(cfg, self.lrn, width)
+            c_out = [m for m in self.features if isinstance(m, nn.Conv2d)][-1].out_channels
             self.avgpool = nn.AdaptiveAvgPool2d(7)
             self.classifier = nn.Sequential(
-                nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                nn.Linear(4096, num_classes),
+                nn.Linear(c_out * 7 * 7, fc), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                nn.Linear(fc, num_classes),
             )
         self.to_empty(device=device)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(m.weight, 0.0, 0.01)
+                _INITS[init](m.weight)
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +107,13 @@ class VGG(nn.Module):
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.classifier(x)
+
+
+_INITS = {
+    "paper": lambda w: nn.init.normal_(w, 0.0, 0.01),
+    "glorot": nn.init.xavier_uniform_,
+    "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+}
 
 
 def conv_positions(features: nn.Sequential) -> dict[tuple[int, int], nn.Conv2d]:

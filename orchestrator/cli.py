@@ -35,10 +35,18 @@ Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override one f
 
 
 def check_data(cfg: RunConfig) -> list[str]:
-    """Problems with the configured splits, found before Ray or any worker starts."""
+    """Problems with the configured splits and model.init_from, found before Ray or any worker starts."""
     from shards.manifest import check_splits
 
-    return check_splits(cfg.data.root, cfg.data.prefix, [cfg.data.train_split, cfg.data.val_split])
+    problems = check_splits(cfg.data.root, cfg.data.prefix, [cfg.data.train_split, cfg.data.val_split])
+    if cfg.model.init_from:  # a source that cannot initialise this model is refused before Ray starts
+        from orchestrator.modeling import init_source
+
+        try:
+            init_source(cfg)
+        except ValueError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _config(preset, config_file, sets, flags) -> RunConfig:

@@ -65,13 +65,26 @@ class LRNConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """A field left at None means "this model's own default" (the paper's), in a form that survives
+    serialisation to Ray workers, Tune trials and checkpoints; a field the model does not take is an
+    error on the driver (`check`)."""
+
     name: str = Field("alexnet-small", description="Model name from `cnnctl models`.")
     num_classes: int | None = Field(None, gt=1, description="Number of classes; None takes it from the training manifest.")
-    towers: int = Field(2, ge=1, le=2, description="AlexNet towers (1 or 2): grouped conv2/conv4/conv5 when 2.")
-    width: float = Field(1.0, gt=0, description="Channel multiplier of the small AlexNet variants.")
-    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on fc6 and fc7.")
-    lrn: LRNConfig = Field(default_factory=LRNConfig, description="Local Response Normalization settings.")
-    init_from: str | None = Field(None, description="Checkpoint whose matching layers initialise the model (fine-tuning, VGG A -> D).")
+    towers: int | None = Field(None, ge=1, le=2, description="AlexNet towers (1 or 2): grouped conv2/conv4/conv5 when 2. None: the model's own (2 for alexnet and alexnet-small, 1 for alexnet-owt). Not for VGG.")
+    width: float | None = Field(None, gt=0, description="Channel multiplier of every conv and hidden FC layer, for rehearsing a recipe at reduced size. None: 1 (the paper's widths).")
+    dropout: float | None = Field(None, ge=0, lt=1, description="Dropout on fc6 and fc7. None: the model's own (0.5).")
+    lrn: LRNConfig | None = Field(None, description="Local Response Normalization settings; setting any key sets them all (unset keys take the paper's values). None: the model's own (the paper's LRN for alexnet, alexnet-small and vgg-a-lrn; none for alexnet-owt). Not for VGG columns other than A-LRN, which have no LRN layer.")
+    init: Literal["paper", "kaiming", "glorot", "torch"] | None = Field(None, description="Weight init. None: the model's own (AlexNet §5 N(0, 0.01) with biases 1 for alexnet; kaiming for alexnet-small; torch's for alexnet-owt; VGG §3.1 N(0, 0.01)). AlexNet takes paper, kaiming, torch; VGG paper, glorot, kaiming.")
+    init_from: str | None = Field(None, description="Run or checkpoint that initialises the model before training; how is init_mode.")
+    init_mode: Literal["auto", "vgg-a", "matching"] = Field("auto", description="How init_from copies weights. vgg-a: VGG §3.1, a trained VGG-A's first four convs and three FC layers go to the same places in B-E (the rest stays as `init` draws it). matching: every tensor whose name and shape match (fine-tuning, e.g. a new classifier or S=384 -> [256, 512]). auto: vgg-a for VGG B-E started from a VGG-A, matching otherwise.")
+
+    def overrides(self) -> dict:
+        """The fields the user set, as models.build's overrides (`lrn` as a dict, or None for off)."""
+        out = {k: getattr(self, k) for k in ("towers", "width", "dropout", "init") if getattr(self, k) is not None}
+        if self.lrn is not None:
+            out["lrn"] = self.lrn.model_dump(exclude={"enabled"}) if self.lrn.enabled else None
+        return out
 
 
 class OptimConfig(_Section):
@@ -272,9 +285,21 @@ def check(cfg: RunConfig) -> list[str]:
     dp = max(p.world // p.mp, 1)
     if cfg.data.batch_size % dp:
         problems.append(f"data.batch_size: {cfg.data.batch_size} is not divisible by dp={dp}")
-    if cfg.model.lrn.n % 2 == 0:
+    if cfg.model.lrn is not None and cfg.model.lrn.n % 2 == 0:
         problems.append(f"model.lrn.n: must be odd (the window is centred), got {cfg.model.lrn.n}")
+    problems += model_problems(cfg.model)
     return problems
+
+
+def model_problems(m: ModelConfig) -> list[str]:
+    """One line per model field that the named model does not take (checked without torch)."""
+    from models import catalog
+
+    try:
+        name = catalog.resolve(m.name)
+    except ValueError as exc:
+        return [f"model.name: {exc}"]
+    return [f"model.{line}" for line in catalog.check_overrides(name, m.overrides())]
 
 
 def to_yaml(cfg: RunConfig) -> str:

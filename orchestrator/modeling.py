@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
 import models
+from models import catalog
+from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig
 
 
-def model_overrides(cfg: RunConfig) -> dict:
-    """Only the model fields the user set reach the builder, so each family keeps its own defaults
-    and a field that does not apply (towers for VGG, say) is an error from the builder."""
-    m = cfg.model
-    out = {k: getattr(m, k) for k in ("towers", "width", "dropout") if k in m.model_fields_set}
-    if "lrn" in m.model_fields_set:
-        out["lrn"] = m.lrn.model_dump(exclude={"enabled"}) if m.lrn.enabled else None
-    return out
-
-
 def build_model(cfg: RunConfig, num_classes: int) -> torch.nn.Module:
-    return models.build(cfg.model.name, num_classes=num_classes, **model_overrides(cfg))
+    """The configured model: fields left at None take the model's own defaults (ModelConfig)."""
+    return models.build(cfg.model.name, num_classes=num_classes, **cfg.model.overrides())
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
@@ -53,3 +47,52 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable,
 def summarize(sums: dict) -> dict:
     n = max(sums["count"], 1)
     return {"loss": sums["loss_sum"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n, "count": sums["count"]}
+
+
+def init_source(cfg: RunConfig) -> tuple[Path, RunConfig, str]:
+    """model.init_from resolved: the checkpoint, its config, and the mode ('vgg-a' or 'matching').
+
+    ValueError with one line if the source cannot serve: no complete checkpoint there, or a §3.1
+    initialisation whose source is not a trained VGG-A or whose target is not VGG B-E. Run on the
+    driver before Ray starts, and again by each worker.
+    """
+    m = cfg.model
+    try:
+        path = ckpt.find(m.init_from)
+    except (OSError, ckpt.CheckpointError) as exc:
+        raise ValueError(f"model.init_from: {exc}") from None
+    source = ckpt.load_config(path)
+    target, shallow = catalog.resolve(m.name), catalog.resolve(source.model.name)
+    deeper = catalog.family(target) == "vgg" and target not in ("vgg-a", "vgg-a-lrn")
+    mode = m.init_mode if m.init_mode != "auto" else ("vgg-a" if deeper and shallow == "vgg-a" else "matching")
+    if mode == "vgg-a":
+        if not deeper:
+            raise ValueError(f"model.init_mode vgg-a: VGG §3.1 initialises VGG B-E from A, not {target}")
+        if shallow != "vgg-a":
+            raise ValueError(f"model.init_from {m.init_from}: VGG §3.1 needs a trained vgg-a, this checkpoint is {shallow}")
+        if (source.model.width or 1.0) != (m.width or 1.0):
+            raise ValueError(f"model.init_from {m.init_from}: its vgg-a has width {source.model.width or 1.0}, "
+                             f"{target} here has width {m.width or 1.0}; §3.1 copies layers of the same shape")
+    return path, source, mode
+
+
+@torch.no_grad()
+def initialise(model: torch.nn.Module, cfg: RunConfig) -> str:
+    """Copy model.init_from's weights into ``model`` (canonical, before any split); returns what was
+    copied, for the log. 'vgg-a' is VGG §3.1 (models.init_from); 'matching' copies every tensor whose
+    name and shape match, and copying nothing is an error."""
+    path, source, mode = init_source(cfg)
+    weights = ckpt.load_weights(path)
+    if mode == "vgg-a":
+        shallow = build_model(source, source.model.num_classes)
+        shallow.load_state_dict(weights)
+        copied = models.init_from(model, shallow)
+        how = "VGG §3.1: A's first four convs and three FC layers"
+    else:
+        copied = models.load_matching(model, weights)
+        if not copied:
+            raise ValueError(f"model.init_from {path}: no tensor of its {source.model.name} matches {cfg.model.name} by name and shape")
+        how = "tensors matching by name and shape"
+    fresh = [name for name in model.state_dict() if name not in copied]
+    return (f"init_from {path} ({how}): copied {len(copied)} tensors [{', '.join(copied)}]; "
+            f"{len(fresh)} as model.init draws them [{', '.join(fresh)}]")

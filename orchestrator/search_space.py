@@ -15,6 +15,8 @@ not a failed trial an hour in.
 
 from __future__ import annotations
 
+import typing
+
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +105,9 @@ def known_path(path: str) -> str | None:
         if field is None:
             where = ".".join(parts[:i]) or "the config"
             return f"unknown path ({where} has no field {part!r}; known: {', '.join(model.model_fields)})"
-        annotation = field.annotation
+        # a section that may be None (model.lrn: None is the model's own LRN) is still a section
+        options = typing.get_args(field.annotation) or (field.annotation,)
+        annotation = next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), field.annotation)
         is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
         if i == len(parts) - 1:
             return "is a section, not a field" if is_section else None

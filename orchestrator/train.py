@@ -20,14 +20,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-import models
 from models.parallel import (Mesh, apply_tower_split, canonical_optimizer_state, canonical_state_dict,
                              load_canonical_optimizer, unwrap)
 from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig, to_yaml
 from orchestrator.data import eval_stream, make_loader, manifest_url, mean_image, normalizer, train_stream
 from orchestrator.metrics import MetricsLog
-from orchestrator.modeling import build_model, evaluate, summarize
+from orchestrator.modeling import build_model, evaluate, initialise, summarize
 from orchestrator.schedule import Plateau, lr_at
 from shards import manifest as mf
 from shards.reader import Split
@@ -82,9 +81,9 @@ class Trainer:
                 print(f"resuming from {resume_from}", flush=True)
             return ckpt.load_state(resume_from)
         if self.cfg.model.init_from:
-            copied = models.load_matching(model, ckpt.load_weights(ckpt.find(self.cfg.model.init_from)))
+            message = initialise(model, self.cfg)
             if self.is_logger:
-                print(f"init_from {self.cfg.model.init_from}: copied {len(copied)} tensors", flush=True)
+                print(message, flush=True)
         return None
 
     def _all_sum(self, values: list[float]) -> list[float]:
@@ -228,6 +227,8 @@ def prepare_run(cfg: RunConfig) -> RunConfig:
     # Workers run in their own working folders: local paths must be absolute before they travel.
     cfg.data.root = ckpt.storage_path(cfg.data.root)
     cfg.run.storage = ckpt.storage_path(cfg.run.storage)
+    if cfg.model.init_from:
+        cfg.model.init_from = ckpt.storage_path(cfg.model.init_from)
     # From the training manifest, read once: the classes, and the normalisation (so the checkpoint's
     # config says how it normalised).
     if not cfg.model.num_classes or cfg.data.mean is None or cfg.data.std is None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator import checkpoint as ckpt
-from orchestrator.config import RunConfig, to_yaml
+from orchestrator.config import LRNConfig, RunConfig, to_yaml
 from orchestrator.metrics import read
 from orchestrator.search_space import SearchSpace, apply
 from orchestrator.train import build_trainer, run_dir
@@ -57,7 +57,8 @@ def mutations(cfg: RunConfig, space: SearchSpace) -> dict:
     does not search mutates around the base value."""
     from ray import tune
 
-    base = {"optim.lr": cfg.optim.lr, "model.lrn.alpha": cfg.model.lrn.alpha, "model.lrn.beta": cfg.model.lrn.beta}
+    lrn = cfg.model.lrn or LRNConfig()  # unset: the paper's values, which the model's own LRN uses
+    base = {"optim.lr": cfg.optim.lr, "model.lrn.alpha": lrn.alpha, "model.lrn.beta": lrn.beta}
     paths = ["optim.lr"] + (["model.lrn.alpha", "model.lrn.beta"] if cfg.tune.pbt_lrn else [])
     out = {}
     for path in paths:

@@ -28,7 +28,7 @@ def test_unknown_model_lists_the_known_ones():
         models.build("resnet50")
 
 
-@pytest.mark.parametrize("name,override", [("vgg-d", "towers"), ("vgg-a", "width"), ("alexnet", "depth")])
+@pytest.mark.parametrize("name,override", [("vgg-d", "towers"), ("vgg-b", "lrn"), ("alexnet", "depth")])
 def test_unknown_override_is_a_type_error(name, override):
     with pytest.raises(TypeError, match=f"{name}.*{override}"):
         models.build(name, **{override: 1})

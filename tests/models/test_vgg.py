@@ -86,7 +86,8 @@ def test_a_lrn_has_lrn_after_the_first_conv_only():
     assert [m.params for m in tuned.features if isinstance(m, LRN)] == [LRNParams(3, 1.0, 1e-3, 0.5)]
     assert not any(isinstance(m, LRN) for m in build_meta("A-LRN", lrn=None).features)
     # The other columns have no LRN slot: the override changes nothing.
-    assert not any(isinstance(m, LRN) for m in build_meta("D", lrn={"k": 1.0}).features)
+    with pytest.raises(TypeError, match="lrn"):  # D has no LRN layer to set
+        build_meta("D", lrn={"k": 1.0})
 
 
 @pytest.mark.parametrize("alias,name", [("vgg11", "vgg-a"), ("vgg13", "vgg-b"), ("vgg16", "vgg-d"), ("vgg19", "vgg-e")])

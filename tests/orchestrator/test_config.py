@@ -1,3 +1,4 @@
+import typing
 from pathlib import Path
 
 import pytest
@@ -8,14 +9,16 @@ from orchestrator.config import ConfigError, RunConfig, parse_set, resolve
 
 def test_defaults_validate_and_every_field_is_described():
     cfg = RunConfig()
-    assert cfg.model.lrn.alpha == 1e-4 and cfg.model.lrn.k == 2.0 and cfg.model.lrn.n == 5
+    assert cfg.model.lrn is None and cfg.model.overrides() == {}  # unset: the model's own defaults
+    set_one = resolve(None, None, ["model.lrn.alpha=2e-4"]).model.lrn  # setting one key: the paper's others
+    assert (set_one.alpha, set_one.k, set_one.n, set_one.beta, set_one.enabled) == (2e-4, 2.0, 5, 0.75, True)
 
     def walk(model_cls, path=""):
         for name, field in model_cls.model_fields.items():
             assert field.description, f"{path}{name} has no description"
-            ann = field.annotation
-            if isinstance(ann, type) and hasattr(ann, "model_fields"):
-                walk(ann, f"{path}{name}.")
+            for ann in typing.get_args(field.annotation) or (field.annotation,):  # LRNConfig | None too
+                if isinstance(ann, type) and hasattr(ann, "model_fields"):
+                    walk(ann, f"{path}{name}.")
 
     walk(RunConfig)
 

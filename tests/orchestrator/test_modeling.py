@@ -1,0 +1,74 @@
+"""Config -> model survives the trip to the workers: what a Ray worker, a Tune trial or `cnnctl eval`
+builds from a serialised config is the model the driver resolved."""
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import models
+from orchestrator.cli import app
+from orchestrator.config import ConfigError, RunConfig, resolve, to_yaml
+from orchestrator.modeling import build_model
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def shipped(cfg: RunConfig) -> RunConfig:
+    """The config as a worker (model_dump -> model_validate) and a checkpoint (YAML) see it."""
+    worker = RunConfig.model_validate(cfg.model_dump(mode="json"))
+    return RunConfig.model_validate(yaml.safe_load(to_yaml(worker)))
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_every_model_builds_as_registered_after_serialisation(name):
+    cfg = shipped(resolve(None, None, [f"model.name={name}"]))
+    with torch.device("meta"):
+        built, registered = build_model(cfg, 10), models.build(name, num_classes=10)
+    assert type(built) is type(registered)
+    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in registered.state_dict().items()}
+    assert built.towers == registered.towers and built.lrn == registered.lrn
+
+
+def test_alexnet_owt_stays_one_tower_without_lrn():
+    # The one weird trick net: 57,044,810 weights at 10 classes (the two-tower net with LRN has 56,153,930).
+    with torch.device("meta"):
+        owt = build_model(shipped(resolve(None, None, ["model.name=alexnet-owt"])), 10)
+    assert n_params(owt) == 57_044_810 and owt.towers == 1 and owt.lrn is None
+
+
+def test_set_fields_survive_and_unset_ones_stay_the_models_own():
+    cfg = shipped(resolve(None, None, ["model.name=alexnet-owt", "model.dropout=0.3", "model.lrn.alpha=2e-4"]))
+    assert cfg.model.overrides() == {"dropout": 0.3, "lrn": {"k": 2.0, "n": 5, "alpha": 2e-4, "beta": 0.75}}
+    with torch.device("meta"):
+        model = build_model(cfg, 10)
+    assert model.towers == 1 and model.lrn.alpha == 2e-4  # towers unset: OWT's own one tower
+    off = shipped(resolve(None, None, ["model.name=alexnet", "model.lrn.enabled=false"]))
+    with torch.device("meta"):
+        assert build_model(off, 10).lrn is None
+
+
+@pytest.mark.parametrize("sets,line", [
+    (["model.name=vgg-a", "model.towers=2"], "model.towers: does not apply to vgg-a (it takes width, dropout, init)"),
+    (["model.name=vgg16", "model.lrn.alpha=1e-3"], "model.lrn: does not apply to vgg-d (it takes width, dropout, init)"),
+    (["model.name=alexnet", "model.init=glorot"], "model.init: 'glorot' is not an init of alexnet (one of paper, kaiming, torch)"),
+    (["model.name=resnet50"], "model.name: unknown model 'resnet50'; known models: alexnet, alexnet-owt"),
+])
+def test_a_field_the_model_does_not_take_is_refused_on_the_driver(sets, line):
+    with pytest.raises(ConfigError) as err:
+        resolve(None, None, sets)
+    assert len(err.value.lines) == 1 and err.value.lines[0].startswith(line)
+    res = CliRunner().invoke(app, ["train", "--dry-run", *[a for s in sets for a in ("--set", s)]])
+    assert res.exit_code == 1 and res.output.count("error:") == 1 and line in res.output
+
+
+def test_the_model_catalog_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from orchestrator.config import resolve; resolve('demo-fashion'); resolve(None, None, ['model.name=vgg-a']);"
+            " print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
