@@ -239,9 +239,9 @@ def eval_(
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     out: Annotated[Optional[Path], typer.Option(help="Where to write the JSON result (default: eval-<split>.json in the checkpoint folder).")] = None,
     threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 2,
-    tta: Annotated[str, typer.Option(help="Test views: center (the centre crop), ten-crop (AlexNet: 4 corners + centre, and their flips), dense (VGG: the fully-convolutional net on the whole image at each of --scales).")] = "center",
-    scales: Annotated[Optional[str], typer.Option(help="dense: comma-separated shorter sides Q the image is rescaled to, e.g. 224,256,288 (default: as stored).")] = None,
-    flip: Annotated[bool, typer.Option("--flip", help="Also average the softmax of the horizontally flipped views (center, dense).")] = False,
+    tta: Annotated[Optional[str], typer.Option(help="Test views: center (the centre crop), ten-crop (AlexNet: 4 corners + centre, and their flips), dense (VGG: the fully-convolutional net on the whole image at each of --scales). Default: the run's eval.tta, which the imagenet-* presets set to their paper's.")] = None,
+    scales: Annotated[Optional[str], typer.Option(help="dense: comma-separated shorter sides Q the image is rescaled to, e.g. 224,256,288 (default: the run's eval.scales, else as stored).")] = None,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Also average the softmax of the horizontally flipped views (center, dense). Default: the run's eval.flip.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per forward (default: the run's data.batch_size; dense: 8 images of one size, which share a batch).")] = None,
 ) -> None:
     """Top-1/top-5 of a checkpoint on a split; several checkpoints average their softmax (with every TTA view)."""

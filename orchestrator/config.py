@@ -1,5 +1,7 @@
 """The one typed config tree of cnnctl, and the one function that resolves it.
 
+Sections: data, model, optim, schedule, parallel, run, tune and eval (how `cnnctl eval` tests the run).
+
 Precedence (lowest first): field defaults < preset YAML in ``configs/`` < ``--config FILE``
 < ``--set a.b=c`` overrides < explicit CLI flags. ``resolve`` is the only place that applies it.
 """
@@ -149,6 +151,19 @@ class TuneConfig(_Section):
     trial_seeds: Literal["same", "distinct"] = Field("same", description="same: every trial trains with run.seed (common random numbers: two trials differ only by their hyperparameters); distinct: trial i uses run.seed + i, so trials of one configuration are independent samples.")
 
 
+class EvalConfig(_Section):
+    tta: Literal["center", "ten-crop", "dense"] = Field("center", description="The test views `cnnctl eval` uses for this run unless told otherwise: center (one centre crop), ten-crop (AlexNet §4.1: 4 corners + centre and their flips, softmax averaged), dense (VGG §3.2: the fully-convolutional net on the whole image at each of `scales`).")
+    scales: list[int] | None = Field(None, description="dense: the shorter sides Q the image is rescaled to (VGG §4.2 multi-scale: Smin, (Smin+Smax)/2, Smax); None keeps the image as stored.")
+    flip: bool = Field(False, description="Also average the softmax of the horizontally flipped views (center, dense; ten-crop always does).")
+
+    @field_validator("scales")
+    @classmethod
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or min(v) <= 0):
+            raise ValueError(f"scales must be a non-empty list of positive sides, got {v}")
+        return v
+
+
 class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Shards and input pipeline.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Network.")
@@ -157,6 +172,7 @@ class RunConfig(_Section):
     parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Workers, nodes and the dp x mp mesh.")
     run: RunSection = Field(default_factory=RunSection, description="Run name, storage, seed and fault tolerance.")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="Ray Tune sweep settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="The paper's evaluation of this run, the default of `cnnctl eval`.")
 
 
 class ConfigError(Exception):

@@ -100,15 +100,21 @@ def make_predict(models_: list[torch.nn.Module], prepares: list[Callable], tta: 
 
 
 def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test", out: Path | None = None, threads: int = 2,
-             tta: str = "center", scales: list[int] | None = None, flip: bool = False, batch_size: int | None = None) -> dict:
-    if tta not in TTA:
+             tta: str | None = None, scales: list[int] | None = None, flip: bool | None = None,
+             batch_size: int | None = None) -> dict:
+    """``tta``, ``scales`` and ``flip`` left at None take the first checkpoint's `eval` section: the
+    evaluation its preset names (AlexNet's ten views, VGG's dense multi-scale with flips)."""
+    if tta is not None and tta not in TTA:
         raise ValueError(f"--tta {tta!r}: one of {', '.join(TTA)}")
-    if scales and tta != "dense":
-        raise ValueError("--scales applies to --tta dense only")
     torch.set_num_threads(threads)
     paths = [ckpt.find(c) for c in checkpoints]
     loaded = [load_model(p) for p in paths]
     cfg = loaded[0][1]
+    if tta is None:
+        tta, scales = cfg.eval.tta, scales or cfg.eval.scales
+    flip = cfg.eval.flip if flip is None else flip
+    if scales and tta != "dense":
+        raise ValueError("--scales applies to --tta dense only")
     if tta != "dense" and len({c.data.image_size for _, c in loaded}) > 1:
         raise ValueError(f"--tta {tta}: the checkpoints were trained on different crop sizes; use --tta dense")
     scales = scales or [None]  # dense without --scales: the images as stored
