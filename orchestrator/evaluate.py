@@ -82,12 +82,16 @@ def view_probs(model: torch.nn.Module, prepare: _Prepare, x: torch.Tensor, tta: 
     return [(dense_scores(model, t) if tta == "dense" else model(t)).softmax(1) for t in xs]
 
 
-def make_predict(models_: list[torch.nn.Module], prepares: list[Callable], tta: str, scales: list[int | None], flip: bool) -> Callable:
+def make_predict(models_: list[torch.nn.Module], prepares: list[Callable], tta: str, scales: list[int | None], flip: bool,
+                 sizes: list[int] | None = None) -> Callable:
+    """``sizes``: the crop side each model trained on (default: its native input size); dense
+    evaluation needs every Q at least that."""
     if tta == "dense":
-        for m in models_:
-            if any(q is not None and q < m.input_size for q in scales):
-                raise ValueError(f"--scales {scales}: dense evaluation needs every Q >= the model's input size {m.input_size}")
-        models_ = [to_dense(m).eval() for m in models_]
+        sizes = sizes or [m.input_size for m in models_]
+        for size in sizes:
+            if any(q is not None and q < size for q in scales):
+                raise ValueError(f"--scales {scales}: dense evaluation needs every Q >= the crop size {size} the model trained on")
+        models_ = [to_dense(m, size).eval() for m, size in zip(models_, sizes)]
     single = len(models_) == 1 and tta == "center" and not flip
 
     def predict(x: torch.Tensor, windows: torch.Tensor | None = None) -> torch.Tensor:
@@ -133,7 +137,7 @@ def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test
                          "their crops cannot share one frame")
     stream = eval_stream(cfg, Split(), manifest=url, tta=tta, side=sides[0] if sides else None, batch_size=batch_size)
     prepares = [_Prepare(normalizer(c, stream.manifest, m), c.parallel.channels_last) for (_, c), m in zip(loaded, means)]
-    predict = make_predict([m for m, _ in loaded], prepares, tta, scales, flip)
+    predict = make_predict([m for m, _ in loaded], prepares, tta, scales, flip, [c.data.image_size for _, c in loaded])
 
     t0 = time.perf_counter()
     s = summarize(evaluate(predict, make_loader(cfg, stream), torch.device("cpu")))

@@ -77,3 +77,20 @@ def test_vgg_fc6_becomes_7x7():
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
         (512, 4096, (7, 7)), (4096, 4096, (1, 1)), (4096, 1000, (1, 1))]
     assert dense.input_size == 224
+
+
+@pytest.mark.parametrize("name,overrides,size", [
+    ("vgg-a", {"width": 0.125}, 32),     # a 1x1 feature map stretched to 7x7
+    ("vgg-d", {"width": 0.125}, 96),     # 3x3 -> 7x7: uneven pooling windows
+    ("alexnet", {"width": 0.25}, 99),    # 2x2 -> 6x6 across two towers
+])
+def test_dense_below_the_native_size_folds_the_avgpool_into_fc6(name, overrides, size):
+    torch.manual_seed(0)
+    model = models.build(name, num_classes=10, **overrides).eval()
+    dense = to_dense(model, size).eval()
+    assert dense.input_size == size
+    with torch.no_grad():
+        x = torch.randn(2, 3, size, size)
+        logits = model(x)
+        torch.testing.assert_close(dense_scores(dense, x), logits, rtol=1e-4, atol=1e-4 * logits.abs().max().item())
+        assert dense(torch.randn(1, 3, size + 64, size + 64)).shape[-1] > 1  # larger Q: a score map

@@ -83,7 +83,7 @@ def test_ten_crop_of_a_constant_image_equals_the_center_crop():
     (["--tta", "five-crop"], "--tta 'five-crop'"),
     (["--scales", "256"], "--scales applies to --tta dense only"),
     (["--tta", "dense", "--scales", "256,x"], "--scales '256,x'"),
-    (["--tta", "dense", "--scales", "16"], "Q >= the model's input size 28"),
+    (["--tta", "dense", "--scales", "16"], "Q >= the crop size 28 the model trained on"),
 ])
 def test_bad_tta_options_exit_1_with_a_reason(checkpoint, args, message):
     res = runner.invoke(app, ["eval", str(checkpoint), *args])
