@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import alexnet as _alexnet
 from . import vgg as _vgg
-from .catalog import ACCEPTS, ALEXNETS, VGGS, names, resolve
+from .catalog import ACCEPTS, ALEXNETS, INITS, VGGS, names, resolve
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "alexnet": _alexnet.alexnet,
@@ -19,6 +19,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     **{f"vgg-{cfg.lower()}": (lambda cfg=cfg, **kw: _vgg.vgg(cfg, **kw)) for cfg in _vgg.CFGS},
 }
 assert tuple(_BUILDERS) == ALEXNETS + VGGS, "models.catalog lists every registered model"
+assert set(_alexnet._INITS) == set(INITS["alexnet"]) and set(_vgg._INITS) == set(INITS["vgg"]), "and every init"
 
 
 def build(name: str, *, num_classes: int = 1000, **overrides) -> nn.Module:

@@ -114,6 +114,17 @@ def resume_point(candidate: str | Path | None, run_dir: str | Path) -> Path | No
         return None
 
 
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Workers and Tune trials run in their own working folders: local paths become absolute before
+    the config travels, and model.init_from becomes the one checkpoint every rank loads (the newest
+    complete one of a run folder, found once, so a run still writing checkpoints cannot split them)."""
+    cfg.data.root = storage_path(cfg.data.root)
+    cfg.run.storage = storage_path(cfg.run.storage)
+    if cfg.model.init_from:
+        cfg.model.init_from = str(find(cfg.model.init_from).resolve())
+    return cfg
+
+
 def storage_path(storage: str) -> str:
     """Ray wants an absolute local path or a URI."""
     return storage if "://" in storage else os.path.abspath(storage)

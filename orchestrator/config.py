@@ -304,6 +304,17 @@ def check(cfg: RunConfig) -> list[str]:
     if cfg.model.lrn is not None and cfg.model.lrn.n % 2 == 0:
         problems.append(f"model.lrn.n: must be odd (the window is centred), got {cfg.model.lrn.n}")
     problems += model_problems(cfg.model)
+    e = cfg.eval
+    if e.scales and e.tta != "dense":
+        problems.append(f"eval.scales: apply to eval.tta dense only, not {e.tta}")
+    if e.scales and min(e.scales) < cfg.data.image_size:
+        problems.append(f"eval.scales: every Q must be at least the crop size data.image_size={cfg.data.image_size}, got {e.scales}")
+    t = cfg.tune
+    if t.scheduler == "pbt" and t.pbt_lrn and not model_problems(cfg.model):
+        from models import catalog
+
+        if "lrn" not in catalog.ACCEPTS[catalog.resolve(cfg.model.name)]:
+            problems.append(f"tune.pbt_lrn: {catalog.resolve(cfg.model.name)} has no LRN for PBT to mutate")
     return problems
 
 

@@ -114,8 +114,9 @@ def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test
     paths = [ckpt.find(c) for c in checkpoints]
     loaded = [load_model(p) for p in paths]
     cfg = loaded[0][1]
-    if tta is None:
-        tta, scales = cfg.eval.tta, scales or cfg.eval.scales
+    tta = tta or cfg.eval.tta
+    if scales is None and tta == "dense":
+        scales = cfg.eval.scales
     flip = cfg.eval.flip if flip is None else flip
     if scales and tta != "dense":
         raise ValueError("--scales applies to --tta dense only")

@@ -52,9 +52,11 @@ def summarize(sums: dict) -> dict:
 def init_source(cfg: RunConfig) -> tuple[Path, RunConfig, str]:
     """model.init_from resolved: the checkpoint, its config, and the mode ('vgg-a' or 'matching').
 
-    ValueError with one line if the source cannot serve: no complete checkpoint there, or a §3.1
-    initialisation whose source is not a trained VGG-A or whose target is not VGG B-E. Run on the
-    driver before Ray starts, and again by each worker.
+    In auto mode a VGG B-E starts from a trained VGG-A by §3.1, or from its own column by matching
+    (fine-tuning, §3.1's S = 384 -> [256, 512]); any other source needs init_mode matching, said
+    explicitly. The copy is rehearsed on the meta device, so a source that cannot serve (no complete
+    checkpoint, not a VGG-A, shapes that differ, nothing matching) is a ValueError of one line here,
+    on the driver before Ray starts, and not on the workers.
     """
     m = cfg.model
     try:
@@ -64,35 +66,49 @@ def init_source(cfg: RunConfig) -> tuple[Path, RunConfig, str]:
     source = ckpt.load_config(path)
     target, shallow = catalog.resolve(m.name), catalog.resolve(source.model.name)
     deeper = catalog.family(target) == "vgg" and target not in ("vgg-a", "vgg-a-lrn")
-    mode = m.init_mode if m.init_mode != "auto" else ("vgg-a" if deeper and shallow == "vgg-a" else "matching")
-    if mode == "vgg-a":
-        if not deeper:
-            raise ValueError(f"model.init_mode vgg-a: VGG §3.1 initialises VGG B-E from A, not {target}")
-        if shallow != "vgg-a":
-            raise ValueError(f"model.init_from {m.init_from}: VGG §3.1 needs a trained vgg-a, this checkpoint is {shallow}")
-        if (source.model.width or 1.0) != (m.width or 1.0):
-            raise ValueError(f"model.init_from {m.init_from}: its vgg-a has width {source.model.width or 1.0}, "
-                             f"{target} here has width {m.width or 1.0}; §3.1 copies layers of the same shape")
+    mode = m.init_mode
+    if mode == "auto" and deeper and shallow not in ("vgg-a", target):
+        raise ValueError(f"model.init_from {m.init_from}: VGG §3.1 starts {target} from a trained vgg-a, this checkpoint is "
+                         f"{shallow} (model.init_mode=matching copies tensors by name and shape from any model)")
+    if mode == "auto":
+        mode = "vgg-a" if deeper and shallow == "vgg-a" else "matching"
+    if mode == "vgg-a" and not deeper:
+        raise ValueError(f"model.init_mode vgg-a: VGG §3.1 initialises VGG B-E from A, not {target}")
+    if mode == "vgg-a" and shallow != "vgg-a":
+        raise ValueError(f"model.init_from {m.init_from}: VGG §3.1 needs a trained vgg-a, this checkpoint is {shallow}")
+    if mode == "vgg-a" and (source.model.width or 1.0) != (m.width or 1.0):
+        raise ValueError(f"model.init_from {m.init_from}: its vgg-a has width {source.model.width or 1.0}, "
+                         f"{target} here has width {m.width or 1.0}; §3.1 copies layers of the same shape")
+    with torch.device("meta"):
+        model = build_model(cfg, m.num_classes or source.model.num_classes)
+        try:
+            _copy(mode, model, build_model(source, source.model.num_classes).state_dict(), source, target)
+        except ValueError as exc:
+            raise ValueError(f"model.init_from {m.init_from}: {exc}") from None
     return path, source, mode
 
 
 @torch.no_grad()
+def _copy(mode: str, model: torch.nn.Module, weights: dict, source: RunConfig, target: str) -> list[str]:
+    """Copy ``weights`` (of a ``source`` model) into ``model`` (a ``target``); the names copied."""
+    if mode == "vgg-a":
+        with torch.device("meta"):
+            shallow = build_model(source, source.model.num_classes)
+        shallow.load_state_dict(weights, assign=True)
+        return models.init_from(model, shallow)
+    copied = models.load_matching(model, weights)
+    if not copied:
+        raise ValueError(f"no tensor of its {source.model.name} matches {target} by name and shape")
+    return copied
+
+
 def initialise(model: torch.nn.Module, cfg: RunConfig) -> str:
     """Copy model.init_from's weights into ``model`` (canonical, before any split); returns what was
     copied, for the log. 'vgg-a' is VGG §3.1 (models.init_from); 'matching' copies every tensor whose
-    name and shape match, and copying nothing is an error."""
+    name and shape match."""
     path, source, mode = init_source(cfg)
-    weights = ckpt.load_weights(path)
-    if mode == "vgg-a":
-        shallow = build_model(source, source.model.num_classes)
-        shallow.load_state_dict(weights)
-        copied = models.init_from(model, shallow)
-        how = "VGG §3.1: A's first four convs and three FC layers"
-    else:
-        copied = models.load_matching(model, weights)
-        if not copied:
-            raise ValueError(f"model.init_from {path}: no tensor of its {source.model.name} matches {cfg.model.name} by name and shape")
-        how = "tensors matching by name and shape"
+    copied = _copy(mode, model, ckpt.load_weights(path), source, catalog.resolve(cfg.model.name))
+    how = "VGG §3.1: A's first four convs and three FC layers" if mode == "vgg-a" else "tensors matching by name and shape"
     fresh = [name for name in model.state_dict() if name not in copied]
     return (f"init_from {path} ({how}): copied {len(copied)} tensors [{', '.join(copied)}]; "
             f"{len(fresh)} as model.init draws them [{', '.join(fresh)}]")

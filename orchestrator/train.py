@@ -224,11 +224,7 @@ def fit(cfg: RunConfig):
 
 def prepare_run(cfg: RunConfig) -> RunConfig:
     """Settle what every worker must agree on, once, and save the config beside the run."""
-    # Workers run in their own working folders: local paths must be absolute before they travel.
-    cfg.data.root = ckpt.storage_path(cfg.data.root)
-    cfg.run.storage = ckpt.storage_path(cfg.run.storage)
-    if cfg.model.init_from:
-        cfg.model.init_from = ckpt.storage_path(cfg.model.init_from)
+    ckpt.absolute_paths(cfg)
     # From the training manifest, read once: the classes, and the normalisation (so the checkpoint's
     # config says how it normalised).
     if not cfg.model.num_classes or cfg.data.mean is None or cfg.data.std is None:

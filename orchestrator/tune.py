@@ -392,8 +392,7 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False):
     import ray
     from ray import tune
 
-    # Trials run in Tune's working folders: local paths must be absolute before they travel.
-    cfg.data.root, cfg.run.storage = ckpt.storage_path(cfg.data.root), ckpt.storage_path(cfg.run.storage)
+    ckpt.absolute_paths(cfg)  # trials run in Tune's working folders
     path = sweep_dir(cfg)
     base = cfg.model_dump(mode="json")
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep=str(path)), trial_resources(cfg))

@@ -62,15 +62,14 @@ def test_fine_tuning_matches_names_and_shapes(tmp_path):
     (["model.name=vgg-a"], ("vgg-a", *SMALL), "vgg-a", "VGG §3.1 initialises VGG B-E from A, not vgg-a"),
     (["model.name=vgg-d", "model.width=0.25"], ("vgg-a", *SMALL), "auto", "its vgg-a has width 0.125, vgg-d here has width 0.25"),
     (["model.name=vgg-d"], ("alexnet-small", "model.num_classes=5"), "matching", "no tensor of its alexnet-small matches vgg-d"),
+    (["model.name=vgg-d"], ("alexnet", "model.num_classes=10"), "auto", "VGG §3.1 starts vgg-d from a trained vgg-a, this checkpoint is alexnet"),
+    (["model.name=vgg-d", "model.width=0.125"], ("vgg-a", "model.width=0.125", "model.num_classes=5"), "vgg-a", r"classifier.6.weight is \(10, 512\) but A's is \(5, 512\)"),
 ])
 def test_a_source_that_cannot_serve_is_refused(tmp_path, target, source, mode, line):
     path, _ = checkpoint(tmp_path, source[0], *source[1:])
     cfg = resolve(None, None, [*target, "model.num_classes=10", f"model.init_from={path}", f"model.init_mode={mode}"])
     with pytest.raises(ValueError, match=line):
-        if mode == "matching":
-            initialise(build_model(cfg, 10), cfg)  # shapes are only known once both nets exist
-        else:
-            init_source(cfg)
+        init_source(cfg)  # on the driver: shapes and matches are rehearsed on the meta device
 
 
 def test_the_cli_refuses_a_bad_source_before_ray_starts(tmp_path, fmnist_root):
@@ -82,3 +81,13 @@ def test_the_cli_refuses_a_bad_source_before_ray_starts(tmp_path, fmnist_root):
     res = CliRunner().invoke(app, [*base, "--set", f"model.init_from={tmp_path / 'nothing'}"])
     assert res.exit_code == 1 and "model.init_from:" in res.output and "no complete checkpoint" in res.output
     assert not (tmp_path / "demo-fashion").exists()  # nothing started, nothing written
+
+
+def test_the_run_records_the_one_checkpoint_every_rank_loads(tmp_path, monkeypatch):
+    from orchestrator import checkpoint as ck
+
+    path, _ = checkpoint(tmp_path / "runs" / "a" , "vgg-a", *SMALL)  # runs/a/vgg-a: a checkpoint folder
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve(None, None, ["model.name=vgg-d", "model.init_from=runs/a/vgg-a", "data.root=shards", *SMALL])
+    ck.absolute_paths(cfg)  # what prepare_run and a Tune sweep do before the config travels
+    assert cfg.model.init_from == str(path.resolve()) and cfg.data.root == str(tmp_path / "shards")

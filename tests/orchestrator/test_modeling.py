@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 import models
 from orchestrator.cli import app
-from orchestrator.config import ConfigError, RunConfig, resolve, to_yaml
+from orchestrator.config import CONFIGS_DIR, ConfigError, RunConfig, resolve, to_yaml
 from orchestrator.modeling import build_model
 
 
@@ -72,3 +72,30 @@ def test_the_model_catalog_imports_without_torch():
             " print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("preset", ["demo-fashion"] + sorted(p.stem for p in CONFIGS_DIR.glob("imagenet-*.yaml")))
+def test_every_preset_builds_the_same_model_after_serialisation(preset):
+    cfg = resolve(preset)
+    with torch.device("meta"):
+        driver, worker = build_model(cfg, 10), build_model(shipped(cfg), 10)
+    assert {k: v.shape for k, v in driver.state_dict().items()} == {k: v.shape for k, v in worker.state_dict().items()}
+    assert (driver.towers, driver.lrn) == (worker.towers, worker.lrn)
+
+
+def test_demo_preset_leaves_the_models_own_defaults_to_the_model():
+    # --preset demo-fashion with another network: the preset sets no field of alexnet-small's own
+    with torch.device("meta"):
+        owt = build_model(shipped(resolve("demo-fashion", None, ["model.name=alexnet-owt"])), 10)
+    assert n_params(owt) == 57_044_810 and owt.towers == 1 and owt.lrn is None
+
+
+@pytest.mark.parametrize("sets,line", [
+    (["eval.scales=[256]"], "eval.scales: apply to eval.tta dense only, not center"),
+    (["eval.tta=dense", "eval.scales=[20,28]", "data.image_size=24"], "eval.scales: every Q must be at least the crop size data.image_size=24"),
+    (["model.name=vgg-d", "tune.scheduler=pbt", "tune.pbt_lrn=true"], "tune.pbt_lrn: vgg-d has no LRN for PBT to mutate"),
+])
+def test_eval_and_pbt_settings_that_cannot_work_are_refused_before_training(sets, line):
+    with pytest.raises(ConfigError) as err:
+        resolve(None, None, sets)
+    assert err.value.lines == [line] or err.value.lines[0].startswith(line)
