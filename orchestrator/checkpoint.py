@@ -1,6 +1,6 @@
 """Checkpoints (DESIGN.md §5): canonical weights as safetensors, the rest loaded with weights_only=True.
 
-A checkpoint folder holds:
+A checkpoint folder is a location (shards.location: a local path or an fsspec URL) and holds:
     model.safetensors   canonical (unsplit, un-DDP'd) state dict
     state.pt            optimizer (canonical), epoch, step, plateau state; torch.load(weights_only=True)
     config.yaml         the resolved RunConfig
@@ -11,8 +11,8 @@ A checkpoint folder holds:
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import pickle
 import re
 from pathlib import Path
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from orchestrator.config import RunConfig, to_yaml
+from shards import location as loc
 
 MARKER = "COMPLETE"
 MEAN_IMAGE = "mean_image.npy"
@@ -51,64 +52,61 @@ FILES = ("model.safetensors", "state.pt", "config.yaml", "meta.json", MARKER)
 
 
 def is_complete(path: str | Path) -> bool:
-    """The marker is written last, but a copy (Ray's upload) may land files in any order: check all."""
-    return all((Path(path) / f).exists() for f in FILES)
+    return loc.exists(loc.join(path, MARKER))
 
 
-def _epoch(path: Path) -> int:
+def _epoch(path: str) -> int:
     try:
-        return json.loads((path / "meta.json").read_text())["epoch"]
+        return json.loads(loc.read_text(loc.join(path, "meta.json")))["epoch"]
     except (OSError, ValueError, KeyError):
         return -1
 
 
-def find(path: str | Path) -> Path:
-    """A checkpoint folder, or the newest complete checkpoint under a run folder."""
-    path = Path(path)
-    if (path / "model.safetensors").exists():
+def find(path: str | Path) -> str:
+    """A checkpoint folder, or the newest complete checkpoint under a run folder, as a location."""
+    path = str(path)
+    if loc.exists(loc.join(path, "model.safetensors")):
         if not is_complete(path):
             raise CheckpointError(f"{path}: checkpoint has no {MARKER} marker (it was torn mid-write)")
         return path
-    candidates = [p for p in path.glob("checkpoint_*") if p.is_dir() and is_complete(p)]
+    candidates = [p for p in loc.listdir(path) if loc.name(p).startswith("checkpoint_") and is_complete(p)]
     if not candidates:
         raise CheckpointError(f"{path}: no complete checkpoint found (expected model.safetensors or checkpoint_*/)")
-    return max(candidates, key=lambda p: (_epoch(p), p.name))
+    return max(candidates, key=lambda p: (_epoch(p), loc.name(p)))
 
 
 def load_config(path: str | Path) -> RunConfig:
-    return RunConfig.model_validate(yaml.safe_load((Path(path) / "config.yaml").read_text()))
+    return RunConfig.model_validate(yaml.safe_load(loc.read_text(loc.join(path, "config.yaml"))))
 
 
 def load_mean_image(path: str | Path) -> np.ndarray:
     """The per-pixel mean image a checkpoint of a data.mean_image run carries."""
-    file = Path(path) / MEAN_IMAGE
-    if not file.exists():
+    file = loc.join(path, MEAN_IMAGE)
+    if not loc.exists(file):
         raise FileNotFoundError(f"{file}: missing; its run subtracts a per-pixel mean image (data.mean_image)")
-    return np.load(file, allow_pickle=False)
+    return np.load(io.BytesIO(loc.read_bytes(file)), allow_pickle=False)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(Path(path) / "model.safetensors")
+    return load(loc.read_bytes(loc.join(path, "model.safetensors")))
 
 
 def load_state(path: str | Path) -> dict:
     """Optimizer/epoch/RNG state; a pickle that would run code is refused by weights_only=True."""
     try:
-        return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(loc.read_bytes(loc.join(path, "state.pt"))), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = re.split(r"\n", str(exc).strip())[0]
         raise CheckpointError(f"{path}/state.pt: refused, it is not a plain tensor/state file ({first})") from None
 
 
-def resume_point(candidate: str | Path | None, run_dir: str | Path) -> Path | None:
+def resume_point(candidate: str | Path | None, run_dir: str | Path) -> str | None:
     """The checkpoint to resume from: Ray's newest, unless it is torn (no marker) or Ray has none
     (workers lost before Ray registered their last report), in which case the newest complete one
     in the run folder; None when there is none."""
     if candidate is not None and is_complete(candidate):
-        return Path(candidate)
-    if "://" in str(run_dir):  # object-store runs rely on Ray's own record
-        return None
-    try:
+        return str(candidate)
+    try:  # the run folder, wherever it is stored
         return find(run_dir)
     except CheckpointError:
         return None
@@ -118,13 +116,9 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     """Workers and Tune trials run in their own working folders: local paths become absolute before
     the config travels, and model.init_from becomes the one checkpoint every rank loads (the newest
     complete one of a run folder, found once, so a run still writing checkpoints cannot split them)."""
-    cfg.data.root = storage_path(cfg.data.root)
-    cfg.run.storage = storage_path(cfg.run.storage)
+    cfg.data.root = loc.absolute(cfg.data.root)
+    cfg.run.storage = loc.absolute(cfg.run.storage)
     if cfg.model.init_from:
-        cfg.model.init_from = str(find(cfg.model.init_from).resolve())
+        cfg.model.init_from = loc.absolute(find(cfg.model.init_from))
     return cfg
 
-
-def storage_path(storage: str) -> str:
-    """Ray wants an absolute local path or a URI."""
-    return storage if "://" in storage else os.path.abspath(storage)

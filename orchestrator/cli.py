@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from orchestrator.cluster import connect
 from orchestrator.config import ConfigError, RunConfig, resolve, to_yaml
+from shards import location as loc
 
 app = typer.Typer(
     help="cnnctl: shard ImageNet-style data, then train and tune AlexNet and VGG on Ray.",
@@ -30,14 +31,21 @@ def fail(lines: list[str] | str, code: int = 1) -> typer.Exit:
 
 
 Preset = Annotated[Optional[str], typer.Option("--preset", help="Preset from configs/ (e.g. demo-fashion), applied before --config.")]
-ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="YAML file with RunConfig sections (data, model, optim, schedule, parallel, run, tune).")]
+ConfigFile = Annotated[Optional[str], typer.Option("--config", help="YAML file (a local path or a URL such as s3://bucket/runs/x/config.yaml) with RunConfig sections (data, model, optim, schedule, parallel, run, tune).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override one field, e.g. --set model.lrn.alpha=2e-4 (repeatable).")]
 
 
 def check_data(cfg: RunConfig) -> list[str]:
-    """Problems with the configured splits and model.init_from, found before Ray or any worker starts."""
+    """Problems with the stores, the configured splits and model.init_from, found before Ray or any
+    worker starts."""
     from shards.manifest import check_splits
 
+    # an object store that cannot be reached (no bucket, no credentials) is one line, not a worker's trace
+    unreachable = [line for what, url in (("data.root", cfg.data.root), ("run.storage", cfg.run.storage),
+                                          ("model.init_from", cfg.model.init_from or ""))
+                   if (line := loc.check_access(url, what))]
+    if unreachable:
+        return unreachable
     problems = check_splits(cfg.data.root, cfg.data.prefix, [cfg.data.train_split, cfg.data.val_split])
     if cfg.model.init_from:  # a source that cannot initialise this model is refused before Ray starts
         from orchestrator.modeling import init_source
@@ -139,6 +147,8 @@ def shard(
 
     req = PackRequest(source, dest, split or [], prefix, image_format, resize, center_crop, quality, shard_size, seed, workers, overwrite,
                       max_errors, per_class_limit, layout=layout, labels=labels, synsets=synsets, shard_bytes=shard_bytes, address=address)
+    if not dry_run and (line := loc.check_access(dest, "DEST")):
+        raise fail(line)
     try:
         if dry_run:
             typer.echo(_pack_plan(req))
@@ -159,6 +169,8 @@ def shard_verify(
 
     from orchestrator.sharding import run_verify
 
+    if line := loc.check_access(url, "URL"):
+        raise fail(line)
     try:
         problems = run_verify(url, decode, Console())
     except (ValueError, OSError) as exc:
@@ -174,6 +186,8 @@ def shard_info(url: Annotated[str, typer.Argument(help="A manifest URL, or the f
 
     from orchestrator.sharding import info_table
 
+    if line := loc.check_access(url, "URL"):
+        raise fail(line)
     try:
         Console(width=max(140, Console().width)).print(info_table(url))
     except (ValueError, OSError) as exc:
@@ -228,7 +242,9 @@ def train(
     if result.error:
         raise fail(f"training failed: {result.error}")
     final = result.metrics or {}
-    typer.echo(f"done: epoch {final.get('epoch')} val_top1 {final.get('val_top1', float('nan')):.4f} | checkpoint {result.checkpoint.path if result.checkpoint else None}")
+    # Ray's Checkpoint.path is the path inside its filesystem (no scheme): name it in the run's own store
+    where = loc.join(run_dir(cfg), loc.name(result.checkpoint.path)) if result.checkpoint else None
+    typer.echo(f"done: epoch {final.get('epoch')} val_top1 {final.get('val_top1', float('nan')):.4f} | checkpoint {where}")
 
 
 @app.command("eval")
@@ -251,6 +267,11 @@ def eval_(
         qs = [int(q) for q in scales.split(",") if q.strip()] if scales else None
     except ValueError:
         raise fail(f"--scales {scales!r}: expected comma-separated integers such as 256,384,512") from None
+    unreachable = [line for c in checkpoints if (line := loc.check_access(c, "checkpoint"))]
+    if data and (line := loc.check_access(data, "--data")):
+        unreachable.append(line)
+    if unreachable:
+        raise fail(unreachable)
     try:
         result = run_eval(checkpoints, data=data, split=split, out=out, threads=threads, tta=tta, scales=qs, flip=flip,
                           batch_size=batch_size)
@@ -288,6 +309,8 @@ def report(
     """Draw loss, accuracy, learning rate and img/s against epoch as a PNG."""
     from orchestrator.report import plot_run
 
+    if line := loc.check_access(run, "run"):
+        raise fail(line)
     try:
         path = plot_run(run, out)
     except FileNotFoundError as exc:
@@ -386,7 +409,7 @@ def tune_run(
     cfg = _config(preset, config, set_, flags)
     if resume:
         folder = sweeps.sweep_dir(cfg)
-        if not (folder / sweeps.SPEC).exists():
+        if not loc.exists(loc.join(folder, sweeps.SPEC)):
             raise fail(f"no sweep {resume} at {folder} (no {sweeps.SPEC}); give its run.storage with --set run.storage=...")
         base, space = sweeps.load_spec(folder)
         base.run.storage, base.tune.name = cfg.run.storage, resume  # where it is now
@@ -413,7 +436,7 @@ def tune_run(
         typer.echo(to_yaml(cfg) + "# search space\n" + yaml.safe_dump(space.model_dump(mode="json", exclude_none=True), sort_keys=False)
                    + f"# cluster: {shape}")
         return
-    if (sweeps.sweep_dir(cfg) / "sweep.yaml").exists():
+    if loc.exists(loc.join(sweeps.sweep_dir(cfg), sweeps.SPEC)):
         raise fail(f"sweep {t.name} already exists at {sweeps.sweep_dir(cfg)}: continue it with --resume {t.name}, or pick another --name")
     problems = check_data(cfg)
     if problems:
@@ -422,7 +445,7 @@ def tune_run(
     _tune_finish(sweeps.search(cfg, space), sweeps.sweep_dir(cfg))
 
 
-def _tune_finish(results, folder: Path) -> None:
+def _tune_finish(results, folder: str) -> None:
     _tune_print(folder)
     errors = [r.error for r in results if r.error]
     if errors and len(errors) == len(results):
@@ -431,7 +454,7 @@ def _tune_finish(results, folder: Path) -> None:
         typer.echo(f"warning: {len(errors)} of {len(results)} trial(s) failed (see the trial folders' error.txt)", err=True)
 
 
-def _tune_print(folder: Path) -> None:
+def _tune_print(folder: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -449,13 +472,13 @@ def _tune_print(folder: Path) -> None:
 
 @tune_app.command("report")
 def tune_report(
-    sweep: Annotated[str, typer.Argument(help="Sweep folder, or a sweep name under --storage.")],
+    sweep: Annotated[str, typer.Argument(help="Sweep folder (a local path or a URL), or a sweep name under --storage.")],
     *,
     storage: Annotated[str, typer.Option(help="Where sweeps are stored (run.storage).")] = "runs",
 ) -> None:
     """Redraw a sweep's results table, CSV, best config and PNG plots from its folder (no Ray)."""
-    folder = Path(sweep) if Path(sweep).is_dir() else Path(storage) / sweep
-    if not (folder / "sweep.yaml").exists():
+    folder = sweep if loc.exists(loc.join(sweep, "sweep.yaml")) else loc.join(storage, sweep)
+    if not loc.exists(loc.join(folder, "sweep.yaml")):
         raise fail(f"{folder}: not a sweep folder (no sweep.yaml)")
     _tune_print(folder)
 

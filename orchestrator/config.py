@@ -193,9 +193,12 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
-def _load_yaml(path: Path, what: str) -> dict:
+def _load_yaml(path: str | Path, what: str) -> dict:
+    """A YAML mapping from a local path or a URL (`--config s3://.../config.yaml`)."""
+    from shards import location as loc
+
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(loc.read_text(str(path)))
     except FileNotFoundError:
         raise ConfigError([f"{what} {path}: no such file"]) from None
     except yaml.YAMLError as exc:
@@ -275,7 +278,7 @@ def resolve(
     if preset:
         merged = _deep_merge(merged, _load_yaml(preset_path(preset), "preset"))
     if config_file:
-        merged = _deep_merge(merged, _load_yaml(Path(config_file), "--config"))
+        merged = _deep_merge(merged, _load_yaml(config_file, "--config"))
     merged = _deep_merge(merged, parse_set(sets or []))
     for dotted, value in (flags or {}).items():
         if value is not None:

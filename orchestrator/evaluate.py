@@ -26,12 +26,13 @@ from models.dense import dense_scores, to_dense
 from orchestrator import checkpoint as ckpt
 from orchestrator.data import TTA, eval_stream, make_loader, normalizer
 from orchestrator.modeling import build_model, evaluate, summarize
+from shards import location as loc
 from shards import manifest as mf
 from shards.reader import Split
 from shards.transforms import TenCrop
 
 
-def load_model(path: Path) -> tuple[torch.nn.Module, object]:
+def load_model(path: str) -> tuple[torch.nn.Module, object]:
     cfg = ckpt.load_config(path)
     model = build_model(cfg, cfg.model.num_classes)
     model.load_state_dict(ckpt.load_weights(path))
@@ -103,7 +104,7 @@ def make_predict(models_: list[torch.nn.Module], prepares: list[Callable], tta: 
     return predict
 
 
-def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test", out: Path | None = None, threads: int = 2,
+def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test", out: str | Path | None = None, threads: int = 2,
              tta: str | None = None, scales: list[int] | None = None, flip: bool | None = None,
              batch_size: int | None = None) -> dict:
     """``tta``, ``scales`` and ``flip`` left at None take the first checkpoint's `eval` section: the
@@ -146,7 +147,7 @@ def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test
               "scales": (scales if scales != [None] else "stored") if tta == "dense" else None, "flip": flip or tta == "ten-crop",
               "top1": s["top1"], "top5": s["top5"], "loss": s["loss"], "count": s["count"],
               "seconds": round(time.perf_counter() - t0, 2)}
-    out = out or paths[0] / f"eval-{split}.json"
-    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    out = str(out or loc.join(paths[0], f"eval-{split}.json"))  # beside the checkpoint, in its store
+    loc.write_bytes(out, (json.dumps(result, indent=1) + "\n").encode())
     result["written_to"] = str(out)
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +11,7 @@ matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 
 from orchestrator.metrics import read  # noqa: E402
+from shards import location as loc  # noqa: E402
 
 PANELS = [
     ("loss", [("train_loss", "train"), ("val_loss", "val")], None),
@@ -19,11 +21,12 @@ PANELS = [
 ]
 
 
-def plot_run(run: str, out: Path | None = None) -> Path:
+def plot_run(run: str, out: str | Path | None = None) -> str:
+    """The PNG, written to ``out`` or beside the run (in its store: a local folder or a URL)."""
     rows = read(run)
     if not rows:
         raise FileNotFoundError(f"{run}: no metrics.jsonl (has the run finished an epoch?)")
-    out = Path(out or Path(run) / "report.png")
+    out = str(out or loc.join(run, "report.png"))
     epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
     for ax, (title, series, scale) in zip(axes.flat, PANELS):
@@ -38,8 +41,9 @@ def plot_run(run: str, out: Path | None = None) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     best = max(rows, key=lambda r: r.get("val_top1", 0))
-    fig.suptitle(f"{Path(run).name}: final val top-1 {rows[-1].get('val_top1', float('nan')):.4f} "
+    fig.suptitle(f"{loc.name(run)}: final val top-1 {rows[-1].get('val_top1', float('nan')):.4f} "
                  f"(best {best.get('val_top1', float('nan')):.4f} at epoch {best['epoch']})")
-    fig.savefig(out, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    return out
+    return loc.write_bytes(out, png.getvalue())

@@ -12,7 +12,6 @@ import random
 import tempfile
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -28,6 +27,7 @@ from orchestrator.data import eval_stream, make_loader, manifest_url, mean_image
 from orchestrator.metrics import MetricsLog
 from orchestrator.modeling import build_model, evaluate, initialise, summarize
 from orchestrator.schedule import Plateau, lr_at
+from shards import location as loc
 from shards import manifest as mf
 from shards.reader import Split
 
@@ -35,7 +35,7 @@ Report = Callable[[dict, str | None], None]  # (metrics, checkpoint folder or No
 
 
 def run_dir(cfg: RunConfig) -> str:
-    return ckpt.storage_path(cfg.run.storage).rstrip("/") + "/" + cfg.run.name
+    return loc.join(loc.absolute(cfg.run.storage), cfg.run.name)
 
 
 class Trainer:
@@ -232,10 +232,7 @@ def prepare_run(cfg: RunConfig) -> RunConfig:
         cfg.model.num_classes = cfg.model.num_classes or len(train["classes"])
         stats = train["stats"]
         cfg.data.mean, cfg.data.std = cfg.data.mean or stats["mean_rgb"], cfg.data.std or stats["std_rgb"]
-    if "://" not in cfg.run.storage:
-        out = Path(run_dir(cfg))
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
+    loc.write_bytes(loc.join(run_dir(cfg), "config.yaml"), to_yaml(cfg).encode())  # in the run's store
     return cfg
 
 
@@ -261,7 +258,7 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool
                                                label_selector=selectors),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
-            storage_path=ckpt.storage_path(cfg.run.storage),
+            storage_path=loc.absolute(cfg.run.storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             callbacks=callbacks or None,

@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -26,6 +27,7 @@ from orchestrator.config import LRNConfig, RunConfig, to_yaml
 from orchestrator.metrics import read
 from orchestrator.search_space import SearchSpace, apply
 from orchestrator.train import build_trainer, run_dir
+from shards import location as loc
 
 # A trial's own process needs no CPU (its Train workers hold theirs); Tune refuses an empty
 # request, so it asks for one byte of memory.
@@ -35,8 +37,9 @@ POLL_S = 0.25  # how often a trial's Train controller polls its workers (Train's
 KEEP_TRIAL_CHECKPOINTS = 4  # PBT warns below 3: a donor's checkpoint must outlive the exploit
 
 
-def sweep_dir(cfg: RunConfig) -> Path:
-    return Path(ckpt.storage_path(cfg.run.storage)) / cfg.tune.name
+def sweep_dir(cfg: RunConfig) -> str:
+    """The sweep's folder: a location in run.storage's store (a local folder or a URL)."""
+    return loc.join(loc.absolute(cfg.run.storage), cfg.tune.name)
 
 
 def trial_cpus(cfg: RunConfig) -> float:
@@ -251,18 +254,19 @@ class TrialRun:
                 self._abort()
 
 
-def seed_from(checkpoint, dest: Path) -> dict:
+def seed_from(checkpoint, dest: str) -> dict:
     """Copy the checkpoint Tune handed this trial (its own after a restart, a donor's after a PBT
-    exploit) into the fresh run folder, with the metrics rows up to it; says where it came from."""
+    exploit) into the fresh run folder (any store), with the metrics rows up to it; says where it
+    came from. The COMPLETE marker is copied last, so a torn copy is never taken for a checkpoint."""
     if checkpoint is None:
         return {}
-    staging = dest / "checkpoint_seed.tmp"
-    checkpoint.to_directory(str(staging))
-    meta = json.loads((staging / "meta.json").read_text())
-    source = ckpt.load_config(staging)
-    staging.rename(dest / f"checkpoint_seed_{meta['epoch']:06d}")
+    with tempfile.TemporaryDirectory() as staging:
+        checkpoint.to_directory(staging)
+        meta = json.loads(Path(staging, "meta.json").read_text())
+        source = ckpt.load_config(staging)
+        loc.put_dir(staging, loc.join(dest, f"checkpoint_seed_{meta['epoch']:06d}"), last=ckpt.MARKER)
     rows = [r for r in read(run_dir(source)) if r.get("epoch", -1) <= meta["epoch"]]
-    (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loc.write_bytes(loc.join(dest, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode())
     return {"resumed_from_run": source.run.name, "resumed_from_trial": source.run.name.rsplit("-", 1)[0],
             "resumed_from_epoch": meta["epoch"]}
 
@@ -288,16 +292,17 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
     cfg = apply(base, params)
     if cfg.tune.trial_seeds == "distinct":
         cfg.run.seed += int(trial_id.rsplit("_", 1)[1])
-    runs = Path(sweep) / "train"
+    runs = loc.join(sweep, "train")
     # A fresh run folder per start: after a PBT exploit the trial must not resume its own run.
-    cfg.run.storage, cfg.run.name = str(runs), f"{trial_id}-{len(list(runs.glob(f'{trial_id}-*')))}"
-    (runs / cfg.run.name).mkdir(parents=True, exist_ok=True)
-    origin = seed_from(tune.get_checkpoint(), runs / cfg.run.name)
+    starts = [r for r in loc.listdir(runs) if loc.name(r).startswith(f"{trial_id}-")]
+    cfg.run.storage, cfg.run.name = runs, f"{trial_id}-{len(starts)}"
+    loc.makedirs(loc.join(runs, cfg.run.name))
+    origin = seed_from(tune.get_checkpoint(), loc.join(runs, cfg.run.name))
     if origin and origin["resumed_from_epoch"] >= cfg.schedule.epochs - 1:
         # Nothing left to train (PBT cloned a finished trial, or a trial is restarted from its last
         # epoch): that checkpoint's result stands as this trial's final one; no Train run starts.
-        seed = runs / cfg.run.name / f"checkpoint_seed_{origin['resumed_from_epoch']:06d}"
-        metrics = json.loads((seed / "meta.json").read_text())["metrics"]
+        seed = loc.join(runs, cfg.run.name, f"checkpoint_seed_{origin['resumed_from_epoch']:06d}")
+        metrics = json.loads(loc.read_text(loc.join(seed, "meta.json")))["metrics"]
         tune.report({**_scalars(metrics), **origin, "run": cfg.run.name, "carried_over": True})
         return
     if cfg.parallel.world == 1:
@@ -368,17 +373,16 @@ def _train_run(cfg: RunConfig, origin: dict, trial_id: str) -> None:
             pass
 
 
-def save_spec(cfg: RunConfig, space: SearchSpace) -> Path:
+def save_spec(cfg: RunConfig, space: SearchSpace) -> str:
     path = sweep_dir(cfg)
-    path.mkdir(parents=True, exist_ok=True)
     spec = {"base": cfg.model_dump(mode="json"), "search": space.model_dump(mode="json", exclude_none=True)}
-    (path / SPEC).write_text(yaml.safe_dump(spec, sort_keys=False))
-    (path / "base.yaml").write_text(to_yaml(cfg))
+    loc.write_bytes(loc.join(path, SPEC), yaml.safe_dump(spec, sort_keys=False).encode())
+    loc.write_bytes(loc.join(path, "base.yaml"), to_yaml(cfg).encode())
     return path
 
 
-def load_spec(path: Path) -> tuple[RunConfig, SearchSpace]:
-    spec = yaml.safe_load((Path(path) / SPEC).read_text())
+def load_spec(path: str) -> tuple[RunConfig, SearchSpace]:
+    spec = yaml.safe_load(loc.read_text(loc.join(path, SPEC)))
     return RunConfig.model_validate(spec["base"]), SearchSpace.model_validate(spec["search"])
 
 
@@ -395,9 +399,9 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False):
     ckpt.absolute_paths(cfg)  # trials run in Tune's working folders
     path = sweep_dir(cfg)
     base = cfg.model_dump(mode="json")
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep=str(path)), trial_resources(cfg))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep=path), trial_resources(cfg))
     if resume:
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         return tuner.fit()
     cpus = ray.cluster_resources().get("CPU", 0)
     at_once = concurrency(cfg, cpus)
@@ -413,7 +417,7 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False):
                                     # a finished trial's process runs the next one (saves its start);
                                     # PBT's exploits restart trials through a fresh one
                                     reuse_actors=cfg.tune.scheduler != "pbt"),
-        run_config=tune.RunConfig(name=cfg.tune.name, storage_path=str(path.parent),
+        run_config=tune.RunConfig(name=cfg.tune.name, storage_path=loc.parent(path),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_TRIAL_CHECKPOINTS)),
     )
     return tuner.fit()

@@ -8,10 +8,10 @@ carries the trial's config at that time (PBT changes it), so a sweep killed mid-
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import matplotlib
 
@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from orchestrator.config import to_yaml  # noqa: E402
 from orchestrator.search_space import apply  # noqa: E402
 from orchestrator.tune import load_spec  # noqa: E402
+from shards import location as loc  # noqa: E402
 
 
 @dataclass
@@ -39,36 +40,37 @@ class Trial:
         return ",".join(sorted({r["resumed_from_trial"] for r in self.rows if r.get("resumed_from_trial", self.trial_id) != self.trial_id}))
 
 
-def _rows(trial_dir: Path) -> list[dict]:
-    f = trial_dir / "result.json"
-    if not f.exists():
+def _rows(trial_dir: str) -> list[dict]:
+    f = loc.join(trial_dir, "result.json")
+    if not loc.exists(f):
         return []
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in loc.read_text(f).splitlines() if line.strip()]
 
 
-def collect(sweep: Path) -> tuple[list[Trial], object, object]:
+def collect(sweep: str) -> tuple[list[Trial], object, object]:
     """Trials sorted best first, the base RunConfig and the search space."""
     base, space = load_spec(sweep)
     metric, sign = base.tune.metric, (1 if base.tune.mode == "max" else -1)
     trials = []
-    for d in sorted(p for p in Path(sweep).glob("trial_*") if p.is_dir()):
+    for d in [p for p in loc.listdir(sweep) if loc.name(p).startswith("trial_")]:
         rows = [r for r in _rows(d) if metric in r]
         last_epoch = max((r.get("epoch", -1) for r in rows), default=-1)
-        if list(d.glob("error.*")):
+        if any(loc.name(f).startswith("error.") for f in loc.listdir(d)):
             status = "error"
         elif last_epoch >= base.schedule.epochs - 1:
             status = "done"
         else:
             status = f"stopped at epoch {last_epoch}" if rows else "no result"
         best = max(rows, key=lambda r: sign * r[metric]) if rows else {}
-        trials.append(Trial(d.name.removeprefix("trial_"), status, rows, best))
+        trials.append(Trial(loc.name(d).removeprefix("trial_"), status, rows, best))
     trials.sort(key=lambda t: -sign * t.best[metric] if t.best else math.inf)
     return trials, base, space
 
 
-def write(sweep: Path) -> dict:
-    """results.csv, best.yaml and the plots; returns their paths and the table rows."""
-    sweep = Path(sweep)
+def write(sweep: str) -> dict:
+    """results.csv, best.yaml and the plots, in the sweep's folder (any store); returns their
+    locations and the table rows."""
+    sweep = str(sweep)
     trials, base, space = collect(sweep)
     metric, paths = base.tune.metric, list(space.space)
     header = ["rank", "trial", "status", metric, "best_epoch", "epochs_run", "exploited_from", *paths]
@@ -76,15 +78,15 @@ def write(sweep: Path) -> dict:
     for i, t in enumerate(trials, 1):
         table.append([i, t.trial_id, t.status, t.best.get(metric), t.best.get("epoch"), len({r.get("epoch") for r in t.rows}),
                       t.exploited_from, *[t.params.get(p) for p in paths]])
-    with open(sweep / "results.csv", "w", newline="") as f:
-        csv.writer(f).writerows([header, *table])
-    out = {"csv": sweep / "results.csv", "header": header, "table": table}
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows([header, *table])
+    out = {"csv": loc.write_bytes(loc.join(sweep, "results.csv"), text.getvalue().encode()), "header": header, "table": table}
     if trials and trials[0].best:
         best = apply(base.model_dump(mode="json"), {p: v for p, v in trials[0].params.items() if p in paths or "." in p})
         best.run.name = f"{base.tune.name}-best"
-        (sweep / "best.yaml").write_text(f"# best trial {trials[0].trial_id} of sweep {base.tune.name}: {metric} "
-                                         f"{trials[0].best[metric]:.4f} at epoch {trials[0].best.get('epoch')}\n" + to_yaml(best))
-        out["best"] = sweep / "best.yaml"
+        text = (f"# best trial {trials[0].trial_id} of sweep {base.tune.name}: {metric} "
+                f"{trials[0].best[metric]:.4f} at epoch {trials[0].best.get('epoch')}\n" + to_yaml(best))
+        out["best"] = loc.write_bytes(loc.join(sweep, "best.yaml"), text.encode())
     out.update(plot(sweep, trials, metric, space))
     return out
 
@@ -103,7 +105,7 @@ def _spans_decades(values: list) -> bool:
     return len(nums) == len(values) and min(nums) > 0 and max(nums) / min(nums) >= 100
 
 
-def plot(sweep: Path, trials: list[Trial], metric: str, space) -> dict:
+def plot(sweep: str, trials: list[Trial], metric: str, space) -> dict:
     scored = [t for t in trials if t.best]
     out = {}
     if not scored:
@@ -134,8 +136,8 @@ def plot(sweep: Path, trials: list[Trial], metric: str, space) -> dict:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(paths):]:
         ax.axis("off")
-    fig.suptitle(f"{sweep.name}: best {metric} of each trial against each hyperparameter")
-    out["metric_vs_params"] = _save(fig, sweep / "metric_vs_params.png")
+    fig.suptitle(f"{loc.name(sweep)}: best {metric} of each trial against each hyperparameter")
+    out["metric_vs_params"] = _save(fig, loc.join(sweep, "metric_vs_params.png"))
     # parallel coordinates: every axis scaled to [0, 1], each trial one line coloured by the metric
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(paths) + 2), 4.5), constrained_layout=True)
     columns = []
@@ -150,8 +152,8 @@ def plot(sweep: Path, trials: list[Trial], metric: str, space) -> dict:
                 color=cmap((score - lo) / (hi - lo) if hi > lo else 0.5), alpha=0.8)
     ax.set_xticks(range(len(paths) + 1), [*paths, metric], rotation=20, ha="right")
     ax.set_yticks([0, 1], ["low", "high"])
-    ax.set_title(f"{sweep.name}: parallel coordinates (colour = {metric}, {lo:.3f} to {hi:.3f})")
-    out["parallel_coordinates"] = _save(fig, sweep / "parallel_coordinates.png")
+    ax.set_title(f"{loc.name(sweep)}: parallel coordinates (colour = {metric}, {lo:.3f} to {hi:.3f})")
+    out["parallel_coordinates"] = _save(fig, loc.join(sweep, "parallel_coordinates.png"))
     # every trial's learning curve
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     for t in trials:
@@ -162,12 +164,13 @@ def plot(sweep: Path, trials: list[Trial], metric: str, space) -> dict:
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(f"{sweep.name}: learning curves of all trials")
-    out["learning_curves"] = _save(fig, sweep / "learning_curves.png")
+    ax.set_title(f"{loc.name(sweep)}: learning curves of all trials")
+    out["learning_curves"] = _save(fig, loc.join(sweep, "learning_curves.png"))
     return out
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=100)
+def _save(fig, path: str) -> str:
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    return path
+    return loc.write_bytes(path, png.getvalue())

@@ -48,10 +48,40 @@ def image_tree(tmp_path_factory) -> Path:
     return root
 
 
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true"}  # never ask a metadata service off this machine for credentials
+
+
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
+def s3_server():
+    """A real S3 protocol server (moto's server mode) on 127.0.0.1 for the whole session. Its endpoint
+    and test credentials go into this process's environment before the Ray cluster starts, so every
+    Ray node and worker has them, as a cluster's nodes have their cloud settings (README: object
+    storage). Yields an s3fs filesystem on it."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+            mp.setenv(key, value)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        yield s3fs.S3FileSystem()
+        s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory, s3_server):
     """One real 2-node Ray cluster on loopback for the whole session (a start costs 10-20 s), joined
-    by this test process. Token auth is on; each node offers 2 logical CPUs."""
+    by this test process. Token auth is on; each node offers 2 logical CPUs. Started after the S3
+    server, so its nodes inherit the endpoint."""
     from typer.testing import CliRunner
 
     from orchestrator import cluster

@@ -17,26 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import models
+from cnnctl_cli import cli, sets
 from orchestrator import checkpoint as ckpt
-from orchestrator.cli import app
 from orchestrator.metrics import read
 
 pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES, VAL = 10, 100
-
-
-def cli(*args: str) -> str:
-    res = CliRunner().invoke(app, list(args))
-    assert res.exit_code == 0, res.output
-    return res.output
-
-
-def sets(*items: str) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +116,7 @@ def test_alexnet_presets_rehearse_end_to_end(preset, ray_cluster, mini_imagenet,
     rows = read(str(run))
     if preset == "imagenet-alexnet":  # the two towers on a worker pair, the paper's ten views
         assert rows[-1]["mp"] == 2 and rows[-1]["dp"] == 1 and len(rows[-1]["steps_per_rank"]) == 2
-        assert result["tta"] == "ten-crop" and (ckpt.find(run) / ckpt.MEAN_IMAGE).exists()
+        assert result["tta"] == "ten-crop" and (Path(ckpt.find(run)) / ckpt.MEAN_IMAGE).exists()
     else:
         assert result["tta"] == "center" and rows[-1]["mp"] == 1
     assert result["top1"] > 0.25, result  # chance is 0.10 (100 val images: p < 1e-4 by luck)

@@ -41,7 +41,7 @@ def test_both_ranks_step_equally_and_checkpoints_exist(trained):
     for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec", "epoch_time_s"):
         assert key in rows[-1]
     path = ckpt.find(run_dir(cfg))
-    assert (path / "model.safetensors").exists() and ckpt.is_complete(path)
+    assert (Path(path) / "model.safetensors").exists() and ckpt.is_complete(path)
     assert ckpt.load_state(path)["epoch"] == 1
     assert ckpt.load_config(path).run.name == "e2e"
     assert (Path(run_dir(cfg)) / "config.yaml").exists()

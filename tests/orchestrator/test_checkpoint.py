@@ -31,8 +31,8 @@ def test_round_trip(tmp_path):
 def test_torn_newest_checkpoint_is_ignored(tmp_path):
     _save(tmp_path / "checkpoint_1", epoch=1)
     _save(tmp_path / "checkpoint_2", epoch=2, complete=False)  # killed mid-write
-    assert ckpt.find(tmp_path).name == "checkpoint_1"
-    assert ckpt.resume_point(tmp_path / "checkpoint_2", tmp_path).name == "checkpoint_1"
+    assert ckpt.find(tmp_path) == str(tmp_path / "checkpoint_1")
+    assert ckpt.resume_point(tmp_path / "checkpoint_2", tmp_path) == str(tmp_path / "checkpoint_1")
     assert ckpt.resume_point(None, tmp_path / "empty") is None
     with pytest.raises(ckpt.CheckpointError, match="torn"):
         ckpt.find(tmp_path / "checkpoint_2")

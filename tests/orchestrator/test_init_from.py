@@ -4,7 +4,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import models
 from orchestrator import checkpoint as ckpt
 from orchestrator.cli import app
 from orchestrator.config import resolve

@@ -9,23 +9,10 @@ from shards.writer import PackOptions, pack, shard_keys
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)  # worker processes inherit them
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem().mkdir("shards")
-        yield s3fs.S3FileSystem()
-    server.stop()
+def s3(s3_server):
+    """The session's S3 server (tests/conftest.py), with a bucket; worker processes inherit its env."""
+    s3_server.mkdir("shards")
+    return s3_server
 
 
 def test_pack_to_s3_with_workers_resume_and_verify(s3, imagenet, tmp_path):

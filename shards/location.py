@@ -1,0 +1,125 @@
+"""A location: a local path or an fsspec URL (`s3://bucket/key`, `gs://…`, `memory://…`), one type for
+every run, checkpoint, shard folder, config file and output that cnnctl reads, writes or prints.
+
+A location is a plain string. A URL keeps its scheme and its `//`; a local path stays a plain path
+(relative or absolute, as given) and is never turned into a URL. Only fsspec's interface is used, so
+every protocol it has a filesystem for (s3fs, gcsfs, ...) works the same way.
+
+    join(base, *parts)      "s3://b/runs" + "x" -> "s3://b/runs/x";  "runs" + "x" -> "runs/x"
+    absolute(loc)           a local path made absolute (Ray workers run elsewhere); a URL unchanged
+    name(loc), parent(loc)  the last part, and the location above it
+    exists, read_bytes, read_text, write_bytes, listdir, makedirs, put_dir
+    check_access(loc, what) one line naming the location when its store cannot be reached
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+import fsspec
+
+
+def is_url(loc: str) -> bool:
+    return "://" in str(loc)
+
+
+def _split(loc: str) -> tuple[str, str]:
+    scheme, _, rest = str(loc).partition("://")
+    return scheme, rest
+
+
+def join(base: str, *parts: str) -> str:
+    base = str(base)
+    if not is_url(base):
+        return os.path.join(base, *parts)
+    scheme, rest = _split(base)
+    return f"{scheme}://" + "/".join([rest.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+
+def absolute(loc: str) -> str:
+    return str(loc) if is_url(loc) else os.path.abspath(loc)
+
+
+def name(loc: str) -> str:
+    return posixpath.basename(str(loc).rstrip("/")) if is_url(loc) else os.path.basename(os.path.normpath(loc))
+
+
+def parent(loc: str) -> str:
+    if not is_url(loc):
+        return os.path.dirname(os.path.normpath(loc))
+    scheme, rest = _split(loc)
+    return f"{scheme}://" + posixpath.dirname(rest.rstrip("/"))
+
+
+def _fs(loc: str):
+    return fsspec.core.url_to_fs(str(loc))
+
+
+def exists(loc: str) -> bool:
+    fs, path = _fs(loc)
+    return fs.exists(path)
+
+
+def read_bytes(loc: str) -> bytes:
+    fs, path = _fs(loc)
+    return fs.cat_file(path)
+
+
+def read_text(loc: str) -> str:
+    return read_bytes(loc).decode()
+
+
+def write_bytes(loc: str, data: bytes) -> str:
+    """Write a whole file (its folder is made if needed); returns ``loc``."""
+    fs, path = _fs(loc)
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    fs.pipe_file(path, data)
+    return str(loc)
+
+
+def makedirs(loc: str) -> None:
+    fs, path = _fs(loc)
+    fs.makedirs(path, exist_ok=True)
+
+
+def listdir(loc: str) -> list[str]:
+    """The entries of a folder as locations of the same kind (URL entries keep the scheme); [] if
+    the folder does not exist."""
+    fs, path = _fs(loc)
+    if not fs.isdir(path):
+        return []
+    return sorted(join(loc, name(entry)) for entry in fs.ls(path, detail=False))
+
+
+def put_dir(local: str, dest: str, last: str | None = None) -> str:
+    """Copy a local folder's files to ``dest`` (any store), the file named ``last`` after all the others
+    (a marker written last stays the sign of a complete copy); returns ``dest``."""
+    files = sorted((os.path.relpath(os.path.join(d, f), local) for d, _, fs in os.walk(local) for f in fs),
+                   key=lambda f: (f == last, f))
+    for rel in files:
+        with open(os.path.join(local, rel), "rb") as f:
+            write_bytes(join(dest, *rel.split(os.sep)), f.read())
+    return dest
+
+
+def check_access(loc: str, what: str) -> str | None:
+    """None when ``loc``'s store answers (the location itself may not exist yet); otherwise one line
+    naming ``what`` and ``loc``: a missing bucket, missing or refused credentials, an unknown scheme."""
+    if not is_url(loc):
+        return None
+    try:
+        fs, path = _fs(loc)
+        if path.startswith("/"):  # memory://, file://: no buckets, nothing to reach
+            return None
+        bucket = path.split("/", 1)[0]
+        fs.ls(bucket, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{what} {loc}: bucket {bucket!r} not found"
+    except PermissionError as exc:
+        return f"{what} {loc}: access denied ({exc})"
+    except ImportError as exc:
+        return f"{what} {loc}: no filesystem for this URL ({exc})"
+    except Exception as exc:  # botocore's NoCredentialsError and the like: report, do not trace
+        return f"{what} {loc}: cannot reach the store: {type(exc).__name__}: {exc}"
+    return None

@@ -1,0 +1,144 @@
+"""The cluster workflow with everything in object storage, against a real S3 server (moto) on 127.0.0.1:
+`cnnctl shard` to s3:// -> `cnnctl train` with 2 workers from it, checkpoints to s3://, a worker killed
+mid-run and the run resumed -> `cnnctl eval` (center, ten-crop) equal to a local copy of the same
+checkpoint -> `cnnctl report` -> `model.init_from` and `--config` from s3:// -> a 2-trial `cnnctl
+tune` stored in s3://, then `cnnctl tune report`. The Ray nodes have the server's endpoint and
+credentials in their environment (tests/conftest.py), as a cloud cluster's nodes have theirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cnnctl_cli import cli, sets
+from orchestrator.cli import app
+from orchestrator.metrics import read
+
+pytestmark = pytest.mark.timeout(900)
+BUCKET = "s3://cnn"
+SMALL = ["data.batch_size=64", "model.width=0.5", "data.image_size=24", "run.log_every=1000"]
+
+
+@pytest.fixture(scope="module")
+def shards(s3_server) -> str:
+    s3_server.mkdir("cnn")
+    url = f"{BUCKET}/shards/fm"
+    cli("shard", "fashion-mnist", url, "--per-class-limit", "40", "--shard-size", "100")
+    assert sorted(p.rsplit("/", 1)[1] for p in s3_server.ls("cnn/shards/fm") if p.endswith(".json")) == [
+        "fashion-mnist-test.manifest.json", "fashion-mnist-train.manifest.json"]
+    return url
+
+
+@pytest.fixture(scope="module")
+def s3_run(ray_cluster, shards, s3_server) -> dict:
+    """2 workers, 3 epochs, checkpoints in s3://; rank 1 SIGKILLed once epoch 0 is in the store."""
+    run = f"{BUCKET}/runs/s3run"
+    seen = {}
+
+    def kill_rank1_after_epoch0():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            rows = read(run)
+            if rows:
+                seen["rows"], seen["pid"] = rows, rows[-1]["pid_of_rank"][1]
+                os.kill(seen["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_rank1_after_epoch0, daemon=True)
+    watcher.start()
+    out = cli("train", "--preset", "demo-fashion", "--data", shards, "--name", "s3run", "--epochs", "3",
+              "--address", ray_cluster.address, *sets(f"run.storage={BUCKET}/runs", "run.max_failures=2", *SMALL))
+    watcher.join(5)
+    assert "pid" in seen, "the worker was never killed"
+    return {"run": run, "out": out, "seen": seen}
+
+
+def test_training_from_and_to_s3_survives_a_killed_worker(s3_run, s3_server):
+    rows = read(s3_run["run"])
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[0] == s3_run["seen"]["rows"][0]  # epoch 0 was not redone after the kill
+    assert s3_run["seen"]["pid"] not in rows[-1]["pid_of_rank"]
+    # the checkpoint it prints is a URL that can be pasted back: scheme and all
+    done = next(line for line in s3_run["out"].splitlines() if line.startswith("done: "))
+    printed = done.rsplit("| checkpoint ", 1)[1]
+    assert printed.startswith(f"{s3_run['run']}/checkpoint_") and s3_server.exists(printed + "/COMPLETE")
+
+
+@pytest.mark.parametrize("tta", ["center", "ten-crop"])
+def test_eval_of_the_s3_run_equals_eval_of_a_local_copy(tta, s3_run, s3_server, tmp_path):
+    local = tmp_path / "s3run"
+    s3_server.get("cnn/runs/s3run", str(local), recursive=True)
+    cli("eval", s3_run["run"], "--split", "test", "--tta", tta, "--out", str(tmp_path / "remote.json"))
+    cli("eval", str(local), "--split", "test", "--tta", tta, "--out", str(tmp_path / "local.json"))
+    remote, here = (json.loads((tmp_path / f).read_text()) for f in ("remote.json", "local.json"))
+    assert remote["count"] == here["count"] == 400 and remote["tta"] == tta
+    assert (remote["top1"], remote["top5"], remote["loss"]) == (here["top1"], here["top5"], here["loss"])
+    assert remote["checkpoints"][0].startswith(f"{s3_run['run']}/checkpoint_")
+
+
+def test_eval_and_report_write_beside_the_run_in_the_store(s3_run, s3_server):
+    out = json.loads(cli("eval", s3_run["run"], "--split", "test"))
+    assert out["written_to"].startswith(f"{s3_run['run']}/checkpoint_") and s3_server.exists(out["written_to"])
+    assert f"wrote {s3_run['run']}/report.png" in cli("report", s3_run["run"])
+    assert s3_server.cat_file("cnn/runs/s3run/report.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_and_init_from_read_from_s3(s3_run, shards, ray_cluster, s3_server, capfd):
+    resolved = yaml.safe_load(cli("train", "--config", f"{s3_run['run']}/config.yaml", "--dry-run").rsplit("# cluster", 1)[0])
+    assert resolved["run"]["name"] == "s3run" and resolved["data"]["root"] == shards
+    out = cli("train", "--preset", "demo-fashion", "--data", shards, "--name", "from-s3", "--epochs", "1",
+              "--address", ray_cluster.address,
+              *sets(f"run.storage={BUCKET}/runs", f"model.init_from={s3_run['run']}", *SMALL))
+    config = yaml.safe_load(s3_server.cat_file("cnn/runs/from-s3/config.yaml"))
+    assert config["model"]["init_from"].startswith(f"{s3_run['run']}/checkpoint_")  # the one checkpoint all ranks load
+    assert f"init_from {config['model']['init_from']} (tensors matching by name and shape): copied" in out + capfd.readouterr().out
+
+
+def test_a_sweep_stored_in_s3_and_its_report(s3_run, shards, ray_cluster, s3_server):
+    cli("tune", "--preset", "demo-fashion", "--search", "lrn", "--num-samples", "2", "--max-concurrent", "2",
+        "--trial-workers", "1", "--epochs", "1", "--name", "s3sweep", "--data", shards, "--address", ray_cluster.address,
+        *sets(f"run.storage={BUCKET}/runs", *SMALL))
+    s3_server.rm("cnn/runs/s3sweep/results.csv")
+    out = cli("tune", "report", f"{BUCKET}/runs/s3sweep")
+    assert f"wrote {BUCKET}/runs/s3sweep/results.csv" in out
+    rows = s3_server.cat_file("cnn/runs/s3sweep/results.csv").decode().splitlines()
+    assert len(rows) == 3 and all(",done," in row for row in rows[1:])
+    assert s3_server.exists("cnn/runs/s3sweep/best.yaml") and s3_server.exists("cnn/runs/s3sweep/learning_curves.png")
+
+
+@pytest.mark.parametrize("args,line", [
+    (["train", "--preset", "demo-fashion", "--data", "s3://no-such-bucket/fm"], "error: data.root s3://no-such-bucket/fm: bucket 'no-such-bucket' not found"),
+    (["eval", "s3://no-such-bucket/runs/x"], "error: checkpoint s3://no-such-bucket/runs/x: bucket 'no-such-bucket' not found"),
+    (["report", "s3://no-such-bucket/runs/x"], "error: run s3://no-such-bucket/runs/x: bucket 'no-such-bucket' not found"),
+    (["shard", "fashion-mnist", "s3://no-such-bucket/fm"], "error: DEST s3://no-such-bucket/fm: bucket 'no-such-bucket' not found"),
+    (["shard", "verify", "s3://no-such-bucket/fm"], "error: URL s3://no-such-bucket/fm: bucket 'no-such-bucket' not found"),
+    (["tune", "--preset", "demo-fashion", "--set", "run.storage=s3://no-such-bucket/runs"], "error: run.storage s3://no-such-bucket/runs: bucket 'no-such-bucket' not found"),
+])
+def test_a_missing_bucket_is_one_line_and_exit_1(args, line, s3_server):
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and [out for out in res.output.splitlines() if out.startswith("error")] == [line]
+
+
+def test_missing_credentials_are_one_line_and_exit_1(shards, monkeypatch):
+    import s3fs
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        res = CliRunner().invoke(app, ["train", "--preset", "demo-fashion", "--data", shards])
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert res.exit_code == 1
+    assert [out for out in res.output.splitlines() if out.startswith("error")] == [
+        f"error: data.root {shards}: cannot reach the store: NoCredentialsError: Unable to locate credentials"]
