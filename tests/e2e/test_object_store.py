@@ -38,21 +38,22 @@ def shards(s3_server) -> str:
 
 @pytest.fixture(scope="module")
 def s3_run(ray_cluster, shards, s3_server) -> dict:
-    """2 workers, 3 epochs, checkpoints in s3://; rank 1 SIGKILLed once epoch 0 is in the store."""
+    """2 workers, 3 epochs, checkpoints in s3://; rank 1 SIGKILLed once epoch 1's metrics are in the store
+    (by then epoch 0's checkpoint is: each epoch's is reported before the next epoch starts)."""
     run = f"{BUCKET}/runs/s3run"
     seen = {}
 
-    def kill_rank1_after_epoch0():
+    def kill_rank1_after_epoch1():
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             rows = read(run)
-            if rows:
+            if rows and rows[-1]["epoch"] >= 1:
                 seen["rows"], seen["pid"] = rows, rows[-1]["pid_of_rank"][1]
                 os.kill(seen["pid"], signal.SIGKILL)
                 return
             time.sleep(0.05)
 
-    watcher = threading.Thread(target=kill_rank1_after_epoch0, daemon=True)
+    watcher = threading.Thread(target=kill_rank1_after_epoch1, daemon=True)
     watcher.start()
     out = cli("train", "--preset", "demo-fashion", "--data", shards, "--name", "s3run", "--epochs", "3",
               "--address", ray_cluster.address, *sets(f"run.storage={BUCKET}/runs", "run.max_failures=2", *SMALL))
@@ -91,15 +92,26 @@ def test_eval_and_report_write_beside_the_run_in_the_store(s3_run, s3_server):
     assert s3_server.cat_file("cnn/runs/s3run/report.png")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_config_and_init_from_read_from_s3(s3_run, shards, ray_cluster, s3_server, capfd):
+@pytest.fixture(scope="module")
+def init_run(s3_run, shards, ray_cluster) -> str:
+    """A second run whose model.init_from is the first run's URL: what `cnnctl train` printed."""
+    return cli("train", "--preset", "demo-fashion", "--data", shards, "--name", "from-s3", "--epochs", "1",
+               "--address", ray_cluster.address,
+               *sets(f"run.storage={BUCKET}/runs", f"model.init_from={s3_run['run']}", *SMALL))
+
+
+def test_config_and_init_from_read_from_s3(s3_run, shards, init_run, s3_server, capfd):
     resolved = yaml.safe_load(cli("train", "--config", f"{s3_run['run']}/config.yaml", "--dry-run").rsplit("# cluster", 1)[0])
     assert resolved["run"]["name"] == "s3run" and resolved["data"]["root"] == shards
-    out = cli("train", "--preset", "demo-fashion", "--data", shards, "--name", "from-s3", "--epochs", "1",
-              "--address", ray_cluster.address,
-              *sets(f"run.storage={BUCKET}/runs", f"model.init_from={s3_run['run']}", *SMALL))
     config = yaml.safe_load(s3_server.cat_file("cnn/runs/from-s3/config.yaml"))
     assert config["model"]["init_from"].startswith(f"{s3_run['run']}/checkpoint_")  # the one checkpoint all ranks load
-    assert f"init_from {config['model']['init_from']} (tensors matching by name and shape): copied" in out + capfd.readouterr().out
+    assert f"init_from {config['model']['init_from']} (tensors matching by name and shape): copied" in init_run + capfd.readouterr().out
+
+
+def test_two_s3_runs_fused_under_dense_evaluation(s3_run, init_run, tmp_path):
+    cli("eval", s3_run["run"], f"{BUCKET}/runs/from-s3", "--split", "test", "--tta", "dense", "--flip", "--out", str(tmp_path / "fused.json"))
+    fused = json.loads((tmp_path / "fused.json").read_text())
+    assert fused["count"] == 400 and len(fused["checkpoints"]) == 2 and all(c.startswith(f"{BUCKET}/runs/") for c in fused["checkpoints"])
 
 
 def test_a_sweep_stored_in_s3_and_its_report(s3_run, shards, ray_cluster, s3_server):
@@ -112,6 +124,10 @@ def test_a_sweep_stored_in_s3_and_its_report(s3_run, shards, ray_cluster, s3_ser
     rows = s3_server.cat_file("cnn/runs/s3sweep/results.csv").decode().splitlines()
     assert len(rows) == 3 and all(",done," in row for row in rows[1:])
     assert s3_server.exists("cnn/runs/s3sweep/best.yaml") and s3_server.exists("cnn/runs/s3sweep/learning_curves.png")
+    # --resume of a sweep stored in s3://: the finished trials are kept as they are, none is added
+    out = cli("tune", "--resume", "s3sweep", "--address", ray_cluster.address, *sets(f"run.storage={BUCKET}/runs"))
+    assert f"resuming sweep {BUCKET}/runs/s3sweep" in out
+    assert s3_server.cat_file("cnn/runs/s3sweep/results.csv").decode().splitlines() == rows
 
 
 @pytest.mark.parametrize("args,line", [
