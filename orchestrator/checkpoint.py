@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load, save_file
+from safetensors.torch import load, load_file, save_file
 
 from orchestrator.config import RunConfig, to_yaml
 from shards import location as loc
@@ -52,7 +52,10 @@ FILES = ("model.safetensors", "state.pt", "config.yaml", "meta.json", MARKER)
 
 
 def is_complete(path: str | Path) -> bool:
-    return loc.exists(loc.join(path, MARKER))
+    """The marker is written last, but a copy (Ray's upload) may land files in any order: check all
+    (one listing, also on an object store)."""
+    present = {loc.name(p) for p in loc.listdir(path)}
+    return all(f in present for f in FILES)
 
 
 def _epoch(path: str) -> int:
@@ -88,7 +91,8 @@ def load_mean_image(path: str | Path) -> np.ndarray:
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    return load(loc.read_bytes(loc.join(path, "model.safetensors")))
+    file = loc.join(path, "model.safetensors")
+    return load(loc.read_bytes(file)) if loc.is_url(file) else load_file(file)  # local: memory-mapped
 
 
 def load_state(path: str | Path) -> dict:

@@ -253,7 +253,7 @@ def eval_(
     *,
     data: Annotated[Optional[str], typer.Option(help="Folder or URL holding the shards (default: the checkpoint's data.root).")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the JSON result (default: eval-<split>.json in the checkpoint folder).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Where to write the JSON result, a local path or a URL (default: eval-<split>.json in the checkpoint folder, in its store).")] = None,
     threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 2,
     tta: Annotated[Optional[str], typer.Option(help="Test views: center (the centre crop), ten-crop (AlexNet: 4 corners + centre, and their flips), dense (VGG: the fully-convolutional net on the whole image at each of --scales). Default: the run's eval.tta, which the imagenet-* presets set to their paper's.")] = None,
     scales: Annotated[Optional[str], typer.Option(help="dense: comma-separated shorter sides Q the image is rescaled to, e.g. 224,256,288 (default: the run's eval.scales, else as stored).")] = None,
@@ -304,7 +304,7 @@ def models_(
 def report(
     run: Annotated[str, typer.Argument(help="Run folder (runs/<name>) holding metrics.jsonl.")],
     *,
-    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: <run>/report.png).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="PNG to write, a local path or a URL (default: <run>/report.png, in the run's store).")] = None,
 ) -> None:
     """Draw loss, accuracy, learning rate and img/s against epoch as a PNG."""
     from orchestrator.report import plot_run
@@ -407,6 +407,8 @@ def tune_run(
              "tune.trial_workers": trial_workers, "schedule.epochs": epochs, "tune.name": resume or name, "data.root": data,
              "parallel.address": address}
     cfg = _config(preset, config, set_, flags)
+    if not dry_run and (line := loc.check_access(cfg.run.storage, "run.storage")):
+        raise fail(line)
     if resume:
         folder = sweeps.sweep_dir(cfg)
         if not loc.exists(loc.join(folder, sweeps.SPEC)):
@@ -477,7 +479,9 @@ def tune_report(
     storage: Annotated[str, typer.Option(help="Where sweeps are stored (run.storage).")] = "runs",
 ) -> None:
     """Redraw a sweep's results table, CSV, best config and PNG plots from its folder (no Ray)."""
-    folder = sweep if loc.exists(loc.join(sweep, "sweep.yaml")) else loc.join(storage, sweep)
+    folder = sweep if loc.is_url(sweep) or loc.exists(loc.join(sweep, "sweep.yaml")) else loc.join(storage, sweep)
+    if line := loc.check_access(folder, "sweep"):
+        raise fail(line)
     if not loc.exists(loc.join(folder, "sweep.yaml")):
         raise fail(f"{folder}: not a sweep folder (no sweep.yaml)")
     _tune_print(folder)

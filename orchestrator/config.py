@@ -197,10 +197,14 @@ def _load_yaml(path: str | Path, what: str) -> dict:
     """A YAML mapping from a local path or a URL (`--config s3://.../config.yaml`)."""
     from shards import location as loc
 
+    if line := loc.check_access(str(path), what):
+        raise ConfigError([line])
     try:
         data = yaml.safe_load(loc.read_text(str(path)))
     except FileNotFoundError:
         raise ConfigError([f"{what} {path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{what} {path}: cannot read it ({type(exc).__name__}: {exc})"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{what} {path}: not valid YAML ({exc})"]) from None
     if data is None:

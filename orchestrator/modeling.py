@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -49,7 +48,7 @@ def summarize(sums: dict) -> dict:
     return {"loss": sums["loss_sum"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n, "count": sums["count"]}
 
 
-def init_source(cfg: RunConfig) -> tuple[Path, RunConfig, str]:
+def init_source(cfg: RunConfig) -> tuple[str, RunConfig, str]:
     """model.init_from resolved: the checkpoint, its config, and the mode ('vgg-a' or 'matching').
 
     In auto mode a VGG B-E starts from a trained VGG-A by §3.1, or from its own column by matching

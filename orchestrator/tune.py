@@ -100,8 +100,9 @@ def param_space(cfg: RunConfig, space: SearchSpace) -> dict:
 
 
 class ForwardToTrial:
-    """A Train V2 callback (on the Train controller): rank 0's metrics and checkpoint path of each
-    report go to the trial's queue; the queue holds one item, so training waits for Tune."""
+    """A Train V2 callback (on the Train controller): rank 0's metrics and checkpoint of each report go
+    to the trial's queue; the queue holds one item, so training waits for Tune. The checkpoint travels
+    as its path and pyarrow filesystem: on an object store the path alone has no scheme."""
 
     def __init__(self, queue):
         self.queue = queue
@@ -110,7 +111,7 @@ class ForwardToTrial:
         from ray.exceptions import RayActorError
 
         try:
-            self.queue.put(("report", _scalars(metrics[0]), checkpoint.path if checkpoint else None))
+            self.queue.put(("report", _scalars(metrics[0]), (checkpoint.path, checkpoint.filesystem) if checkpoint else None))
         except RayActorError:  # the trial is gone; its TrialRun aborts this run
             pass
 
@@ -355,7 +356,7 @@ def _train_run(cfg: RunConfig, origin: dict, trial_id: str) -> None:
     try:
         while True:
             try:
-                kind, metrics, path = queue.get(timeout=60)
+                kind, metrics, where = queue.get(timeout=60)
             except Empty:
                 ray.get(runner.alive.remote())  # raises if the run's actor died (its node went)
                 continue
@@ -364,7 +365,7 @@ def _train_run(cfg: RunConfig, origin: dict, trial_id: str) -> None:
             if kind != "report":
                 raise RuntimeError(f"trial {trial_id}: training failed: {metrics}")
             tune.report({**metrics, **origin, "run": cfg.run.name},
-                        checkpoint=tune.Checkpoint.from_directory(path) if path else None)
+                        checkpoint=tune.Checkpoint(*where) if where else None)
     finally:  # stopped by Tune (SystemExit in tune.report), failed or done: the run ends before the trial
         ray.kill(queue.actor)  # a report the controller may be blocked on fails, so it can take the abort
         try:

@@ -71,9 +71,11 @@ def read_text(loc: str) -> str:
 
 
 def write_bytes(loc: str, data: bytes) -> str:
-    """Write a whole file (its folder is made if needed); returns ``loc``."""
+    """Write a whole file (a local folder is made if needed; object stores have no folders, and
+    asking for one there would ask to create the bucket); returns ``loc``."""
     fs, path = _fs(loc)
-    fs.makedirs(fs._parent(path), exist_ok=True)
+    if not is_url(loc):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fs.pipe_file(path, data)
     return str(loc)
 
@@ -87,9 +89,12 @@ def listdir(loc: str) -> list[str]:
     """The entries of a folder as locations of the same kind (URL entries keep the scheme); [] if
     the folder does not exist."""
     fs, path = _fs(loc)
-    if not fs.isdir(path):
+    try:
+        entries = fs.ls(path, detail=False, refresh=True)  # never a listing cached before a write
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(join(loc, name(entry)) for entry in fs.ls(path, detail=False))
+    # an object store's folder marker ("dir/") lists as the folder itself
+    return sorted({join(loc, name(e)) for e in entries if e.rstrip("/") != path.rstrip("/")})
 
 
 def put_dir(local: str, dest: str, last: str | None = None) -> str:
@@ -105,16 +110,24 @@ def put_dir(local: str, dest: str, last: str | None = None) -> str:
 
 def check_access(loc: str, what: str) -> str | None:
     """None when ``loc``'s store answers (the location itself may not exist yet); otherwise one line
-    naming ``what`` and ``loc``: a missing bucket, missing or refused credentials, an unknown scheme."""
+    naming ``what`` and ``loc``: a missing bucket, missing or refused credentials, an unknown scheme.
+
+    It lists the location, or the nearest folder above it that exists, so a role allowed only under
+    a prefix passes; the bucket itself is listed only when nothing below it exists."""
     if not is_url(loc):
         return None
     try:
         fs, path = _fs(loc)
         if path.startswith("/"):  # memory://, file://: no buckets, nothing to reach
             return None
-        bucket = path.split("/", 1)[0]
-        fs.ls(bucket, detail=False)
-    except (FileNotFoundError, NotADirectoryError):
+        parts = path.rstrip("/").split("/")
+        bucket = parts[0]
+        for depth in range(len(parts), 0, -1):
+            try:
+                fs.ls("/".join(parts[:depth]), detail=False, refresh=True)
+                return None
+            except (FileNotFoundError, NotADirectoryError):
+                continue
         return f"{what} {loc}: bucket {bucket!r} not found"
     except PermissionError as exc:
         return f"{what} {loc}: access denied ({exc})"

@@ -115,8 +115,9 @@ def test_two_s3_runs_fused_under_dense_evaluation(s3_run, init_run, tmp_path):
 
 
 def test_a_sweep_stored_in_s3_and_its_report(s3_run, shards, ray_cluster, s3_server):
-    cli("tune", "--preset", "demo-fashion", "--search", "lrn", "--num-samples", "2", "--max-concurrent", "2",
-        "--trial-workers", "1", "--epochs", "1", "--name", "s3sweep", "--data", shards, "--address", ray_cluster.address,
+    # two workers a trial: each trial is a Ray Train run whose checkpoints Tune takes from the store
+    cli("tune", "--preset", "demo-fashion", "--search", "lrn", "--num-samples", "2", "--max-concurrent", "1",
+        "--trial-workers", "2", "--epochs", "1", "--name", "s3sweep", "--data", shards, "--address", ray_cluster.address,
         *sets(f"run.storage={BUCKET}/runs", *SMALL))
     s3_server.rm("cnn/runs/s3sweep/results.csv")
     out = cli("tune", "report", f"{BUCKET}/runs/s3sweep")
@@ -124,10 +125,15 @@ def test_a_sweep_stored_in_s3_and_its_report(s3_run, shards, ray_cluster, s3_ser
     rows = s3_server.cat_file("cnn/runs/s3sweep/results.csv").decode().splitlines()
     assert len(rows) == 3 and all(",done," in row for row in rows[1:])
     assert s3_server.exists("cnn/runs/s3sweep/best.yaml") and s3_server.exists("cnn/runs/s3sweep/learning_curves.png")
-    # --resume of a sweep stored in s3://: the finished trials are kept as they are, none is added
+    trials = [p for p in s3_server.ls("cnn/runs/s3sweep") if p.rsplit("/", 1)[1].startswith("trial_")]
+    assert len(trials) == 2 and all(s3_server.ls(t) and any("checkpoint_" in c for c in s3_server.ls(t)) for t in trials)
+    results = {t: s3_server.cat_file(f"{t}/result.json") for t in trials}
+    starts = sorted(s3_server.ls("cnn/runs/s3sweep/train"))
+    # --resume of a sweep stored in s3://: the finished trials are kept as they are, none restarts
     out = cli("tune", "--resume", "s3sweep", "--address", ray_cluster.address, *sets(f"run.storage={BUCKET}/runs"))
     assert f"resuming sweep {BUCKET}/runs/s3sweep" in out
-    assert s3_server.cat_file("cnn/runs/s3sweep/results.csv").decode().splitlines() == rows
+    assert {t: s3_server.cat_file(f"{t}/result.json") for t in trials} == results
+    assert sorted(s3_server.ls("cnn/runs/s3sweep/train", refresh=True)) == starts
 
 
 @pytest.mark.parametrize("args,line", [
@@ -143,18 +149,23 @@ def test_a_missing_bucket_is_one_line_and_exit_1(args, line, s3_server):
     assert res.exit_code == 1 and [out for out in res.output.splitlines() if out.startswith("error")] == [line]
 
 
-def test_missing_credentials_are_one_line_and_exit_1(shards, monkeypatch):
+def test_missing_credentials_are_one_line_and_exit_1(shards, s3_run, monkeypatch):
     import s3fs
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(key)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    no_creds = "cannot reach the store: NoCredentialsError: Unable to locate credentials"
     s3fs.S3FileSystem.clear_instance_cache()
     try:
-        res = CliRunner().invoke(app, ["train", "--preset", "demo-fashion", "--data", shards])
+        for args, line in [
+            (["train", "--preset", "demo-fashion", "--data", shards], f"error: data.root {shards}: {no_creds}"),
+            (["tune", "--preset", "demo-fashion", "--set", f"run.storage={BUCKET}/runs"], f"error: run.storage {BUCKET}/runs: {no_creds}"),
+            (["train", "--config", f"{BUCKET}/runs/s3run/config.yaml"], f"error: --config {BUCKET}/runs/s3run/config.yaml: {no_creds}"),
+            (["eval", f"{BUCKET}/runs/s3run"], f"error: checkpoint {BUCKET}/runs/s3run: {no_creds}"),
+        ]:
+            res = CliRunner().invoke(app, args)
+            assert res.exit_code == 1 and [out for out in res.output.splitlines() if out.startswith("error")] == [line], args
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
-    assert res.exit_code == 1
-    assert [out for out in res.output.splitlines() if out.startswith("error")] == [
-        f"error: data.root {shards}: cannot reach the store: NoCredentialsError: Unable to locate credentials"]

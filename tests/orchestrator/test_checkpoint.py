@@ -38,6 +38,28 @@ def test_torn_newest_checkpoint_is_ignored(tmp_path):
         ckpt.find(tmp_path / "checkpoint_2")
 
 
+@pytest.mark.parametrize("missing", ["state.pt", "model.safetensors"])
+def test_a_marker_without_all_files_is_torn(tmp_path, missing):
+    # an upload lands files in any order: the marker may be there before the weights or the state
+    _save(tmp_path / "checkpoint_1", epoch=1)
+    _save(tmp_path / "checkpoint_2", epoch=2)
+    (tmp_path / "checkpoint_2" / missing).unlink()
+    assert not ckpt.is_complete(tmp_path / "checkpoint_2")
+    assert ckpt.find(tmp_path) == str(tmp_path / "checkpoint_1")
+
+
+def test_an_object_store_run_resumes_from_its_folder_when_ray_has_no_checkpoint(tmp_path):
+    # workers lost before Ray registered the last report: the newest complete checkpoint in the store
+    from shards import location as loc
+
+    run = "memory://ckpt-test/runs/r"
+    for epoch, complete in ((1, True), (2, False)):
+        _save(tmp_path / f"checkpoint_{epoch}", epoch=epoch, complete=complete)
+        loc.put_dir(str(tmp_path / f"checkpoint_{epoch}"), loc.join(run, f"checkpoint_{epoch}"), last=ckpt.MARKER)
+    assert ckpt.resume_point(None, run) == "memory://ckpt-test/runs/r/checkpoint_1"
+    assert ckpt.load_state(ckpt.resume_point(None, run))["epoch"] == 1
+
+
 class _Payload:
     def __reduce__(self):
         return (os.system, (f"touch {os.environ['CNNCTL_PWNED']}",))
