@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import resolve  # noqa: E402
-from orchestrator.data import make_loader, normalizer, train_stream  # noqa: E402
+from orchestrator.data import make_loader, train_stream  # noqa: E402
+from orchestrator.device_batch import device_batch  # noqa: E402
 from orchestrator.metrics import read  # noqa: E402
 from orchestrator.modeling import build_model  # noqa: E402
 from orchestrator.train import fit, run_dir  # noqa: E402
@@ -45,7 +46,7 @@ def bare(args) -> float:
     model = build_model(cfg, 10)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     stream = train_stream(cfg, Split())
-    norm = normalizer(cfg, stream.manifest)
+    norm = device_batch(cfg, stream.manifest)  # the Trainer's device stage (no lighting in this preset)
     rate = 0.0
     for epoch in range(2):  # the first epoch warms up; the second is timed, as in the Ray run
         stream.set_epoch(epoch)

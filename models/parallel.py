@@ -5,22 +5,19 @@ the same node. The dp group of a rank is every rank with the same tower index; g
 averaged within it.
 
 Wrapping a model is ordered: `apply_tower_split` (mp) -> DistributedDataParallel over `dp_group` ->
-compile. `canonical_state_dict` / `load_canonical` see through all three, so checkpoints hold the
-canonical layout whatever the mesh (DESIGN.md §5). `run_local` starts a gloo group on loopback
-without Ray, for tests and bench/.
+compile. `canonical_state_dict` and the optimizer-state pair see through all three, so checkpoints hold the
+canonical layout whatever the mesh (DESIGN.md §5). (A gloo group on loopback without Ray, for
+tests and bench/, is `orchestrator.cluster.run_local`.)
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as tmp
 from torch import nn
 
 from .alexnet import AlexNet
@@ -119,14 +116,6 @@ def canonical_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def load_canonical(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
-    """Load a canonical state (any mp it was trained with) into a plain or tower-split model. Local."""
-    model = unwrap(model)
-    if isinstance(model, TowerParallelAlexNet):
-        return model.load_canonical_state_dict(state_dict, strict=strict)
-    return model.load_state_dict(state_dict, strict=strict)
-
-
 def _split_model(model: nn.Module, optimizer: torch.optim.Optimizer):
     """(the split model or None, {optimizer state index: (parameter name, parameter)})."""
     model = unwrap(model)
@@ -164,39 +153,3 @@ def load_canonical_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer,
                         for k, v in per_param.items()}
         state = {**state, "state": local}
     optimizer.load_state_dict(state)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _local_rank(rank: int, fn: Callable, world: int, port: int, args: tuple) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)  # `world` processes share the cores; oversubscription is far slower
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        fn(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def run_local(fn: Callable, world: int, *args, timeout_s: float = 60.0) -> None:
-    """Run `fn(rank, world, *args)` in `world` spawned processes over a gloo group on loopback.
-
-    A rank that raises fails the call with its traceback; if the ranks have not all finished after
-    `timeout_s` (a collective hang), they are killed and TimeoutError is raised.
-    """
-    ctx = tmp.start_processes(_local_rank, args=(fn, world, _free_port(), args), nprocs=world, join=False,
-                              start_method="spawn")
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not ctx.join(timeout=max(deadline - time.monotonic(), 0.01)):
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{world} local ranks still running after {timeout_s:.0f} s (a hung collective?)")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-                p.join(5)

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 DEFAULT_STATE = Path(os.environ.get("CNNCTL_CLUSTER_DIR", Path.home() / ".cnnctl" / "cluster"))
 # Ray replaces 127.0.0.1 with the machine's routable address when multi-node support is on;
@@ -43,7 +44,7 @@ class LocalCluster:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -99,7 +100,7 @@ def up_local(nodes: int, cpus_per_node: float, state_dir: Path = DEFAULT_STATE, 
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
     temp_dir = Path("/tmp") / f"cnnctl-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
-    port = _free_port(LOOPBACK)
+    port = free_port(LOOPBACK)
     cluster = LocalCluster(f"{LOOPBACK}:{port}", str(token_path), str(temp_dir), [], nodes, cpus_per_node)
     env = {**os.environ, **cluster.env(), "RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--block", f"--node-ip-address={LOOPBACK}", f"--num-cpus={cpus_per_node:g}", "--num-gpus=0", "--disable-usage-stats"]
@@ -208,3 +209,39 @@ def place_workers(nodes: int, workers_per_node: int, cpus_per_worker: float, gpu
         return None
     chosen = sorted(fit, key=lambda n: n["NodeID"])[:nodes]
     return [{RAY_NODE_ID_KEY: n["NodeID"]} for n in chosen for _ in range(workers_per_node)]
+
+
+def _local_rank(rank: int, fn: Callable, world: int, port: int, args: tuple) -> None:
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # `world` processes share the cores; oversubscription is far slower
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_local(fn: Callable, world: int, *args, timeout_s: float = 60.0) -> None:
+    """Run `fn(rank, world, *args)` in `world` spawned processes over a gloo group on loopback,
+    without Ray (tests and bench/).
+
+    A rank that raises fails the call with its traceback; if the ranks have not all finished after
+    `timeout_s` (a collective hang), they are killed and TimeoutError is raised.
+    """
+    import torch.multiprocessing as tmp
+
+    ctx = tmp.start_processes(_local_rank, args=(fn, world, free_port(), args), nprocs=world, join=False,
+                              start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ctx.join(timeout=max(deadline - time.monotonic(), 0.01)):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{world} local ranks still running after {timeout_s:.0f} s (a hung collective?)")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join(5)

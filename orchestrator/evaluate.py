@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from models.dense import dense_scores, to_dense
 from orchestrator import checkpoint as ckpt
-from orchestrator.data import TTA, eval_stream, make_loader, normalizer
+from orchestrator.data import TTA, eval_stream, make_loader
+from orchestrator.device_batch import DeviceBatch, device_batch
 from orchestrator.modeling import build_model, evaluate, summarize
 from shards import location as loc
 from shards import manifest as mf
@@ -41,19 +42,10 @@ def load_model(path: str) -> tuple[torch.nn.Module, object]:
     return model.eval(), cfg
 
 
-class _Prepare(torch.nn.Module):
-    def __init__(self, normalize: torch.nn.Module, channels_last: bool):
-        super().__init__()
-        self.normalize, self.channels_last = normalize, channels_last
-
-    def forward(self, x: torch.Tensor, windows: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.normalize(x, windows)
-        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-
-    def ten_crop_windows(self, n: int, size: int) -> torch.Tensor | None:
-        """The ten views' windows for n images, for a per-pixel mean image (None without one)."""
-        image = self.normalize.mean_image
-        return None if image is None else torch.tensor(TenCrop(size).windows(image.shape[-1])).repeat(n, 1)
+def ten_crop_windows(prepare: DeviceBatch, n: int, size: int) -> torch.Tensor | None:
+    """The ten views' windows for n images, for a per-pixel mean image (None without one)."""
+    image = prepare.normalize.mean_image
+    return None if image is None else torch.tensor(TenCrop(size).windows(image.shape[-1])).repeat(n, 1)
 
 
 def rescale_shorter(x: torch.Tensor, q: int | None) -> torch.Tensor:
@@ -67,13 +59,13 @@ def rescale_shorter(x: torch.Tensor, q: int | None) -> torch.Tensor:
     return x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
-def view_probs(model: torch.nn.Module, prepare: _Prepare, x: torch.Tensor, tta: str, scales: list[int | None], flip: bool,
+def view_probs(model: torch.nn.Module, prepare: DeviceBatch, x: torch.Tensor, tta: str, scales: list[int | None], flip: bool,
                windows: torch.Tensor | None = None) -> list[torch.Tensor]:
     """The softmax of every test view of a uint8 batch: a list of (N, classes). ``windows``: where
     the centre crops lay, for a per-pixel mean image."""
     if tta == "ten-crop":  # (N, 10, 3, H, W): one forward over all N*10 views
         n, v = x.shape[:2]
-        return list(model(prepare(x.flatten(0, 1), prepare.ten_crop_windows(n, x.shape[-1]))).softmax(1).view(n, v, -1).unbind(1))
+        return list(model(prepare(x.flatten(0, 1), ten_crop_windows(prepare, n, x.shape[-1]))).softmax(1).view(n, v, -1).unbind(1))
     if tta == "center":
         xs = [prepare(x, windows)]
     else:  # dense: the whole image at every scale Q
@@ -138,7 +130,7 @@ def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test
         raise ValueError(f"the checkpoints subtract mean images of different sizes ({', '.join(map(str, sides))} px): "
                          "their crops cannot share one frame")
     stream = eval_stream(cfg, Split(), manifest=url, tta=tta, side=sides[0] if sides else None, batch_size=batch_size)
-    prepares = [_Prepare(normalizer(c, stream.manifest, m), c.parallel.channels_last) for (_, c), m in zip(loaded, means)]
+    prepares = [device_batch(c, stream.manifest, m) for (_, c), m in zip(loaded, means)]  # the Trainer's stage, without lighting
     predict = make_predict([m for m, _ in loaded], prepares, tta, scales, flip, [c.data.image_size for _, c in loaded])
 
     t0 = time.perf_counter()

@@ -23,7 +23,8 @@ from models.parallel import (Mesh, apply_tower_split, canonical_optimizer_state,
                              load_canonical_optimizer, unwrap)
 from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig, to_yaml
-from orchestrator.data import eval_stream, make_loader, manifest_url, mean_image, normalizer, train_stream
+from orchestrator.data import eval_stream, make_loader, manifest_url, mean_image, train_stream
+from orchestrator.device_batch import device_batch
 from orchestrator.metrics import MetricsLog
 from orchestrator.modeling import build_model, evaluate, initialise, summarize
 from orchestrator.schedule import Plateau, lr_at
@@ -51,10 +52,10 @@ class Trainer:
         model = build_model(cfg, cfg.model.num_classes)
         state = self._load_canonical(model, resume_from)
         # Ordered steps: tower split (mp) -> device -> optimizer over the local halves -> DDP (dp).
-        self.memory_format = torch.channels_last if cfg.parallel.channels_last else torch.contiguous_format
+        memory_format = torch.channels_last if cfg.parallel.channels_last else torch.contiguous_format
         # bf16 autocast covers forward and loss; weights, gradients and SGD stay fp32.
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.parallel.precision == "bf16")
-        model = apply_tower_split(model, self.mesh).to(self.device, memory_format=self.memory_format)
+        model = apply_tower_split(model, self.mesh).to(self.device, memory_format=memory_format)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
         self.start_epoch, self.step = 0, 0
@@ -68,7 +69,10 @@ class Trainer:
         side = None if self.mean_image is None else self.mean_image.shape[0]
         self.train_data = train_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp), side)
         self.val_data = eval_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp), side=side)
-        self.normalize = normalizer(cfg, self.train_data.manifest, self.mean_image).to(self.device)
+        # uint8 batches -> normalised, lit (training) floats on the device, in the model's memory format.
+        # Lighting is seeded by dp rank: both towers of a pair light their shared batch identically.
+        self.batches = device_batch(cfg, self.train_data.manifest, self.mean_image, self.device,
+                                    lighting_seed=cfg.run.seed * 1000 + self.mesh.dp_rank)
         self.log = MetricsLog(run_dir(cfg), enabled=self.is_logger, start_epoch=self.start_epoch)
         # Where each rank runs (Ray node, process id), reported with the metrics.
         self.node_of_rank, self.pid_of_rank = zip(*self._gather_objects((node, os.getpid())))
@@ -93,12 +97,6 @@ class Trainer:
         dist.all_reduce(t, group=self.mesh.dp_group)  # each dp group sees every sample exactly once
         return t.tolist()
 
-    def prepare(self, images: torch.Tensor, windows: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 batch -> normalised float on the device, in the model's memory format; ``windows``:
-        where each crop lay, for a per-pixel mean image (data.mean_image)."""
-        x = self.normalize(images.to(self.device, non_blocking=True), windows)
-        return x.contiguous(memory_format=self.memory_format)
-
     def _gather_objects(self, value) -> list:
         if self.mesh.world == 1:
             return [value]
@@ -117,6 +115,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         cfg, model = self.cfg, self.model
         self.train_data.set_epoch(epoch)
+        self.batches.set_epoch(epoch)
         # Dropout draws from a stream per (seed, epoch, dp rank): a tower pair shares it (the split
         # model draws full-width masks and keeps its half), dp replicas differ, and a resumed epoch
         # draws what it would have drawn.
@@ -130,7 +129,7 @@ class Trainer:
             lr = lr_at(cfg, self.step, steps, self.plateau.drops)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            images, labels = self.train_data.device_augment(self.prepare(images, *windows)), labels.to(self.device, non_blocking=True)
+            images, labels = self.batches(images, *windows), labels.to(self.device, non_blocking=True)
             with self.autocast:
                 logits = model(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
@@ -154,7 +153,7 @@ class Trainer:
         model.eval()
         def forward(x, *windows):
             with self.autocast:
-                return model(self.prepare(x, *windows))
+                return model(self.batches(x, *windows, augment=False))
 
         sums = evaluate(forward, make_loader(self.cfg, self.val_data), self.device)
         model.train()

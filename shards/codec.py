@@ -26,6 +26,7 @@ except ImportError:  # then transforms decode whole images and crop after: the s
 WINDOWED = _decode_into is not None
 
 JPEG_SOI = b"\xff\xd8"
+IMAGE_EXTS = ("jpg", "jpeg", "png")  # image members of a shard, and image files a source may hold (any case)
 _SIGNATURES = ((JPEG_SOI, "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
 # Antialiased bilinear, as torchvision's Resize; bicubic costs ~30% more for no training benefit.
 RESAMPLE = Image.BILINEAR
@@ -126,9 +127,15 @@ def resize_shorter(img: Image.Image, short: int | None) -> Image.Image:
     return img if size == img.size else img.resize(size, RESAMPLE)
 
 
-def center_crop(img: Image.Image, side: int) -> Image.Image:
-    w, h = img.size
-    left, top = (w - side) // 2, (h - side) // 2
+def central_square(h: int, w: int) -> tuple[int, int, int]:
+    """(top, left, side) of an h x w image's central square: what AlexNet's crops are cut from (§2),
+    the writer's --center-crop keeps and the per-pixel mean image averages."""
+    side = min(h, w)
+    return (h - side) // 2, (w - side) // 2, side
+
+
+def center_crop(img: Image.Image) -> Image.Image:
+    top, left, side = central_square(img.height, img.width)
     return img.crop((left, top, left + side, top + side))
 
 
@@ -148,7 +155,7 @@ def _finish(img: Image.Image, target: Target) -> tuple[bytes, np.ndarray]:
         img = to_rgb(img)  # png keeps L (Fashion-MNIST); the reader expands it
     img = resize_shorter(img, target.short)
     if target.crop:
-        img = center_crop(img, min(img.size))
+        img = center_crop(img)
     arr = np.asarray(img)
     data = encode_jpeg(arr, target.quality) if target.fmt == "jpg" else encode_png(img)
     return data, arr

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from shards import codec
 from shards import labels as lb
 from shards import tars
 from shards.manifest import KEY_RE
@@ -25,7 +26,6 @@ FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
 MAX_KEY = 94  # "<key>.json" must fit USTAR's 100-byte name field
 LAYOUTS = ("auto", "fashion-mnist", "class-folders", "val-flat", "train-tar", "val-tar", "imagenet")
 TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
@@ -122,7 +122,7 @@ def admit(candidates: list[Candidate], wnids: list[str], why_unlabelled: str = "
         name = PurePosixPath(c.source).name
         stem, ext = os.path.splitext(name)
         reason = None
-        if ext.lower() not in IMAGE_EXTS:
+        if ext.lower().lstrip(".") not in codec.IMAGE_EXTS:
             reason = f"not an image file extension ({ext or 'none'})"
         elif not KEY_RE.match(stem):
             reason = "file name cannot be a sample key ([A-Za-z0-9_-]+)"
@@ -242,7 +242,7 @@ def val_tar(path: str | Path, split: str, labels: Path | None = None, synsets: P
 
 def _is_flat(root: Path) -> bool:
     """Images directly in the folder (validation as distributed), not in class folders."""
-    return any(os.path.splitext(f)[1].lower() in IMAGE_EXTS for f in os.listdir(root))
+    return any(os.path.splitext(f)[1].lower().lstrip(".") in codec.IMAGE_EXTS for f in os.listdir(root))
 
 
 def _tar_layout(path: Path) -> str:

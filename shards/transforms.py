@@ -36,11 +36,10 @@ from shards import codec
 
 
 def _square(h: int, w: int, size: int) -> tuple[int, int, int]:
-    """(top, left, side) of the central square: AlexNet's crops come from the 256x256 centre (§2)."""
-    side = min(h, w)
-    if side < size:
-        raise ValueError(f"image {w}x{h} is smaller than the {size}px crop")
-    return (h - side) // 2, (w - side) // 2, side
+    """(top, left, side) of the central square, at least ``size``: AlexNet's crops come from the
+    256x256 centre (§2)."""
+    _check(h, w, size)
+    return codec.central_square(h, w)
 
 
 def _check(h: int, w: int, size: int) -> None:
@@ -56,7 +55,7 @@ def _window(img: np.ndarray, size: int, top: int, left: int, flip: bool) -> np.n
 class Transform:
     """Base: decode the whole image, return it unchanged (dense evaluation takes the full image)."""
 
-    def load(self, data: bytes, ext: str, rng: random.Random | None = None) -> np.ndarray:
+    def load(self, data: bytes, ext: str, rng: random.Random | None = None, windowed: bool = True) -> np.ndarray:
         return codec.decode(data, ext)
 
     def __call__(self, img: np.ndarray, rng: random.Random | None = None) -> np.ndarray:
@@ -71,20 +70,21 @@ class Transform:
     # window(h, w, rng) -> (top, left, flip) says which, drawing from rng as __call__ does.
     windowed = False
 
-    def load_into(self, data: bytes, ext: str, rng: random.Random | None, out: np.ndarray) -> Placed:
+    def load_into(self, data: bytes, ext: str, rng: random.Random | None, out: np.ndarray, windowed: bool = True) -> Placed:
         """A windowed transform's sample, straight into ``out`` (a batch slot). A JPEG decodes only
         its window when the windowed decoder is built; anything else decodes whole and the window
         is copied. Either way a JPEG's window is drawn from its header before any decoding, so a
         corrupt image leaves ``rng`` where the other way leaves it: the same pixels, and the same
-        batches after it, whichever way runs."""
+        batches after it, whichever way runs. ``windowed=False`` decodes whole even where the
+        windowed decoder is built (where that is faster: shards/decoders.py)."""
         jpeg = codec.is_jpeg(data, ext)
         if jpeg:
             h, w = codec.jpeg_size(data)
             top, left, flip = self.window(h, w, rng)
-        if jpeg and codec.WINDOWED:
+        if jpeg and windowed and codec.WINDOWED:
             codec.decode_window(data, out, top, left, flip)
         else:
-            img = self.load(data, ext, rng)
+            img = self.load(data, ext, rng, windowed=False)
             if not jpeg:
                 h, w = img.shape[:2]
                 top, left, flip = self.window(h, w, rng)
@@ -211,14 +211,14 @@ class ScaleJitter(Transform):
         box = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
         return np.asarray(Image.fromarray(pixels).resize((self.size, self.size), codec.RESAMPLE, box=box))
 
-    def load(self, data: bytes, ext: str, rng: random.Random) -> np.ndarray:
+    def load(self, data: bytes, ext: str, rng: random.Random, windowed: bool = True) -> np.ndarray:
         if codec.is_jpeg(data, ext):
             h, w = codec.jpeg_size(data)
             s, box = self.plan(w, h, rng)
             shrink = min(w, h) / s
             if shrink >= 2:  # decode at 1/2, 1/4 or 1/8 scale, still at least as large as needed
                 arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(w / shrink), min_height=math.ceil(h / shrink))
-            elif codec.WINDOWED:
+            elif windowed and codec.WINDOWED:
                 x0, y0, x1, y1 = self.support(box, w, h)
                 window = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
                 codec.decode_window(data, window, y0, x0, False)

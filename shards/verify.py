@@ -8,34 +8,18 @@ sample counts. Optionally every image is decoded too.
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
-from collections import defaultdict
 
 import fsspec
 
 from shards import codec
 from shards import manifest as mf
-
-IMAGE_EXTS = ("jpg", "png")
-
-
-def _samples(data: bytes) -> dict[str, dict[str, bytes]]:
-    """{key: {ext: bytes}} of a shard; raises tarfile.TarError or ValueError when it is damaged."""
-    samples: dict[str, dict[str, bytes]] = defaultdict(dict)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        for m in tar:
-            if not m.isreg() or "/" in m.name or "." not in m.name:
-                raise ValueError(f"member {m.name!r} is not a flat <key>.<ext> file")
-            key, ext = m.name.split(".", 1)
-            samples[key][ext] = tar.extractfile(m).read()
-    return samples
+from shards import tarwalk
 
 
 def _sample_problems(key: str, members: dict[str, bytes], n_classes: int, decode: bool) -> list[str]:
     if not mf.KEY_RE.match(key):
         return [f"key {key!r} is not [A-Za-z0-9_-]+"]
-    images = [e for e in IMAGE_EXTS if e in members]
+    images = [e for e in codec.IMAGE_EXTS if e in members]
     missing = [e for e in ("cls", "json") if e not in members] + ([] if images else ["jpg/png"])
     if missing:
         return [f"sample {key} lacks {', '.join(missing)}"]
@@ -68,12 +52,13 @@ def verify(url: str, decode: bool = False) -> tuple[dict, list[str]]:
         if digest != entry["sha256"]:
             found.append(f"sha256 {digest[:16]}..., the manifest says {entry['sha256'][:16]}...")
         try:
-            samples = _samples(data)
-        except (tarfile.TarError, ValueError, EOFError) as exc:
+            samples = list(tarwalk.samples(data))
+        except tarwalk.BadSample as exc:
             problems.extend(f"{name}: {p}" for p in found + [f"damaged tar ({exc})"])
             continue
-        for key, members in samples.items():
-            found.extend(_sample_problems(key, members, n_classes, decode))
+        for sample in samples:
+            key = sample["__key__"]
+            found.extend(_sample_problems(key, sample, n_classes, decode))
             if key in first_seen:
                 found.append(f"key {key} repeats (also in {first_seen[key]})")
             first_seen.setdefault(key, name)

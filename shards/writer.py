@@ -26,6 +26,7 @@ import numpy as np
 
 from shards import codec
 from shards import manifest as mf
+from shards import tarwalk
 from shards.sources import Listing, Record
 
 STATS_SAMPLE = 10_000
@@ -101,10 +102,9 @@ def _pixel_stats(pixels: np.ndarray, side: int | None) -> Stats:
 
 def _central_square(pixels: np.ndarray, side: int | None) -> np.ndarray | None:
     """The image's central side x side square as int64 RGB: what AlexNet's crops are cut from (§2)."""
-    h, w = pixels.shape[:2]
-    if side is None or min(h, w) != side:
+    top, left, found = codec.central_square(*pixels.shape[:2])
+    if side is None or found != side:
         return None
-    top, left = (h - side) // 2, (w - side) // 2
     square = pixels[top : top + side, left : left + side].astype(np.int64)
     return np.repeat(square[..., None], 3, 2) if square.ndim == 2 else square
 
@@ -168,9 +168,8 @@ def build_shard(job: ShardJob) -> tuple[bytes, list[dict], Stats]:
 def shard_keys(data: bytes) -> set[str] | None:
     """Sample keys of a complete shard, or None when the tar is damaged."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            return {m.name.rsplit(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".cls")}
-    except tarfile.TarError:
+        return {s["__key__"] for s in tarwalk.samples(data) if "cls" in s}
+    except tarwalk.BadSample:
         return None
 
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 import models
-from models.parallel import Mesh, apply_tower_split, canonical_state_dict, load_canonical, run_local
+from models.parallel import Mesh, apply_tower_split, canonical_state_dict
+from orchestrator.cluster import run_local
 from models.towers import TowerParallelAlexNet
 
 
@@ -101,9 +102,10 @@ def _round_trip(rank: int, world: int, out: str) -> None:
         opt.step()
     trained = canonical_state_dict(split)
     assert not torch.equal(trained["features.0.weight"], original["features.0.weight"])
-    # ...and back into a differently initialised split model: the mp=2 <- checkpoint path.
-    other = apply_tower_split(small(seed=5), mesh)
-    load_canonical(other, trained)
+    # ...and back into a differently initialised model, split after loading: the Trainer's mp=2 <- checkpoint path.
+    other = small(seed=5)
+    other.load_state_dict(trained)
+    other = apply_tower_split(other, mesh)
     with torch.no_grad():
         logits = split.eval()(x)
         torch.testing.assert_close(other.eval()(x), logits, rtol=0, atol=0)
@@ -137,7 +139,7 @@ def test_canonical_round_trip_and_mp2_state_on_one_device(tmp_path):
     run_local(_round_trip, 2, out, timeout_s=45)
     saved = torch.load(out, weights_only=True)
     one_device = small(seed=3).eval()
-    load_canonical(one_device, saved["state"])
+    one_device.load_state_dict(saved["state"])  # a canonical state is the one-device model's own
     with torch.no_grad():
         torch.testing.assert_close(one_device(saved["x"]), saved["logits"], rtol=1e-5, atol=1e-6)
 

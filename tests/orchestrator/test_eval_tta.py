@@ -10,8 +10,8 @@ import models
 from orchestrator import checkpoint as ckpt
 from orchestrator.cli import app
 from orchestrator.config import RunConfig
-from orchestrator.data import Normalize
-from orchestrator.evaluate import _Prepare, make_predict
+from orchestrator.device_batch import DeviceBatch, Normalize
+from orchestrator.evaluate import make_predict
 
 runner = CliRunner()
 
@@ -69,7 +69,7 @@ def test_tta_forms_agree_where_they_must_and_fuse(checkpoint, tmp_path):
 def test_ten_crop_of_a_constant_image_equals_the_center_crop():
     torch.manual_seed(0)
     model = models.build("alexnet-small", num_classes=10, width=0.25).eval()
-    prep = [_Prepare(Normalize([0.5] * 3, [0.25] * 3), channels_last=True)]
+    prep = [DeviceBatch(Normalize([0.5] * 3, [0.25] * 3), channels_last=True)]
     img = torch.full((2, 3, 32, 32), 77, dtype=torch.uint8)
     img[1] = 200
     views = img[:, None, :, 2:30, 2:30].expand(2, 10, 3, 28, 28)  # a constant image's 10 views

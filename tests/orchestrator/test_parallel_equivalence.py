@@ -14,9 +14,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import models
-from models.parallel import (
-    Mesh, apply_tower_split, canonical_optimizer_state, canonical_state_dict, load_canonical_optimizer, run_local,
-)
+from models.parallel import Mesh, apply_tower_split, canonical_optimizer_state, canonical_state_dict, load_canonical_optimizer
+from orchestrator.cluster import run_local
 
 BATCH, STEPS = 8, 3
 

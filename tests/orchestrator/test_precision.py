@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from orchestrator.cluster import free_port
 from orchestrator.config import resolve
-from orchestrator.data import num_classes
-from orchestrator.train import Trainer
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from orchestrator.train import Trainer, prepare_run
 
 
 def run_trainer(data: str, out, backend: str, sets: list[str]) -> tuple[set, list[dict]]:
@@ -32,8 +25,8 @@ def run_trainer(data: str, out, backend: str, sets: list[str]) -> tuple[set, lis
     cfg = resolve("demo-fashion", None, [f"data.root={data}", f"run.storage={out}", "run.name=bf16",
                                          "parallel.workers_per_node=1", "parallel.precision=bf16", "run.log_every=1000",
                                          *sets])
-    cfg.model.num_classes = num_classes(cfg)  # build_trainer does this before the workers start
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_port()))
+    prepare_run(cfg)  # build_trainer does this before the workers start
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     dist.init_process_group(backend, rank=0, world_size=1)
     try:
         trainer = Trainer(cfg)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from skimage import data as photos
 
-from shards.augment import Lighting
+from orchestrator.device_batch import Lighting
 from shards.transforms import AlexNetCrop, CenterCrop, ScaleJitter, TenCrop
 
 # ImageNet's RGB eigen-decomposition on the 0-1 scale (AlexNet §4.1, as fb.resnet.torch quotes it)

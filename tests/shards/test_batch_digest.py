@@ -92,7 +92,8 @@ def device_digest(root: Path, augment: str, mean_image: bool) -> str:
     """What the trainer feeds the model: the batches after normalisation (per channel or per pixel)
     and PCA lighting, two dp ranks, two epochs."""
     from orchestrator.config import RunConfig
-    from orchestrator.data import mean_image as load_mean, normalizer, train_stream
+    from orchestrator.data import mean_image as load_mean, train_stream
+    from orchestrator.device_batch import device_batch
 
     size = 40 if augment == "alexnet" else 32
     cfg = RunConfig.model_validate({"data": {"root": str(root), "prefix": "square", "augment": augment, "image_size": size,
@@ -102,11 +103,12 @@ def device_digest(root: Path, augment: str, mean_image: bool) -> str:
     h = hashlib.sha256()
     for rank in range(2):
         stream = train_stream(cfg, Split(rank, 2), None if mean is None else mean.shape[0])
-        normalize = normalizer(cfg, stream.manifest, mean)
+        batches = device_batch(cfg, stream.manifest, mean, lighting_seed=cfg.run.seed * 1000 + rank)  # as the Trainer seeds it
         for epoch in range(2):
             stream.set_epoch(epoch)
+            batches.set_epoch(epoch)
             for images, labels, *windows in loader(stream):
-                x = stream.device_augment(normalize(images, *windows))
+                x = batches(images, *windows)
                 h.update(x.contiguous().numpy().tobytes() + labels.numpy().tobytes())
     return h.hexdigest()
 

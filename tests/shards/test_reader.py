@@ -8,6 +8,7 @@ import torch
 
 from shards import manifest as mf
 from shards.reader import BadSample, ShardStream, Split, loader
+from shards.stages import SkipBad
 from shards.transforms import CenterCrop, CropFlip
 from shards.writer import PackOptions, pack
 from shards.sources import fashion_mnist
@@ -159,7 +160,7 @@ def test_bad_sample_error_names_url_and_key(seven_shards, tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_skip_counts_bad_samples_and_evaluation_reads_the_rest(seven_shards, tmp_path, workers):
     url, keys = _damage(seven_shards, tmp_path, "seven", corrupt=[(1, 0), (1, 7), (4, 3)])
-    streams = [ShardStream(url, Split(r, 2), 32, CenterCrop(28), train=False, on_bad_sample="skip") for r in range(2)]
+    streams = [ShardStream(url, Split(r, 2), 32, CenterCrop(28), train=False, on_bad=SkipBad()) for r in range(2)]
     labels = [y for s in streams for _, y in loader(s, workers=workers)]
     assert sum(len(y) for y in labels) == 700 - 3
     assert sum(s.bad_samples for s in streams) == 3  # the workers' counts reach this process
@@ -170,7 +171,7 @@ def test_skip_counts_bad_samples_and_evaluation_reads_the_rest(seven_shards, tmp
 def test_skip_keeps_steps_equal(seven_shards, tmp_path, prefix, dp_size, workers):
     truncate = 3 if prefix == "seven" else 0
     url, _ = _damage(seven_shards, tmp_path, prefix, corrupt=[(truncate, 1), (0, 2)], truncate=truncate)
-    streams = [ShardStream(url, Split(r, dp_size), 32, CropFlip(28, 2), seed=1, on_bad_sample="skip") for r in range(dp_size)]
+    streams = [ShardStream(url, Split(r, dp_size), 32, CropFlip(28, 2), seed=1, on_bad=SkipBad()) for r in range(dp_size)]
     steps = [len(list(loader(s, workers=workers))) for s in streams]
     assert steps == [700 // dp_size // 32] * dp_size
     assert sum(s.bad_samples for s in streams) > 0
@@ -186,7 +187,7 @@ def test_tar_walk_reads_what_tarfile_writes(tmp_path, fmt):
     import io
     import tarfile
 
-    from shards.reader import tar_samples
+    from shards.tarwalk import tar_samples
 
     fmt_const = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}[fmt]
     deep = "d" * 60 + "/" + "e" * 60 if fmt == "ustar" else "x" * 150  # ustar: prefix field; gnu/pax: long names
@@ -228,7 +229,7 @@ def test_tar_walk_stops_at_a_damaged_header_after_the_members_before_it():
     import io
     import tarfile
 
-    from shards.reader import _tar_members
+    from shards.tarwalk import members as _tar_members
 
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as t:

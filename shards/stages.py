@@ -1,0 +1,175 @@
+"""The loader's stages, from a tar shard to a sample in its batch slot:
+
+    shard list -> split by dp rank and worker -> tar members -> shuffle -> decode + crop -> batch
+
+Each stage is one function over plain values or iterators; ShardStream (shards/reader.py) chains
+them for one reader, a (dp rank, DataLoader worker) pair, each epoch, and shards/batching.py holds the
+batch. A bad sample or shard goes to the handler the stream was given: ``raise_bad`` stops the run
+with the shard and key named, ``SkipBad`` counts it across workers and goes on.
+
+Data is split by *data-parallel* rank, not world rank: the two ranks holding the towers of one model
+must see the same batch.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+
+from shards import codec
+from shards import tarwalk
+from shards.tarwalk import BadSample, Sample
+from shards.transforms import Placed, Transform
+
+REPORT_FIRST = 10  # bad samples printed per process under SkipBad; the rest are only counted
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which part of the shards one dp rank owns."""
+
+    dp_rank: int = 0
+    dp_size: int = 1
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One reader: DataLoader worker ``worker`` of ``workers`` on a dp rank; ``index`` of ``count``
+    readers across all ranks."""
+
+    index: int
+    count: int
+    worker: int
+    workers: int
+
+    @classmethod
+    def of(cls, split: Split, worker: int, workers: int) -> Unit:
+        return cls(split.dp_rank * workers + worker, split.dp_size * workers, worker, workers)
+
+
+class BadSampleHandler(Protocol):
+    def __call__(self, exc: BadSample, count: int = 1) -> None:
+        """Raise ``exc``, or account for ``count`` samples lost to it and return."""
+
+
+def raise_bad(exc: BadSample, count: int = 1) -> None:
+    """The default policy: a bad sample stops the run, naming its shard and key."""
+    raise exc
+
+
+class SkipBad:
+    """Count bad samples and go on; the first REPORT_FIRST per process are printed with their shard
+    and key. The count is shared with DataLoader workers (inherited at fork, pickled at spawn)."""
+
+    def __init__(self):
+        self._count = multiprocessing.get_context().Value("q", 0)
+        self._reported = 0
+
+    def __call__(self, exc: BadSample, count: int = 1) -> None:
+        with self._count.get_lock():
+            self._count.value += count
+        if self._reported < REPORT_FIRST:
+            self._reported += 1
+            print(f"cnnctl: skipped bad sample(s): {exc}", file=sys.stderr, flush=True)
+
+    @property
+    def count(self) -> int:
+        return int(self._count.value)
+
+
+def bad_sample_policy(name: str) -> BadSampleHandler:
+    """data.on_bad_sample -> its handler."""
+    policies = {"error": lambda: raise_bad, "skip": SkipBad}
+    if name not in policies:
+        raise ValueError(f"on_bad_sample {name!r}: {' or '.join(policies)}")
+    return policies[name]()
+
+
+def shard_order(urls: list[str], seed: int, epoch: int, shuffle: bool) -> list[str]:
+    """Stage 1, the epoch's shard list: shuffled (training) with a seed every rank shares, so their
+    parts stay disjoint; it changes every epoch."""
+    urls = list(urls)
+    if shuffle:
+        random.Random(f"{seed}/{epoch}").shuffle(urls)
+    return urls
+
+
+def split(urls: list[str], unit: Unit) -> tuple[list[str], Callable[[int], bool]]:
+    """Stage 2, this reader's part: every ``count``-th shard when there are enough shards, else every
+    shard with every ``count``-th sample (the predicate takes a sample's index in the pass)."""
+    if len(urls) >= unit.count:
+        return urls[unit.index :: unit.count], lambda i: True
+    return urls, lambda i: i % unit.count == unit.index
+
+
+def read(urls: list[str], mine: Callable[[int], bool], expected: dict[str, int], on_bad: BadSampleHandler) -> Iterator[Sample]:
+    """Stage 3, tar members grouped into samples (still encoded), this reader's only, one pass.
+    A shard that ends short of its manifest count, or cannot be read, goes to ``on_bad`` with the
+    samples it lacks."""
+    i = 0
+    for url in urls:
+        count = 0
+        try:
+            for sample in tarwalk.tar_samples(url):
+                count += 1
+                i += 1
+                if mine(i - 1):
+                    yield sample
+            if count != expected[url]:
+                raise BadSample(f"{url}: truncated or damaged, {count} of {expected[url]} samples")
+        except BadSample as exc:
+            msg = str(exc) if str(exc).startswith(url) else f"{url}: {exc} after {count} samples"
+            on_bad(BadSample(msg), max(expected[url] - count, 1))
+        except Exception as exc:  # fsspec and I/O errors: name the shard
+            on_bad(BadSample(f"{url}: unreadable after {count} samples ({type(exc).__name__}: {exc})"),
+                   max(expected[url] - count, 1))
+
+
+def shuffle(stream: Iterator, size: int, rng: random.Random) -> Iterator:
+    """Stage 4, a shuffle buffer of ``size`` encoded samples (~30 KB each for a 256-px JPEG, not
+    ~200 KB of pixels): a part that fits in it comes out as one permutation."""
+    buf = []
+    for item in stream:
+        buf.append(item)
+        if len(buf) >= size:  # a random one out: swapped to the end first, as popping mid-list moves the rest
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+def decode(raw: Sample, transform: Transform, rng: random.Random | None, into: np.ndarray | None = None,
+           windowed: bool = True) -> tuple[np.ndarray | Placed, int]:
+    """Stage 5, raw sample -> (transformed HxWx3 uint8, label); or, for a windowed transform given
+    ``into`` (the batch's next slot), (where its window lay, label), the pixels already in ``into``.
+    ``windowed=False`` decodes whole images even where the windowed decoder is built (the same
+    pixels; shards/decoders.py picks the faster). Any failure is a BadSample naming URL and key."""
+    ext = "jpg" if "jpg" in raw else next((e for e in codec.IMAGE_EXTS if e in raw), None)
+    if ext is None or "cls" not in raw:
+        raise BadSample(f"{where(raw)} lacks an image or a .cls member")
+    try:
+        label = int(raw["cls"])
+        if into is not None and transform.windowed:
+            return transform.load_into(raw[ext], ext, rng, into, windowed=windowed), label
+        return transform(transform.load(raw[ext], ext, rng, windowed=windowed), rng), label
+    except (codec.BadImage, ValueError) as exc:  # simplejpeg raises ValueError for corrupt data
+        raise BadSample(f"{where(raw)}: {exc}") from None
+
+
+def in_frame(raw: Sample, placed: Placed, frame: int) -> tuple[int, int, bool]:
+    """A windowed sample's (top, left, flip) in its image's central square, which must be ``frame``
+    px (a per-pixel mean image's side)."""
+    side, top, left, flip = placed.in_square()
+    if side != frame:
+        raise BadSample(f"{where(raw)}: its central square is {side}px, not the mean image's {frame}px")
+    return top, left, flip
+
+
+def where(raw: Sample) -> str:
+    return f"{raw.get('__url__')}: sample {raw.get('__key__')!r}"
