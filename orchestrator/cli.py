@@ -218,10 +218,9 @@ def train(
              "parallel.address": address, "schedule.epochs": epochs, "run.name": name, "data.root": data}
     cfg = _config(preset, config, set_, flags)
     p = cfg.parallel
-    dp = p.world // p.mp
-    if (parallel == "mp" and dp != 1) or (parallel == "hybrid" and dp < 2):
-        raise fail(f"--parallel {parallel}: world {p.world} gives dp={dp}; mp means dp=1 (world 2), hybrid dp>=2 (world >= 4)")
-    shape = f"{p.nodes} node(s) x {p.workers_per_node} worker(s) = world {p.world} (dp={p.world // p.mp} x mp={p.mp}), {p.cpus_per_worker} CPU{' + 1 GPU' if p.gpus else ''} per worker"
+    if (parallel == "mp" and p.dp != 1) or (parallel == "hybrid" and p.dp < 2):
+        raise fail(f"--parallel {parallel}: world {p.world} gives dp={p.dp}; mp means dp=1 (world 2), hybrid dp>=2 (world >= 4)")
+    shape = p.shape()
     if dry_run:
         typer.echo(to_yaml(cfg) + f"# cluster: {shape}")
         return

@@ -40,6 +40,7 @@ class DataConfig(_Section):
     limit: int | None = Field(None, gt=0, description="Use at most this many training samples per epoch (for quick runs and tests).")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker (0 = decode in the training process).")
     shuffle_buffer: int = Field(2000, ge=0, description="Sample shuffle buffer per loader, on top of the per-epoch shard shuffle.")
+    decoder: Literal["auto", "windowed", "whole"] = Field("auto", description="JPEG decoding for crops: windowed (only the crop's window, shards/_jpegcrop.c), whole (the whole image, simplejpeg), or auto (whichever costs less CPU for this transform on this machine, measured once on the split's own images and cached in ~/.cache/cnnctl/decoders.json). The pixels are the same either way.")
     on_bad_sample: Literal["error", "skip"] = Field("error", description="A sample that fails to decode stops the run (error) or is counted and skipped (skip).")
 
     @field_validator("mean_image")
@@ -124,6 +125,17 @@ class ParallelConfig(_Section):
     @property
     def world(self) -> int:
         return self.nodes * self.workers_per_node
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel replicas: the world in tower pairs (mp=2) or single ranks. At run time the
+        mesh (models.parallel.Mesh) holds the same number, from the process group it joined."""
+        return max(self.world // self.mp, 1)
+
+    def shape(self) -> str:
+        """The cluster shape in one line, as `cnnctl train` and `cnnctl tune` print it."""
+        return (f"{self.nodes} node(s) x {self.workers_per_node} worker(s) = world {self.world} (dp={self.dp} x mp={self.mp}), "
+                f"{self.cpus_per_worker:g} CPU{' + 1 GPU' if self.gpus else ''} per worker")
 
 
 class RunSection(_Section):
@@ -305,9 +317,8 @@ def check(cfg: RunConfig) -> list[str]:
         problems.append(f"parallel.mp: {p.mp} does not divide the world size {p.world} (nodes x workers_per_node)")
     if p.mp == 2 and p.workers_per_node % 2:
         problems.append("parallel.workers_per_node: must be even when mp=2, so each tower pair stays on one node")
-    dp = max(p.world // p.mp, 1)
-    if cfg.data.batch_size % dp:
-        problems.append(f"data.batch_size: {cfg.data.batch_size} is not divisible by dp={dp}")
+    if cfg.data.batch_size % p.dp:
+        problems.append(f"data.batch_size: {cfg.data.batch_size} is not divisible by dp={p.dp}")
     if cfg.model.lrn is not None and cfg.model.lrn.n % 2 == 0:
         problems.append(f"model.lrn.n: must be odd (the window is centred), got {cfg.model.lrn.n}")
     problems += model_problems(cfg.model)

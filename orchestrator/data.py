@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from orchestrator.config import DataConfig, RunConfig
+from shards import decoders
 from shards import manifest as mf
 from shards.reader import ShardStream, Split, loader
 from shards.stages import bad_sample_policy
@@ -49,9 +50,12 @@ def train_stream(cfg: RunConfig, split: Split, side: int | None = None) -> Shard
     """``side``: the mean image's side, when one is subtracted: batches then carry their windows."""
     d = cfg.data
     transform = train_transform(d)
-    return ShardStream(manifest_url(cfg, d.train_split), split, d.batch_size // split.dp_size, transform,
-                       train=True, seed=cfg.run.seed, limit=d.limit, shuffle_buffer=d.shuffle_buffer,
-                       on_bad=bad_sample_policy(d.on_bad_sample), frame=side if transform.windowed else None)
+    url = manifest_url(cfg, d.train_split)
+    stream = ShardStream(url, split, d.batch_size // split.dp_size, transform,
+                         train=True, seed=cfg.run.seed, limit=d.limit, shuffle_buffer=d.shuffle_buffer,
+                         on_bad=bad_sample_policy(d.on_bad_sample), frame=side if transform.windowed else None)
+    stream.windowed = decoders.windowed(d.decoder, transform, url, stream.manifest)
+    return stream
 
 
 DENSE_BATCH = 8  # whole images at up to the largest Q: far more memory per image than a crop
@@ -66,8 +70,10 @@ def eval_stream(cfg: RunConfig, split: Split, split_name: str | None = None, man
     url = manifest or manifest_url(cfg, split_name or d.val_split)
     batch = batch_size or (DENSE_BATCH if tta == "dense" else max(1, d.batch_size // split.dp_size))
     transform = eval_transform(d, tta, side)
-    return ShardStream(url, split, batch, transform, train=False, on_bad=bad_sample_policy(d.on_bad_sample),
-                       frame=side if transform.windowed else None)
+    stream = ShardStream(url, split, batch, transform, train=False, on_bad=bad_sample_policy(d.on_bad_sample),
+                         frame=side if transform.windowed else None)
+    stream.windowed = decoders.windowed(d.decoder, transform, url, stream.manifest)
+    return stream
 
 
 def make_loader(cfg: RunConfig, stream: ShardStream):

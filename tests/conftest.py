@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ from orchestrator.sharding import PackRequest, run_pack
 from shards.sources import FASHION_MNIST_DIR, fashion_mnist
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# The decoder choice cache (shards/decoders.py) of this session only: a test never reads or writes
+# the user's ~/.cache. Set before the Ray cluster starts, so its workers use it too.
+os.environ["CNNCTL_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnctl-cache-")
 
 
 def pack_request(source: str, dest: str, **kw) -> PackRequest:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shards import codec
 from shards import manifest as mf
 from shards.reader import ShardStream, Split, loader
 from shards.sources import class_folders
@@ -62,12 +63,12 @@ CASES = {  # name -> (shard set, transform, train, dp ranks, loader workers, bat
 }
 
 
-def digest(root: Path, case: str, epochs: int = 2) -> str:
+def digest(root: Path, case: str, epochs: int = 2, windowed: bool = True) -> str:
     name, transform, train, ranks, workers, batch, frame = CASES[case]
     h = hashlib.sha256()
     for rank in range(ranks):
         stream = ShardStream(mf.manifest_url(str(root), name, "train"), Split(rank, ranks), batch, transform,
-                             train=train, seed=11, shuffle_buffer=16, frame=frame)
+                             train=train, seed=11, shuffle_buffer=16, frame=frame, windowed=windowed)
         for epoch in range(epochs if train else 1):
             stream.set_epoch(epoch)
             for batch_ in loader(stream, workers=workers):
@@ -79,9 +80,13 @@ def digest(root: Path, case: str, epochs: int = 2) -> str:
 
 
 @pytest.mark.timeout(300)
-def test_same_seed_same_batches_as_the_reader_before_its_restructuring(shard_sets):
-    got = {case: digest(shard_sets, case) for case in CASES}
-    if os.environ.get("CNNCTL_RECORD_DIGESTS") == "1":  # only ever run on the reader before its restructuring
+@pytest.mark.parametrize("windowed", [True, False], ids=["windowed-decoder", "whole-decoder"])
+def test_same_seed_same_batches_as_the_reader_before_its_restructuring(shard_sets, windowed):
+    """Both JPEG decoders (shards/decoders.py picks one per machine) give these same batches."""
+    if windowed:
+        assert codec.WINDOWED, "the windowed decoder (shards/_jpegcrop.c) is not built"
+    got = {case: digest(shard_sets, case, windowed=windowed) for case in CASES}
+    if os.environ.get("CNNCTL_RECORD_DIGESTS") == "1" and windowed:  # only ever run on the reader before its restructuring
         DIGESTS.write_text(json.dumps(got, indent=1) + "\n")
     recorded = json.loads(DIGESTS.read_text())
     changed = [case for case in CASES if got[case] != recorded.get(case)]
