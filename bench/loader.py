@@ -16,11 +16,18 @@ same run, interleaved over rounds, on the same tar bytes:
 - naive:  a plain per-sample PIL pipeline in a DataLoader with W workers: Image.open, crop,
           transpose, to a CHW tensor, default collate (the goal is loader >= 1.8x this).
 
+Each contender is measured in CPU-seconds per image (user + sys of every process it runs: this one,
+the DataLoader workers, the pool; bench/cputime.py), which other jobs on the machine barely change,
+and in img/s, which they do; both as the median and the spread [min-max] over the rounds. The ratios
+are per round, and their median and spread are printed with every round's value. The loader's JPEG
+decoder is data.decoder's choice (--decoder; auto: shards/decoders.py measures and caches it).
+
 With --augment vgg it measures VGG's scale jitter instead (S in [256, 512], random 224 crop of the
 rescaled image, flip): the loader decoding only the pixels the crop's resize reads, against the same
-loader decoding whole images (shards/_jpegcrop.c switched off in its workers), interleaved.
+loader decoding whole images, interleaved.
 
 Usage: python bench/loader.py [--images 4000] [--workers 2] [--rounds 3] [--batch 128] [--augment alexnet|vgg]
+                              [--decoder auto|windowed|whole]
 """
 
 from __future__ import annotations
@@ -42,12 +49,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from shards import codec
+from shards import codec, decoders
 from shards import manifest as mf
 from shards.reader import ShardStream, Split, loader
 from shards.sources import class_folders
 from shards.transforms import AlexNetCrop, ScaleJitter
 from shards.writer import PackOptions, pack
+from cputime import Rounds  # bench/cputime.py
 from shard import build_corpus  # bench/shard.py (this folder): the same ImageNet-like corpus
 
 CROP = 227
@@ -68,20 +76,17 @@ def _plans(jpegs: list[bytes]):
         yield data, *crop.window(*codec.jpeg_size(data), rng)
 
 
-def window_loop(jpegs: list[bytes]) -> tuple[int, float]:
+def window_loop(jpegs: list[bytes]) -> int:
     """decode of the crop's window only, flipped in the decoder, into one reused buffer."""
     out = np.empty((CROP, CROP, 3), np.uint8)
-    plans = list(_plans(jpegs))
-    t0 = time.perf_counter()
-    for data, top, left, flip in plans:
+    for data, top, left, flip in _plans(jpegs):
         codec.decode_window(data, out, top, left, flip)
-    return len(jpegs), time.perf_counter() - t0
+    return len(jpegs)
 
 
-def codec_loop(jpegs: list[bytes]) -> tuple[int, float]:
-    """decode -> random crop of the central square -> flip -> contiguous copy; returns (images, seconds)."""
+def codec_loop(jpegs: list[bytes]) -> int:
+    """decode -> random crop of the central square -> flip -> contiguous copy; returns images."""
     rng = random.Random(0)
-    t0 = time.perf_counter()
     for data in jpegs:
         img = simplejpeg.decode_jpeg(data, colorspace="RGB")
         h, w = img.shape[:2]
@@ -90,7 +95,7 @@ def codec_loop(jpegs: list[bytes]) -> tuple[int, float]:
         img = img[top : top + CROP, left : left + CROP]
         out = torch.from_numpy(img)  # copied out the way the reader does it: torch flips ~15x faster than numpy
         (out.flip(1) if rng.random() < 0.5 else out.clone())
-    return len(jpegs), time.perf_counter() - t0
+    return len(jpegs)
 
 
 class NaivePIL(Dataset):
@@ -113,47 +118,38 @@ class NaivePIL(Dataset):
         return torch.from_numpy(np.asarray(img).transpose(2, 0, 1).copy()), self.labels[i]
 
 
-def run_loader(stream: ShardStream, workers: int, epoch: int) -> tuple[int, float]:
+def run_loader(stream: ShardStream, workers: int, epoch: int) -> int:
     """One epoch; the stream lives across rounds as the trainer's does across epochs, and so do its
     workers (recycle=True keeps them): each round pays the epoch's start (reading and walking the
     shards, filling the shuffle buffer) but not the workers' start, which the warm-up round took."""
     stream.set_epoch(epoch)
-    t0, n = time.perf_counter(), 0
-    for images, _ in loader(stream, workers=workers, recycle=True):  # as make_loader does for training
-        n += len(images)
-    return n, time.perf_counter() - t0
+    return sum(len(images) for images, _ in loader(stream, workers=workers, recycle=True))  # as make_loader does
 
 
-def run_codec(pool: ProcessPoolExecutor, jpegs: list[bytes], workers: int, loop=codec_loop) -> float:
-    """img/s of W simultaneous bare loops: the sum of their rates."""
-    return sum(n / t for n, t in pool.map(loop, [jpegs[i::workers] for i in range(workers)]))
+def run_codec(pool: ProcessPoolExecutor, jpegs: list[bytes], workers: int, loop=codec_loop) -> int:
+    """W simultaneous bare loops over a W-th of the images each."""
+    return sum(pool.map(loop, [jpegs[i::workers] for i in range(workers)]))
 
 
-def run_naive(jpegs: list[bytes], workers: int, batch: int) -> tuple[int, float]:
+def run_naive(jpegs: list[bytes], workers: int, batch: int) -> int:
     data = DataLoader(NaivePIL(jpegs, [0] * len(jpegs)), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers)
-    t0, n = time.perf_counter(), 0
-    for images, _ in data:
-        n += len(images)
-    return n, time.perf_counter() - t0
+    return sum(len(images) for images, _ in data)
 
 
 def compare_vgg(url: str, args: argparse.Namespace) -> None:
     """VGG scale jitter: windowed decoding against whole-image decoding, the same loader otherwise."""
-    streams = {}
-    for windowed in (False, True):  # workers fork at the warm-up and keep the flag they saw
-        codec.WINDOWED = windowed and codec._decode_into is not None
-        streams[windowed] = ShardStream(url, Split(), args.batch, ScaleJitter(224, 256, 512), seed=0)
-        run_loader(streams[windowed], args.workers, 0)
+    streams = {way: ShardStream(url, Split(), args.batch, ScaleJitter(224, 256, 512), seed=0, windowed=way == "windowed")
+               for way in ("whole", "windowed")}
+    for stream in streams.values():
+        run_loader(stream, args.workers, 0)  # start the persistent workers, untimed
     load0 = os.getloadavg()[0]
-    rates = {False: [], True: []}
+    rounds = Rounds()
     for r in range(args.rounds):
-        for windowed, stream in streams.items():
-            n, t = run_loader(stream, args.workers, r + 1)
-            rates[windowed].append(n / t)
-    whole, window = statistics.median(rates[False]), statistics.median(rates[True])
-    print(f"loader, VGG scale jitter, whole-image decode:  {whole:7.1f} img/s")
-    print(f"loader, VGG scale jitter, windowed decode:     {window:7.1f} img/s")
-    print(f"windowed / whole: {window / whole:.2f}x; per round:", " ".join(f"{b / a:.2f}" for a, b in zip(rates[False], rates[True])))
+        for way, stream in streams.items():
+            rounds.run(way, run_loader, stream, args.workers, r + 1)
+    print(rounds.line("whole", "loader, VGG scale jitter, whole-image decode"))
+    print(rounds.line("windowed", "loader, VGG scale jitter, windowed decode"))
+    print(rounds.ratio("windowed", "whole", "windowed / whole"))
     print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
@@ -164,6 +160,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     ap.add_argument("--batch", type=int, default=128, help="batch size")
     ap.add_argument("--augment", choices=("alexnet", "vgg"), default="alexnet", help="the train transform measured")
+    ap.add_argument("--decoder", choices=decoders.CHOICES, default="auto", help="the loader's JPEG decoder (data.decoder)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,32 +175,31 @@ def main() -> None:
               f"{sum(map(len, jpegs)) / len(jpegs) / 1024:.1f} KiB each; built in {time.perf_counter() - t0:.1f}s")
         if args.augment == "vgg":
             return compare_vgg(url, args)
-        rates = {"loader": [], "codec": [], "window": [], "naive": []}
-        load0 = os.getloadavg()[0]  # other jobs on the machine skew the ratios: say how busy it was
-        with ProcessPoolExecutor(args.workers) as pool:
-            run_codec(pool, jpegs[:50], args.workers)  # start the processes, warm imports and the page cache
-            run_codec(pool, jpegs[:50], args.workers, window_loop)
-            stream = ShardStream(url, Split(), args.batch, AlexNetCrop(CROP), seed=0)
-            run_loader(stream, args.workers, 0)  # likewise: start its (persistent) workers, untimed
+        transform = AlexNetCrop(CROP)
+        windowed = decoders.windowed(args.decoder, transform, url, manifest)
+        print(f"loader decoder: {'windowed' if windowed else 'whole image'} (data.decoder={args.decoder}; "
+              f"cache {decoders.cache_file()})")
+        load0 = os.getloadavg()[0]  # other jobs on the machine skew wall-clock ratios: say how busy it was
+        rounds, w = Rounds(), args.workers
+        with ProcessPoolExecutor(w) as pool:
+            run_codec(pool, jpegs[:50], w)  # start the processes, warm imports and the page cache
+            run_codec(pool, jpegs[:50], w, window_loop)
+            stream = ShardStream(url, Split(), args.batch, transform, seed=0, windowed=windowed)
+            run_loader(stream, w, 0)  # likewise: start its (persistent) workers, untimed
             for r in range(args.rounds):
-                n, t = run_loader(stream, args.workers, r + 1)
-                rates["loader"].append(n / t)
-                rates["codec"].append(run_codec(pool, jpegs, args.workers))
-                rates["window"].append(run_codec(pool, jpegs, args.workers, window_loop))
-                n, t = run_naive(jpegs, args.workers, args.batch)
-                rates["naive"].append(n / t)
-        rate = {k: statistics.median(v) for k, v in rates.items()}
-        w = args.workers
-        print(f"loader (ShardStream, AlexNet crop+flip, {w} workers, batch {args.batch}): {rate['loader']:7.1f} img/s")
-        print(f"codec  (bare decode+crop+flip loop x {w} processes):            {rate['codec']:7.1f} img/s")
-        print(f"window (bare windowed-decode loop x {w} processes):             {rate['window']:7.1f} img/s")
-        print(f"naive  (per-sample PIL pipeline, DataLoader {w} workers):        {rate['naive']:7.1f} img/s")
-        print(f"loader / codec limit: {rate['loader'] / rate['codec']:.2f}x (goal >= 0.9x)")
-        print(f"loader / naive PIL:   {rate['loader'] / rate['naive']:.2f}x (goal >= 1.8x)")
-        print(f"loader / window loop: {rate['loader'] / rate['window']:.2f}x (the loader's own overhead over its decoder)")
-        rounds = list(zip(rates["loader"], rates["codec"], rates["window"], rates["naive"]))  # each round's, back to back
-        for name, i in (("codec", 1), ("naive", 3), ("window", 2)):
-            print(f"per round, loader / {name}:", " ".join(f"{r[0] / r[i]:.2f}" for r in rounds))
+                rounds.run("loader", run_loader, stream, w, r + 1)
+                rounds.run("codec", run_codec, pool, jpegs, w)
+                rounds.run("window", run_codec, pool, jpegs, w, window_loop)
+                rounds.run("naive", run_naive, jpegs, w, args.batch)
+        print(f"medians and [min-max] over {args.rounds} interleaved rounds; CPU-s: user + sys of every process involved")
+        print(rounds.line("loader", f"loader (ShardStream, AlexNet crop+flip, {w} workers, batch {args.batch})"))
+        print(rounds.line("codec", f"codec  (bare simplejpeg decode+crop+flip loop x {w} processes)"))
+        print(rounds.line("window", f"window (bare windowed-decode loop x {w} processes)"))
+        print(rounds.line("naive", f"naive  (per-sample PIL pipeline, DataLoader {w} workers)"))
+        fastest = min(("codec", "window"), key=lambda k: statistics.median(rounds.cpu[k]))
+        print(rounds.ratio("loader", fastest, f"loader / fastest bare loop ({fastest})") + "  (goal >= 0.9x)")
+        print(rounds.ratio("loader", "naive", "loader / naive PIL") + "  (goal >= 1.8x)")
+        print(rounds.ratio("loader", "window", "loader / window loop") + "  (the loader's own overhead over its decoder)")
         print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 

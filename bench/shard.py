@@ -8,6 +8,9 @@ scikit-image's photos, in class folders), then measures in the same run, interle
          per worker process: what the codecs alone allow (the goal is pack >= 0.9x this);
 - naive: a one-process Pillow loop (open, convert, resize, save), as a script would do it.
 
+Each in CPU-seconds per image (user + sys of every process it runs; bench/cputime.py), which other
+jobs on the machine barely change, and in img/s, which they do: medians and [min-max] over rounds.
+
 Usage: python bench/shard.py [--images 2000] [--workers 2] [--rounds 3]
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
+import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +29,7 @@ import simplejpeg
 from PIL import Image
 from skimage import data as photos
 
+from cputime import Rounds  # bench/cputime.py
 from shards import codec
 from shards.sources import open_source
 from shards.writer import PackOptions, pack
@@ -80,18 +84,22 @@ def naive_loop(paths: list[Path]) -> int:
     return out
 
 
-def run_pack(root: Path, dest: Path, workers: int) -> tuple[float, int]:
-    t0 = time.perf_counter()
+def run_pack(root: Path, dest: Path, workers: int, out: dict) -> int:
     _, _, [listing] = open_source(str(root))
     manifest, _ = pack(listing, str(dest), "bench", PackOptions(resize=SHORT, quality=QUALITY, workers=workers, overwrite=True))
-    return time.perf_counter() - t0, sum(s["bytes"] for s in manifest["shards"])
+    out["shard_bytes"] = sum(s["bytes"] for s in manifest["shards"])
+    return manifest["num_samples"]
 
 
-def run_codec(paths: list[Path], workers: int) -> float:
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(workers) as pool:
+def run_codec(paths: list[Path], workers: int) -> int:
+    with ProcessPoolExecutor(workers) as pool:  # a pool per round, as pack starts its own
         list(pool.map(codec_loop, [paths[i::workers] for i in range(workers)]))
-    return time.perf_counter() - t0
+    return len(paths)
+
+
+def run_naive(paths: list[Path]) -> int:
+    naive_loop(paths)
+    return len(paths)
 
 
 def main() -> None:
@@ -106,25 +114,23 @@ def main() -> None:
         paths = build_corpus(root, args.images)
         mean_in = sum(p.stat().st_size for p in paths) / len(paths)
         print(f"corpus: {len(paths)} JPEGs, ~500x375 q96, {mean_in / 1024:.1f} KiB each, built in {time.perf_counter() - t0:.1f}s")
-        n = len(paths)
-        times = {"pack": [], "codec": [], "naive": []}
-        shard_bytes = codec_bytes = 0
+        n, out = len(paths), {}
         codec_loop(paths[:20]), naive_loop(paths[:20])  # warm the page cache and imports
+        load0 = os.getloadavg()[0]
+        rounds = Rounds()
         for _ in range(args.rounds):
-            elapsed, shard_bytes = run_pack(root, dest, args.workers)
-            times["pack"].append(elapsed)
-            times["codec"].append(run_codec(paths, args.workers))
-            t0 = time.perf_counter()
-            naive_loop(paths[: n // 4])  # a quarter is enough for a one-process baseline
-            times["naive"].append((time.perf_counter() - t0) * 4)
+            rounds.run("pack", run_pack, root, dest, args.workers, out)
+            rounds.run("codec", run_codec, paths, args.workers)
+            rounds.run("naive", run_naive, paths[: n // 4])  # a quarter is enough for a one-process baseline
         codec_bytes = codec_loop(paths[:200]) / 200
-        rate = {k: n / statistics.median(v) for k, v in times.items()}
-        print(f"pack  (cnnctl shard --resize {SHORT} --workers {args.workers}): {rate['pack']:7.1f} img/s")
-        print(f"codec (decode->resize->encode x {args.workers} processes):   {rate['codec']:7.1f} img/s")
-        print(f"naive (one-process PIL loop):                    {rate['naive']:7.1f} img/s")
-        print(f"pack / codec limit: {rate['pack'] / rate['codec']:.2f}x (goal >= 0.9x)")
-        print(f"pack / naive PIL:   {rate['pack'] / rate['naive']:.2f}x")
-        print(f"bytes per image: {shard_bytes / n:.0f} in shards (tar headers, .cls, .json included), {codec_bytes:.0f} JPEG alone")
+        print(f"medians and [min-max] over {args.rounds} interleaved rounds; CPU-s: user + sys of every process involved")
+        print(rounds.line("pack", f"pack  (cnnctl shard --resize {SHORT} --workers {args.workers}, listing included)"))
+        print(rounds.line("codec", f"codec (decode->resize->encode x {args.workers} processes)"))
+        print(rounds.line("naive", "naive (one-process PIL loop)"))
+        print(rounds.ratio("pack", "codec", "pack / codec limit") + "  (goal >= 0.9x)")
+        print(rounds.ratio("pack", "naive", "pack / naive PIL"))
+        print(f"bytes per image: {out['shard_bytes'] / n:.0f} in shards (tar headers, .cls, .json included), {codec_bytes:.0f} JPEG alone")
+        print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

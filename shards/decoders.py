@@ -25,7 +25,7 @@ from shards.transforms import Transform
 
 CHOICES = ("auto", "windowed", "whole")
 SAMPLES = 48  # JPEGs of the first shard decoded each way
-MIN_CPU_S = 0.15  # each way measured for at least this much CPU time, interleaved
+MIN_CPU_S = 0.25  # each way measured for at least this much CPU time, interleaved
 
 
 def cache_file() -> Path:
