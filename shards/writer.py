@@ -101,16 +101,20 @@ def _pixel_stats(pixels: np.ndarray, side: int | None) -> Stats:
 
 
 def _central_square(pixels: np.ndarray, side: int | None) -> np.ndarray | None:
-    """The image's central side x side square as int64 RGB: what AlexNet's crops are cut from (§2)."""
+    """The image's central side x side square as RGB (uint8): what AlexNet's crops are cut from (§2)."""
     top, left, found = codec.central_square(*pixels.shape[:2])
     if side is None or found != side:
         return None
-    square = pixels[top : top + side, left : left + side].astype(np.int64)
+    square = pixels[top : top + side, left : left + side]  # a view: _add_stats adds it into int64 in place
     return np.repeat(square[..., None], 3, 2) if square.ndim == 2 else square
 
 
 def _add_stats(a: Stats, b: Stats) -> Stats:
-    squares = b[3] if a[3] is None else a[3] if b[3] is None else a[3] + b[3]
+    """a + b; a's square sum (int64, made here from b's first square) is added into in place: a new
+    1.5 MB array per image (page faults and zeroing included) cost more than its JPEG's encode."""
+    squares = a[3]
+    if b[3] is not None:
+        squares = b[3].astype(np.int64) if squares is None else np.add(squares, b[3], out=squares)
     return a[0] + b[0], a[1] + b[1], a[2] + b[2], squares, a[4] + b[4]
 
 
