@@ -17,6 +17,8 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     **{name: _ALEXNET for name in ALEXNETS},
     **{name: _VGG + (("lrn",) if name == "vgg-a-lrn" else ()) for name in VGGS},
 }
+# Each AlexNet's own tower count (models/alexnet.py's presets): parallel.mp=2 splits two towers.
+TOWERS = {"alexnet": 2, "alexnet-owt": 1, "alexnet-small": 2}
 # The `init` values each family knows, its own paper's first.
 INITS = {"alexnet": ("paper", "kaiming", "torch"), "vgg": ("paper", "glorot", "kaiming")}
 
@@ -49,3 +51,8 @@ def check_overrides(name: str, overrides: dict) -> list[str]:
     if overrides.get("init") is not None and overrides["init"] not in inits:
         problems.append(f"init: {overrides['init']!r} is not an init of {canonical} (one of {', '.join(inits)})")
     return problems
+
+
+def towers(name: str, override: int | None = None) -> int:
+    """The towers a model is built with (VGG: 1, one column)."""
+    return override if override is not None else TOWERS.get(resolve(name), 1)

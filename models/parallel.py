@@ -4,8 +4,9 @@ Ranks are laid out mp-inner: ranks 2i and 2i+1 hold the two towers of one model 
 the same node. The dp group of a rank is every rank with the same tower index; gradients are
 averaged within it.
 
-Wrapping a model is ordered: `apply_tower_split` (mp) -> DistributedDataParallel over `dp_group` ->
-compile. `canonical_state_dict` and the optimizer-state pair see through all three, so checkpoints hold the
+Wrapping a model is ordered: `apply_tower_split` (mp) -> DistributedDataParallel over `dp_group`
+(-> torch.compile, which the Trainer does not apply today). `canonical_state_dict` and the
+optimizer-state pair see through all three, so checkpoints hold the
 canonical layout whatever the mesh (DESIGN.md §5). (A gloo group on loopback without Ray, for
 tests and bench/, is `orchestrator.cluster.run_local`.)
 """

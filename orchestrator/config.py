@@ -327,6 +327,12 @@ def check(cfg: RunConfig) -> list[str]:
         problems.append(f"eval.scales: apply to eval.tta dense only, not {e.tta}")
     if e.scales and min(e.scales) < cfg.data.image_size:
         problems.append(f"eval.scales: every Q must be at least the crop size data.image_size={cfg.data.image_size}, got {e.scales}")
+    if p.mp == 2 and not model_problems(cfg.model):
+        from models import catalog
+
+        if (n := catalog.towers(cfg.model.name, cfg.model.towers)) != 2:
+            problems.append(f"parallel.mp: 2 splits a model's two towers over a rank pair; {catalog.resolve(cfg.model.name)} "
+                            f"is built with {n} (set model.towers=2 for an AlexNet, or parallel.mp=1)")
     t = cfg.tune
     if t.scheduler == "pbt" and t.pbt_lrn and not model_problems(cfg.model):
         from models import catalog

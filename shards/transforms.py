@@ -18,7 +18,7 @@ pixels from the same draws, so a seed gives the same batches whichever runs.
 
 Samples stay HWC: a batch N×H×W×3 is already the channels_last layout the model runs in, so the
 reader hands it on as an N×3×H×W view and no transpose is ever paid per sample. Normalisation,
-mean subtraction and PCA lighting run later, batched, on the training device (orchestrator/data.py).
+mean subtraction and PCA lighting run later, batched, on the training device (orchestrator/device_batch.py).
 """
 
 from __future__ import annotations

@@ -64,6 +64,23 @@ def test_a_field_the_model_does_not_take_is_refused_on_the_driver(sets, line):
     assert res.exit_code == 1 and res.output.count("error:") == 1 and line in res.output
 
 
+@pytest.mark.parametrize("name", ["alexnet", "alexnet-owt", "alexnet-small", "vgg-a"])
+def test_the_catalog_knows_each_models_towers_and_mp2_needs_two(name):
+    from models import catalog
+
+    with torch.device("meta"):
+        built = build_model(resolve(None, None, [f"model.name={name}"]), 10)
+    assert catalog.towers(name) == getattr(built, "towers", 1)
+    sets = [f"model.name={name}", "parallel.mp=2"]
+    if catalog.towers(name) == 2:
+        resolve(None, None, sets)
+    else:
+        with pytest.raises(ConfigError) as err:
+            resolve(None, None, sets)
+        assert err.value.lines == [f"parallel.mp: 2 splits a model's two towers over a rank pair; {name} is built with 1 "
+                                   "(set model.towers=2 for an AlexNet, or parallel.mp=1)"]
+
+
 def test_the_model_catalog_imports_without_torch():
     import subprocess
     import sys
