@@ -10,46 +10,20 @@ the cycles it uses, not for the ones it waits for.
 
 ``Rounds`` keeps each contender's rounds of a benchmark and prints medians, spreads and ratios.
 
-Linux only (/proc). Resolution: one clock tick (10 ms) per process.
+Linux only (/proc). Resolution: one clock tick (10 ms) per process. The /proc reading itself is
+orchestrator.metrics.tree_cpu_seconds, which training runs record per epoch too.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
-TICK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, when run as a script
 
-
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU-seconds of the process and its reaped children), or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # after the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
-    return int(fields[1]), sum(int(v) for v in fields[11:15]) / TICK
-
-
-def tree_cpu_seconds(root: int | None = None) -> float:
-    """CPU-seconds so far of ``root`` (default: this process) and all its live descendants."""
-    root = os.getpid() if root is None else root
-    stats = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (s := _stat(int(name))) is not None:
-            stats[int(name)] = s
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in stats:
-            total += stats[pid][1]
-            todo += children.get(pid, [])
-    return total
+from orchestrator.metrics import tree_cpu_seconds  # noqa: E402  (the project's one /proc reader)
 
 
 class CpuTimer:

@@ -3,12 +3,47 @@
 from __future__ import annotations
 
 import json
+import os
 
 import fsspec
 
 from shards.manifest import publish_bytes
 
-NUMERIC = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec", "epoch_time_s")
+NUMERIC = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec", "epoch_time_s",
+           "train_cpu_s_per_image")
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU-seconds of the process and its reaped children), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # after the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+    return int(fields[1]), sum(int(v) for v in fields[11:15]) / _TICK
+
+
+def tree_cpu_seconds(root: int | None = None) -> float:
+    """CPU-seconds so far of ``root`` (default: this process) and all its live descendants."""
+    root = os.getpid() if root is None else root
+    stats = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (s := _stat(int(name))) is not None:
+            stats[int(name)] = s
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += stats[pid][1]
+            todo += children.get(pid, [])
+    return total
 
 
 def read(run_dir: str) -> list[dict]:

@@ -25,7 +25,7 @@ from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig, to_yaml
 from orchestrator.data import eval_stream, make_loader, manifest_url, mean_image, train_stream
 from orchestrator.device_batch import device_batch
-from orchestrator.metrics import MetricsLog
+from orchestrator.metrics import MetricsLog, tree_cpu_seconds
 from orchestrator.modeling import build_model, evaluate, initialise, summarize
 from orchestrator.schedule import Plateau, lr_at
 from shards import location as loc
@@ -124,7 +124,7 @@ class Trainer:
         model.train()
         # Loss and top-1 sums stay on the device: no host sync per step, only at log lines.
         sums, seen = torch.zeros(2, dtype=torch.float64, device=self.device), 0
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), tree_cpu_seconds()
         for i, (images, labels, *windows) in enumerate(make_loader(cfg, self.train_data)):
             lr = lr_at(cfg, self.step, steps, self.plateau.drops)
             for group in self.optimizer.param_groups:
@@ -143,10 +143,14 @@ class Trainer:
                 rate = seen * self.mesh.dp / (time.perf_counter() - t0)
                 print(f"epoch {epoch} step {i + 1}/{steps} loss {sums[0].item() / seen:.4f} lr {lr:.4g} {rate:.0f} img/s", flush=True)
         elapsed = time.perf_counter() - t0
+        # this rank's CPU-seconds (its process and loader workers) per image it trained on: unlike
+        # img/s, other jobs on the machine barely move it (bench/train_step.py compares it)
+        cpu_per_image = (tree_cpu_seconds() - cpu0) / seen
         steps_per_rank = self._gather(i + 1)
         loss_sum, hits, seen, bad = self._all_sum([*sums.tolist(), seen, self.train_data.bad_samples])
         return {"train_loss": loss_sum / seen, "train_top1": hits / seen, "lr": lr,
-                "images_per_sec": seen / elapsed, "steps_per_rank": steps_per_rank, "bad_samples": int(bad)}
+                "images_per_sec": seen / elapsed, "steps_per_rank": steps_per_rank, "bad_samples": int(bad),
+                "train_cpu_s_per_image": cpu_per_image}
 
     def validate(self) -> dict:
         model = unwrap(self.model)  # no DDP forward: ranks may take different eval batch counts
