@@ -100,6 +100,23 @@ def pbt_start(cfg: RunConfig) -> dict:
     return _pbt_base(cfg) if cfg.tune.scheduler == "pbt" else {}
 
 
+def param_space(cfg: RunConfig, trials: tune_plan.Plan | None) -> dict:
+    """random: the planned trials as one grid (PBT accepts no search algorithm), and the paths PBT
+    mutates at the top level, where it looks for them; optuna: its searcher gives every value."""
+    from ray import tune
+
+    if trials is None:
+        return {}
+    space = {tune_plan.TRIAL: tune.grid_search(trials.trials)}
+    for path in pbt_start(cfg):
+        space[path] = tune.sample_from(functools.partial(_planned, path))
+    return space
+
+
+def _planned(path: str, spec):
+    return spec.config[tune_plan.TRIAL][path]
+
+
 def plan(cfg: RunConfig, space: SearchSpace) -> tune_plan.Plan | None:
     """The trials of a random search (None for optuna, which decides as results come in); a
     baseline that names no single planned configuration is refused here, before anything starts."""
@@ -310,8 +327,9 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
+    params = tune_plan.flat(params)
     cfg = apply(base, params)
-    cfg.run.seed = params[tune_plan.SEED]  # the searcher's: tune.seeds and tune.trial_seeds
+    cfg.run.seed = params[tune_plan.SEED]  # the plan's or the searcher's: tune.seeds and tune.trial_seeds
     runs = loc.join(sweep, "train")
     # A fresh run folder per start: after a PBT exploit the trial must not resume its own run.
     starts = [r for r in loc.listdir(runs) if loc.name(r).startswith(f"{trial_id}-")]
@@ -448,13 +466,11 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False, trials: tun
     import ray
     from ray import tune
 
-    from orchestrator.tune_search import searcher
-
     ckpt.absolute_paths(cfg)  # trials run in Tune's working folders
     path = sweep_dir(cfg)
     base = cfg.model_dump(mode="json")
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep=path), trial_resources(cfg))
-    if resume:  # Tune restores the searcher too: it hands out what it had not yet
+    if resume:  # Tune restores the grid's or the searcher's state too: it hands out what it had not yet
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         return tuner.fit()
     cpus = ray.cluster_resources().get("CPU", 0)
@@ -463,11 +479,17 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False, trials: tun
     print(f"sweep {path}: {'' if trials else 'at most '}{count} trial(s), {at_once} at a time "
           f"({trial_cpus(cfg):g} CPUs each of the cluster's {cpus:g}), scheduler {cfg.tune.scheduler}, search {cfg.tune.search_alg}", flush=True)
     save_spec(cfg, space, trials)
+    searcher = None
+    if trials is None:
+        from orchestrator.tune_search import OptunaCells
+
+        searcher = OptunaCells(cfg, space)
     tuner = tune.Tuner(
         trainable,
+        param_space=param_space(cfg, trials),
         tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, scheduler=scheduler(cfg, space),
-                                    search_alg=searcher(cfg, space, trials.trials if trials else None),
-                                    num_samples=count, max_concurrent_trials=at_once,
+                                    search_alg=searcher,
+                                    num_samples=1 if trials else count, max_concurrent_trials=at_once,
                                     trial_dirname_creator=_trial_dirname,
                                     # a finished trial's process runs the next one (saves its start);
                                     # PBT's exploits restart trials through a fresh one

@@ -17,6 +17,13 @@ from orchestrator.config import RunConfig
 from orchestrator.search_space import SearchSpace, effective_key
 
 CELL, SEED = "_cell", "_seed"  # a trial's configuration number and training seed, beside its dotted paths
+TRIAL = "_trial"  # random search: the planned trial, one value of a Tune grid
+
+
+def flat(config: dict) -> dict:
+    """A Tune trial's config as {CELL, SEED, dotted path: value}: a random search's planned trial
+    (under TRIAL) with any top-level paths (those PBT mutates) over it; optuna's is flat already."""
+    return {**config.get(TRIAL, {}), **{k: v for k, v in config.items() if k != TRIAL}}
 
 
 def trial_seed(run_seed: int, trial_seeds: str, seed_index: int, trial_number: int) -> int:
@@ -96,7 +103,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def baseline_cell(text: str, cells: list[dict], base: dict) -> int:
+def baseline_cell(text: str, cells: list[dict], base: dict, labels: list[str] | None = None) -> int:
     """The one configuration the baseline names (its paths read from the drawn values, or the base
     config's where a configuration did not draw them); ConfigError when it names none or several."""
     from orchestrator.config import ConfigError
@@ -106,6 +113,7 @@ def baseline_cell(text: str, cells: list[dict], base: dict) -> int:
     hits = [i for i, values in enumerate(cells)
             if all(_same(values[p] if p in values else lookup(base, p), v) for p, v in want.items())]
     if len(hits) != 1:
-        which = "none" if not hits else f"{len(hits)} ({', '.join(f'c{i}' for i in hits)}); name more paths"
+        labels = labels or [f"c{i}" for i in range(len(cells))]
+        which = "none" if not hits else f"{len(hits)} ({', '.join(labels[i] for i in hits)}); name more paths"
         raise ConfigError([f"tune.baseline {text}: matches {which} of the sweep's {len(cells)} configuration(s)"])
     return hits[0]

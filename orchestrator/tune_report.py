@@ -25,7 +25,7 @@ from orchestrator import tune_stats  # noqa: E402
 from orchestrator.config import to_yaml  # noqa: E402
 from orchestrator.search_space import apply  # noqa: E402
 from orchestrator.tune import load_draws, load_spec  # noqa: E402
-from orchestrator.tune_plan import CELL, SEED, baseline_cell  # noqa: E402
+from orchestrator.tune_plan import CELL, SEED, baseline_cell, flat  # noqa: E402
 from shards import location as loc  # noqa: E402
 
 
@@ -39,7 +39,7 @@ class Trial:
 
     @property
     def params(self) -> dict:
-        return self.best.get("config", self.start)
+        return flat(self.best["config"]) if "config" in self.best else self.start
 
     @property
     def cell(self) -> int | None:
@@ -82,9 +82,9 @@ def _rows(trial_dir: str) -> list[dict]:
 
 def _start(trial_dir: str, rows: list[dict]) -> dict:
     if rows:
-        return rows[0].get("config", {})
+        return flat(rows[0].get("config", {}))
     f = loc.join(trial_dir, "params.json")
-    return json.loads(loc.read_text(f)) if loc.exists(f) else {}
+    return flat(json.loads(loc.read_text(f))) if loc.exists(f) else {}
 
 
 def collect(sweep: str) -> tuple[list[Trial], object, object]:
@@ -134,7 +134,7 @@ def compare(configs: list[Configuration], base_dict: dict, baseline: str | None,
     if len(scored) < 2:
         return None, []
     if baseline:
-        cell = baseline_cell(baseline, [c.params for c in scored], base_dict)
+        cell = baseline_cell(baseline, [c.params for c in scored], base_dict, [c.label for c in scored])
         ref, name = scored[cell], f"the baseline ({baseline})"
     else:
         ref, name = scored[0], "the best"
@@ -180,7 +180,8 @@ def write(sweep: str, baseline: str | None = None) -> dict:
     n_trials = sum(len(c.trials) for c in configs)
     repeats = sum(c.draws for c in configs if c.draws) - len(configs) if all(c.draws for c in configs) else 0
     out["summary"] = (f"{base.tune.name}: {len(configs)} distinct configuration(s), {n_trials} trial(s)"
-                      + (f"; {repeats} repeated draw(s) not trained as new configurations" if repeats > 0 else "")
+                      + (f"; {repeats} repeated draw(s), " + ("trained as more seeds of their configuration" if base.tune.trial_seeds == "distinct"
+                                                              else "not trained again") if repeats > 0 else "")
                       + f"; {metric}: per configuration, mean, sd and 95 % CI (t) over its seeds; comparisons: Welch's t-test")
     if configs and configs[0].stats.n:
         best = configs[0]

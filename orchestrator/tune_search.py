@@ -1,6 +1,7 @@
-"""The Tune searchers of `cnnctl tune`: every trial's config comes from one of them, so a sweep's
-configurations, seeds and repeats are decided here and saved with Tune's own experiment state
-(`--resume` goes on where the searcher stopped).
+"""`cnnctl tune --search-alg optuna`: Ray Tune's OptunaSearch behind a searcher that turns each
+suggestion into a configuration's seeds and never trains a configuration twice. It is saved with
+Tune's experiment state, so `--resume` goes on where it stopped. (A random search needs no searcher:
+its trials are planned up front, `tune_plan.make`, and handed to Tune as a grid, which PBT accepts.)
 
 Imported only once Ray is connected (ray.tune reads the auth settings when it is imported).
 """
@@ -20,40 +21,11 @@ from orchestrator.tune_plan import CELL, SEED, trial_seed
 MAX_REPEATS = 50  # optuna: draws in a row that repeat a configuration before the search is called done
 
 
-class _Pickled(Searcher):
-    """Tune saves a searcher with the experiment and restores it on `--resume`: the whole state."""
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
-
-
-class PlanSearcher(_Pickled):
-    """random: hands out the trials of a plan (`tune_plan.make`) in order, then says it is done."""
-
-    def __init__(self, trials: list[dict], metric: str, mode: str):
-        super().__init__(metric=metric, mode=mode)
-        self.trials, self.given = trials, 0
-
-    def suggest(self, trial_id: str):
-        if self.given >= len(self.trials):
-            return Searcher.FINISHED
-        self.given += 1
-        return dict(self.trials[self.given - 1])
-
-    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        pass
-
-
 def _define_by_run(trial, space: SearchSpace, base: dict) -> None:
     space.define_by_run(trial, base)
 
 
-class OptunaCells(_Pickled):
+class OptunaCells(Searcher):
     """optuna: Ray Tune's OptunaSearch (TPE, the space in Optuna's define-by-run form, so conditional
     dimensions are suggested only where they apply), each suggestion trained with ``tune.seeds``
     seeds; TPE hears the mean of a configuration's seeds once all have finished. A suggestion that
@@ -123,6 +95,14 @@ class OptunaCells(_Pickled):
             self.values[cell].append(result[self.metric])
         self._tell(cell)
 
+    def save(self, checkpoint_path: str) -> None:  # Tune saves it with the experiment; --resume restores it
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
     def _tell(self, cell: int) -> None:
         """Once every trial of the configuration has finished, TPE hears their mean (or a failure)."""
         if self.finished[cell] < self.expected[cell]:
@@ -133,5 +113,3 @@ class OptunaCells(_Pickled):
         self.waiting[cell] = []
 
 
-def searcher(cfg: RunConfig, space: SearchSpace, trials: list[dict] | None):
-    return OptunaCells(cfg, space) if cfg.tune.search_alg == "optuna" else PlanSearcher(trials, cfg.tune.metric, cfg.tune.mode)

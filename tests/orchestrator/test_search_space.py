@@ -157,7 +157,7 @@ def test_a_conditional_grid_is_expanded_only_where_it_applies(base):
 
     grid = search_space.load("lrn-grid")
     draws = grid.draws(random.Random(0), base.model_dump(mode="json"))
-    assert grid.grid_size() == len(draws) == 7  # 3 x 2 with LRN on, one LRN off: not 2 x 3 x 2
+    assert grid.grid_size() == len(draws) == 5  # 2 x 2 with LRN on, one LRN off: not 2 x 2 x 2
     assert [d for d in draws if not d["model.lrn.enabled"]] == [{"model.lrn.enabled": False}]
 
 

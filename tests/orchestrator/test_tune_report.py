@@ -95,12 +95,30 @@ def test_report_gives_each_configuration_its_mean_interval_and_seeds_and_compare
 
 
 @pytest.mark.parametrize("baseline, message", [
-    ("model.lrn.enabled=true", "matches 2 (c0, c1); name more paths of the sweep's 3 configuration(s)"),
+    ("model.lrn.enabled=true", "matches 2 (c1, c0); name more paths of the sweep's 3 configuration(s)"),
     ("model.lrn.alpha=0.5", "matches none of the sweep's 3 configuration(s)"),
     ("model.lrn.enabld=false", "unknown path"),
 ])
 def test_a_baseline_that_names_no_single_configuration_is_refused(tmp_path, baseline, message):
-    folder = _sweep(tmp_path, {0: [0.9, 0.91], 1: [0.8, 0.81], 2: [0.7, 0.71]}, PARAMS)
+    folder = _sweep(tmp_path, {0: [0.8, 0.81], 1: [0.9, 0.91], 2: [0.7, 0.71]}, PARAMS)  # ranked c1, c0, c2
     with pytest.raises(ConfigError) as err:
         write(folder, baseline=baseline)
     assert len(err.value.lines) == 1 and message in err.value.lines[0]
+
+
+def test_tune_report_prints_the_table_and_one_sentence_per_comparison_and_refuses_a_bad_baseline(tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    folder = _sweep(tmp_path, {0: [0.90, 0.902, 0.898], 1: [0.851, 0.847, 0.853], 2: [0.850, 0.852, 0.848]}, PARAMS)
+    res = CliRunner().invoke(app, ["tune", "report", folder, "--baseline", "model.lrn.enabled=false"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("s: 3 distinct configuration(s), 9 trial(s)")
+    sentences = [line for line in res.output.splitlines() if " vs c2, the baseline (model.lrn.enabled=false)" in line]
+    assert [s.split(" ")[0] for s in sentences] == ["c0", "c1"]
+    assert "0.9 0.902 0.898" in res.output  # each seed's value in the table
+    res = CliRunner().invoke(app, ["tune", "report", folder, "--baseline", "model.lrn.enabled=true"])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        "error: tune.baseline model.lrn.enabled=true: matches 2 (c0, c1); name more paths of the sweep's 3 configuration(s)"]
