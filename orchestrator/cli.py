@@ -391,7 +391,7 @@ def tune_run(
     config: ConfigFile = None,
     set_: Sets = None,
     search: Annotated[Optional[str], typer.Option(help="Search space: lrn, lr-schedule, lrn+lr, lrn-grid (configs/search/) or a YAML file (tune.search).")] = None,
-    search_alg: Annotated[Optional[str], typer.Option("--search-alg", help="random: --num-samples draws of the space, grids enumerated; optuna: TPE (Ray Tune's OptunaSearch) over the conditional space, --num-samples configurations each chosen from the results so far (tune.search_alg).")] = None,
+    search_alg: Annotated[Optional[str], typer.Option("--search-alg", help="random: --num-samples draws of the space, grids enumerated; optuna: TPE (Ray Tune's OptunaSearch) over the conditional space, --num-samples suggestions, each chosen from the results so far; a repeated suggestion is not trained again (tune.search_alg).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="fifo, asha (early stopping on the metric) or pbt (weak trials continue from a strong trial's checkpoint with perturbed lr) (tune.scheduler).")] = None,
     num_samples: Annotated[Optional[int], typer.Option("--num-samples", help="Draws of the space (each draw a whole grid when the space has grid dimensions); draws of one configuration train once (tune.num_samples).")] = None,
     seeds: Annotated[Optional[int], typer.Option("--seeds", help="Seeds per configuration; the results give each configuration's mean, standard deviation, 95 % confidence interval and a t-test against --baseline (tune.seeds).")] = None,

@@ -150,7 +150,7 @@ class TuneConfig(_Section):
     trial_workers: int = Field(1, ge=1, description="Ray Train workers of each trial (sets parallel.workers_per_node, one node per trial).")
     trial_seeds: Literal["same", "distinct"] = Field("same", description="same: seed j of every configuration is run.seed + j (common random numbers: two configurations differ only by their hyperparameters), and a configuration drawn twice is trained once; distinct: trial i uses run.seed + i, and a configuration drawn again becomes another seed of it.")
     seeds: int = Field(1, ge=1, description="Seeds each configuration trains with; the results give each configuration's mean, standard deviation and 95 % confidence interval.")
-    search_alg: Literal["random", "optuna"] = Field("random", description="random: draw tune.num_samples samples of the space (grids enumerated); optuna: Tree-structured Parzen Estimator (Ray Tune's OptunaSearch) over the conditional space, tune.num_samples configurations, each informed by those finished.")
+    search_alg: Literal["random", "optuna"] = Field("random", description="random: draw tune.num_samples samples of the space (grids enumerated); optuna: Tree-structured Parzen Estimator (Ray Tune's OptunaSearch) over the conditional space, tune.num_samples suggestions, each informed by the configurations finished so far.")
     baseline: str | None = Field(None, description="The configuration every other is compared with (Welch's t-test over seeds): path=value[,path=value...], e.g. model.lrn.enabled=false; None: the best configuration is compared with the rest.")
 
 

@@ -131,7 +131,7 @@ def plan(cfg: RunConfig, space: SearchSpace) -> tune_plan.Plan | None:
 def shape(cfg: RunConfig, space: SearchSpace, trials: tune_plan.Plan | None) -> str:
     p, t = cfg.parallel, cfg.tune
     what = (trials.summary(cfg) if trials else
-            f"optuna (TPE): {t.num_samples} configuration(s) x {t.seeds} seed(s) = at most {t.num_samples * t.seeds} trial(s)")
+            f"optuna (TPE): {t.num_samples} suggestion(s) x {t.seeds} seed(s) = at most {t.num_samples * t.seeds} trial(s)")
     return (f"{what}, at most {t.max_concurrent} at once; each trial {p.world} worker(s) x {p.cpus_per_worker:g} CPU on one node; "
             f"scheduler {t.scheduler}; cluster {p.address or 'a local Ray'}")
 
