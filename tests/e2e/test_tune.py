@@ -271,9 +271,9 @@ def test_optuna_search_over_the_conditional_space_resumes_after_the_driver_is_ki
     cnnctl, env = _cnnctl(ray_cluster)
     storage = tmp_path / "runs"
     start = [cnnctl, "tune", "--preset", "demo-fashion", "--search", "lrn", "--search-alg", "optuna", "--num-samples", "3",
-             "--max-concurrent", "1", "--epochs", "2", "--name", "tpe", "--address", ray_cluster.address,
-             # the full-width model in batches of 4: trials long enough (~10 s) for the kill to land between two
-             *sets(fmnist_root, storage, "tune.trial_seeds=distinct", "run.seed=20", "model.width=1.0", "data.batch_size=4", "optim.lr=0.005")]
+             # 2-worker trials are Ray Train runs, long enough (~20 s) for the kill to land between two finishes
+             "--max-concurrent", "1", "--trial-workers", "2", "--epochs", "2", "--name", "tpe", "--address", ray_cluster.address,
+             *sets(fmnist_root, storage, "tune.trial_seeds=distinct", "run.seed=20", "optim.lr=0.005")]
     sweep = storage / "tpe"
     before = _kill_when_some_finished(start, env, sweep, 3, 1)
     finished = _finished(sweep, 1) & set(before)
