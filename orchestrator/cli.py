@@ -380,70 +380,61 @@ tune_app = typer.Typer(cls=_TuneGroup, help="Ray Tune sweeps over LRN settings a
 app.add_typer(tune_app, name="tune")
 
 
+Baseline = Annotated[Optional[str], typer.Option(help="The configuration every other is compared with, path=value[,path=value...] (e.g. model.lrn.enabled=false, or the paper's cell model.lrn.alpha=1e-4,model.lrn.beta=0.75); Welch's t-test over the seeds. Default: the best configuration (tune.baseline).")]
+
+
 @tune_app.command("run")
 def tune_run(
     *,
     preset: Preset = None,
     config: ConfigFile = None,
     set_: Sets = None,
-    search: Annotated[Optional[str], typer.Option(help="Search space: lrn, lr-schedule, lrn+lr (configs/search/) or a YAML file (tune.search).")] = None,
+    search: Annotated[Optional[str], typer.Option(help="Search space: lrn, lr-schedule, lrn+lr, lrn-grid (configs/search/) or a YAML file (tune.search).")] = None,
+    search_alg: Annotated[Optional[str], typer.Option("--search-alg", help="random: --num-samples draws of the space, grids enumerated; optuna: TPE (Ray Tune's OptunaSearch) over the conditional space, --num-samples suggestions, each chosen from the results so far; a repeated suggestion is not trained again (tune.search_alg).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="fifo, asha (early stopping on the metric) or pbt (weak trials continue from a strong trial's checkpoint with perturbed lr) (tune.scheduler).")] = None,
-    num_samples: Annotated[Optional[int], typer.Option("--num-samples", help="Trials (x the grid size when the space has grid dimensions) (tune.num_samples).")] = None,
+    num_samples: Annotated[Optional[int], typer.Option("--num-samples", help="Draws of the space (each draw a whole grid when the space has grid dimensions); draws of one configuration train once (tune.num_samples).")] = None,
+    seeds: Annotated[Optional[int], typer.Option("--seeds", help="Seeds per configuration; the results give each configuration's mean, standard deviation, 95 % confidence interval and a t-test against --baseline (tune.seeds).")] = None,
+    baseline: Baseline = None,
     max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="Trials at once; lowered to what the cluster's CPUs hold (tune.max_concurrent).")] = None,
     trial_workers: Annotated[Optional[int], typer.Option("--trial-workers", help="Ray Train workers per trial (tune.trial_workers).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs of each trial (schedule.epochs).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Sweep name; its folder is <run.storage>/<name> (tune.name).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Folder or URL holding the shards (data.root).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster address. Default: start a local Ray.")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the sweep of this name (under run.storage) after its driver stopped: finished trials are kept, unfinished ones continue from their last checkpoint. Its saved config and search space are used; only --address and --set run.storage=... apply.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved base config, the search space and the cluster shape; start nothing.")] = False,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the sweep of this name (under run.storage) after its driver stopped: finished trials are kept, unfinished ones continue from their last checkpoint, and the searcher (random's plan, optuna's study) goes on where it was. Its saved config and search space are used; only --address and --set run.storage=... apply.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved base config, the search space, the configurations and trials it gives, and the cluster shape; start nothing.")] = False,
 ) -> None:
     """Search hyperparameters with Ray Tune; print and save the results table, the best config and plots."""
     from orchestrator import search_space
     from orchestrator import tune as sweeps
 
-    flags = {"tune.search": search, "tune.scheduler": scheduler, "tune.num_samples": num_samples, "tune.max_concurrent": max_concurrent,
-             "tune.trial_workers": trial_workers, "schedule.epochs": epochs, "tune.name": resume or name, "data.root": data,
-             "parallel.address": address}
+    flags = {"tune.search": search, "tune.search_alg": search_alg, "tune.scheduler": scheduler, "tune.num_samples": num_samples,
+             "tune.seeds": seeds, "tune.baseline": baseline, "tune.max_concurrent": max_concurrent, "tune.trial_workers": trial_workers,
+             "schedule.epochs": epochs, "tune.name": resume or name, "data.root": data, "parallel.address": address}
     cfg = _config(preset, config, set_, flags)
     if not dry_run and (line := loc.check_access(cfg.run.storage, "run.storage")):
         raise fail(line)
-    if resume:
-        folder = sweeps.sweep_dir(cfg)
-        if not loc.exists(loc.join(folder, sweeps.SPEC)):
-            raise fail(f"no sweep {resume} at {folder} (no {sweeps.SPEC}); give its run.storage with --set run.storage=...")
-        base, space = sweeps.load_spec(folder)
-        base.run.storage, base.tune.name = cfg.run.storage, resume  # where it is now
-        if address:
-            base.parallel.address = address
-        typer.echo(f"resuming sweep {folder} | cluster {base.parallel.address or 'a local Ray'}")
-        _tune_finish(sweeps.search(base, space, resume=True), folder)
-        return
-    # One node per trial, trial_workers workers on it; resolved again so every rule is re-checked.
-    cfg = _config(preset, config, set_, {**flags, "parallel.nodes": 1, "parallel.workers_per_node": cfg.tune.trial_workers})
     try:
+        if resume:
+            folder, results = sweeps.resume(resume, cfg.run.storage, address, say=typer.echo)
+            return _tune_finish(results, folder)
+        # One node per trial, trial_workers workers on it; resolved again so every rule is re-checked.
+        cfg = _config(preset, config, set_, {**flags, "parallel.nodes": 1, "parallel.workers_per_node": cfg.tune.trial_workers})
         space = search_space.load(cfg.tune.search)
+        if problems := search_space.validate(space, cfg):
+            raise ConfigError(problems)
+        if dry_run:
+            import yaml
+
+            shape = sweeps.shape(cfg, space, sweeps.plan(cfg, space))
+            typer.echo(to_yaml(cfg) + "# search space\n" + yaml.safe_dump(space.model_dump(mode="json", exclude_none=True), sort_keys=False)
+                       + f"# cluster: {shape}")
+            return
+        if problems := check_data(cfg):
+            raise ConfigError(problems)
+        _tune_finish(sweeps.start(cfg, space, say=typer.echo), sweeps.sweep_dir(cfg))
     except ConfigError as exc:
         raise fail(exc.lines) from None
-    problems = search_space.validate(space, cfg)
-    if problems:
-        raise fail(problems)
-    p, t = cfg.parallel, cfg.tune
-    shape = (f"{t.num_samples * space.grid_size()} trial(s), at most {t.max_concurrent} at once; each trial {p.world} worker(s) x "
-             f"{p.cpus_per_worker:g} CPU on one node; scheduler {t.scheduler}; cluster {p.address or 'a local Ray'}")
-    if dry_run:
-        import yaml
-
-        typer.echo(to_yaml(cfg) + "# search space\n" + yaml.safe_dump(space.model_dump(mode="json", exclude_none=True), sort_keys=False)
-                   + f"# cluster: {shape}")
-        return
-    if loc.exists(loc.join(sweeps.sweep_dir(cfg), sweeps.SPEC)):
-        raise fail(f"sweep {t.name} already exists at {sweeps.sweep_dir(cfg)}: continue it with --resume {t.name}, or pick another --name")
-    problems = check_data(cfg)
-    if problems:
-        raise fail(problems)
-    typer.echo(f"tuning {cfg.model.name} on {cfg.data.root} | {shape} | sweep {sweeps.sweep_dir(cfg)}")
-    _tune_finish(sweeps.search(cfg, space), sweeps.sweep_dir(cfg))
 
 
 def _tune_finish(results, folder: str) -> None:
@@ -455,18 +446,27 @@ def _tune_finish(results, folder: str) -> None:
         typer.echo(f"warning: {len(errors)} of {len(results)} trial(s) failed (see the trial folders' error.txt)", err=True)
 
 
-def _tune_print(folder: str) -> None:
+def _cell(v) -> str:
+    if isinstance(v, list):
+        return " ".join(map(_cell, v))
+    return f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)
+
+
+def _tune_print(folder: str, baseline: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from orchestrator.tune_report import write
 
-    out = write(folder)
+    out = write(folder, baseline)
+    typer.echo(out["summary"])
     table = Table(*out["header"])
     for row in out["table"]:
-        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-    Console(width=200).print(table)
-    for key in ("csv", "best", "metric_vs_params", "parallel_coordinates", "learning_curves"):
+        table.add_row(*[_cell(v) for v in row])
+    Console(width=220).print(table)
+    for line in out["comparisons"]:
+        typer.echo(line)
+    for key in ("csv", "trials_csv", "best", "metric_vs_params", "parallel_coordinates", "learning_curves"):
         if key in out:
             typer.echo(f"wrote {out[key]}")
 
@@ -476,14 +476,18 @@ def tune_report(
     sweep: Annotated[str, typer.Argument(help="Sweep folder (a local path or a URL), or a sweep name under --storage.")],
     *,
     storage: Annotated[str, typer.Option(help="Where sweeps are stored (run.storage).")] = "runs",
+    baseline: Baseline = None,
 ) -> None:
-    """Redraw a sweep's results table, CSV, best config and PNG plots from its folder (no Ray)."""
+    """Redraw a sweep's results table (per configuration: mean, sd, 95 % CI, seeds), CSVs, best config, comparisons and PNG plots from its folder (no Ray)."""
     folder = sweep if loc.is_url(sweep) or loc.exists(loc.join(sweep, "sweep.yaml")) else loc.join(storage, sweep)
     if line := loc.check_access(folder, "sweep"):
         raise fail(line)
     if not loc.exists(loc.join(folder, "sweep.yaml")):
         raise fail(f"{folder}: not a sweep folder (no sweep.yaml)")
-    _tune_print(folder)
+    try:
+        _tune_print(folder, baseline)
+    except ConfigError as exc:
+        raise fail(exc.lines) from None
 
 
 def main() -> None:  # pragma: no cover - console script convenience

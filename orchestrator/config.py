@@ -160,7 +160,10 @@ class TuneConfig(_Section):
     perturbation_interval: int = Field(1, ge=1, description="pbt: epochs between exploit/explore steps.")
     pbt_lrn: bool = Field(False, description="pbt: also mutate LRN alpha and beta (when the search space has them), not only optim.lr.")
     trial_workers: int = Field(1, ge=1, description="Ray Train workers of each trial (sets parallel.workers_per_node, one node per trial).")
-    trial_seeds: Literal["same", "distinct"] = Field("same", description="same: every trial trains with run.seed (common random numbers: two trials differ only by their hyperparameters); distinct: trial i uses run.seed + i, so trials of one configuration are independent samples.")
+    trial_seeds: Literal["same", "distinct"] = Field("same", description="same: seed j of every configuration is run.seed + j (common random numbers: two configurations differ only by their hyperparameters), and a configuration drawn twice is trained once; distinct: trial i uses run.seed + i, and a configuration drawn again becomes another seed of it.")
+    seeds: int = Field(1, ge=1, description="Seeds each configuration trains with; the results give each configuration's mean, standard deviation and 95 % confidence interval.")
+    search_alg: Literal["random", "optuna"] = Field("random", description="random: draw tune.num_samples samples of the space (grids enumerated); optuna: Tree-structured Parzen Estimator (Ray Tune's OptunaSearch) over the conditional space, tune.num_samples suggestions, each informed by the configurations finished so far.")
+    baseline: str | None = Field(None, description="The configuration every other is compared with (Welch's t-test over seeds): path=value[,path=value...], e.g. model.lrn.enabled=false; None: the best configuration is compared with the rest.")
 
 
 class EvalConfig(_Section):
@@ -339,6 +342,15 @@ def check(cfg: RunConfig) -> list[str]:
 
         if "lrn" not in catalog.ACCEPTS[catalog.resolve(cfg.model.name)]:
             problems.append(f"tune.pbt_lrn: {catalog.resolve(cfg.model.name)} has no LRN for PBT to mutate")
+    if t.search_alg == "optuna" and t.scheduler == "pbt":
+        problems.append("tune.search_alg: optuna chooses configurations from finished trials; pbt changes them while they run (use --search-alg random with pbt)")
+    if t.baseline:
+        from orchestrator.tune_plan import parse_baseline
+
+        try:
+            parse_baseline(t.baseline)
+        except ConfigError as exc:
+            problems += exc.lines
     return problems
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import yaml
 
 from orchestrator import checkpoint as ckpt
-from orchestrator.config import LRNConfig, RunConfig, to_yaml
+from orchestrator import tune_plan
+from orchestrator.config import ConfigError, LRNConfig, RunConfig, to_yaml
 from orchestrator.metrics import read
 from orchestrator.search_space import SearchSpace, apply
 from orchestrator.train import build_trainer, run_dir
@@ -55,16 +56,21 @@ def concurrency(cfg: RunConfig, cluster_cpus: float) -> int:
     return min(cfg.tune.max_concurrent, slots)
 
 
+def _pbt_base(cfg: RunConfig) -> dict:
+    """The paths PBT mutates, with the base config's values."""
+    lrn = cfg.model.lrn or LRNConfig()  # unset: the paper's values, which the model's own LRN uses
+    base = {"optim.lr": cfg.optim.lr, "model.lrn.alpha": lrn.alpha, "model.lrn.beta": lrn.beta}
+    return {p: base[p] for p in ["optim.lr"] + (["model.lrn.alpha", "model.lrn.beta"] if cfg.tune.pbt_lrn else [])}
+
+
 def mutations(cfg: RunConfig, space: SearchSpace) -> dict:
     """PBT's hyperparam_mutations: optim.lr, and LRN alpha/beta with tune.pbt_lrn. A path the space
     does not search mutates around the base value."""
     from ray import tune
 
-    lrn = cfg.model.lrn or LRNConfig()  # unset: the paper's values, which the model's own LRN uses
-    base = {"optim.lr": cfg.optim.lr, "model.lrn.alpha": lrn.alpha, "model.lrn.beta": lrn.beta}
-    paths = ["optim.lr"] + (["model.lrn.alpha", "model.lrn.beta"] if cfg.tune.pbt_lrn else [])
+    base = _pbt_base(cfg)
     out = {}
-    for path in paths:
+    for path in base:
         dim = space.space.get(path)
         if dim is None:
             out[path] = tune.loguniform(base[path] / 10, base[path] * 10) if path != "model.lrn.beta" else tune.uniform(0.5, 1.0)
@@ -88,15 +94,46 @@ def scheduler(cfg: RunConfig, space: SearchSpace):
     return FIFOScheduler()
 
 
-def param_space(cfg: RunConfig, space: SearchSpace) -> dict:
-    params = space.to_tune()
-    if cfg.tune.scheduler == "pbt":  # PBT mutates config keys: each must start with a value
-        for path, domain in mutations(cfg, space).items():
-            if path not in params:
-                from ray import tune
+def pbt_start(cfg: RunConfig) -> dict:
+    """PBT mutates config keys, so each trial must start with a value for every mutated path: the
+    base config's, where the space does not draw it."""
+    return _pbt_base(cfg) if cfg.tune.scheduler == "pbt" else {}
 
-                params[path] = tune.choice(domain) if isinstance(domain, list) else domain
-    return params
+
+def param_space(cfg: RunConfig, trials: tune_plan.Plan | None) -> dict:
+    """random: the planned trials as one grid (PBT accepts no search algorithm), and the paths PBT
+    mutates at the top level, where it looks for them; optuna: its searcher gives every value."""
+    from ray import tune
+
+    if trials is None:
+        return {}
+    space = {tune_plan.TRIAL: tune.grid_search(trials.trials)}
+    for path in pbt_start(cfg):
+        space[path] = tune.sample_from(functools.partial(_planned, path))
+    return space
+
+
+def _planned(path: str, spec):
+    return spec.config[tune_plan.TRIAL][path]
+
+
+def plan(cfg: RunConfig, space: SearchSpace) -> tune_plan.Plan | None:
+    """The trials of a random search (None for optuna, which decides as results come in); a
+    baseline that names no single planned configuration is refused here, before anything starts."""
+    if cfg.tune.search_alg != "random":
+        return None
+    trials = tune_plan.make(cfg, space, pbt_start(cfg))
+    if cfg.tune.baseline:
+        tune_plan.baseline_cell(cfg.tune.baseline, trials.cells, cfg.model_dump(mode="json"))
+    return trials
+
+
+def shape(cfg: RunConfig, space: SearchSpace, trials: tune_plan.Plan | None) -> str:
+    p, t = cfg.parallel, cfg.tune
+    what = (trials.summary(cfg) if trials else
+            f"optuna (TPE): {t.num_samples} suggestion(s) x {t.seeds} seed(s) = at most {t.num_samples * t.seeds} trial(s)")
+    return (f"{what}, at most {t.max_concurrent} at once; each trial {p.world} worker(s) x {p.cpus_per_worker:g} CPU on one node; "
+            f"scheduler {t.scheduler}; cluster {p.address or 'a local Ray'}")
 
 
 class ForwardToTrial:
@@ -290,9 +327,9 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
+    params = tune_plan.flat(params)
     cfg = apply(base, params)
-    if cfg.tune.trial_seeds == "distinct":
-        cfg.run.seed += int(trial_id.rsplit("_", 1)[1])
+    cfg.run.seed = params[tune_plan.SEED]  # the plan's or the searcher's: tune.seeds and tune.trial_seeds
     runs = loc.join(sweep, "train")
     # A fresh run folder per start: after a PBT exploit the trial must not resume its own run.
     starts = [r for r in loc.listdir(runs) if loc.name(r).startswith(f"{trial_id}-")]
@@ -374,9 +411,11 @@ def _train_run(cfg: RunConfig, origin: dict, trial_id: str) -> None:
             pass
 
 
-def save_spec(cfg: RunConfig, space: SearchSpace) -> str:
+def save_spec(cfg: RunConfig, space: SearchSpace, trials: tune_plan.Plan | None = None) -> str:
     path = sweep_dir(cfg)
     spec = {"base": cfg.model_dump(mode="json"), "search": space.model_dump(mode="json", exclude_none=True)}
+    if trials:  # the distinct configurations and how often each was drawn (the report names them)
+        spec["plan"] = {"cells": trials.cells, "draws": trials.draws}
     loc.write_bytes(loc.join(path, SPEC), yaml.safe_dump(spec, sort_keys=False).encode())
     loc.write_bytes(loc.join(path, "base.yaml"), to_yaml(cfg).encode())
     return path
@@ -387,7 +426,37 @@ def load_spec(path: str) -> tuple[RunConfig, SearchSpace]:
     return RunConfig.model_validate(spec["base"]), SearchSpace.model_validate(spec["search"])
 
 
-def search(cfg: RunConfig, space: SearchSpace, resume: bool = False):
+def load_draws(path: str) -> list[int] | None:
+    """How many times a random search drew each configuration (None: optuna's, or an older sweep)."""
+    plan_ = yaml.safe_load(loc.read_text(loc.join(path, SPEC))).get("plan")
+    return plan_["draws"] if plan_ else None
+
+
+def start(cfg: RunConfig, space: SearchSpace, say=print):
+    """Start a new sweep (refused where one of that name exists); returns Tune's ResultGrid."""
+    folder = sweep_dir(cfg)
+    if loc.exists(loc.join(folder, SPEC)):
+        raise ConfigError([f"sweep {cfg.tune.name} already exists at {folder}: continue it with --resume {cfg.tune.name}, or pick another --name"])
+    trials = plan(cfg, space)
+    say(f"tuning {cfg.model.name} on {cfg.data.root} | {shape(cfg, space, trials)} | sweep {folder}")
+    return search(cfg, space, trials=trials)
+
+
+def resume(name: str, storage: str, address: str | None, say=print):
+    """Continue the sweep ``name`` under ``storage`` with its saved config and space; returns
+    (its folder, Tune's ResultGrid)."""
+    folder = loc.join(loc.absolute(storage), name)
+    if not loc.exists(loc.join(folder, SPEC)):
+        raise ConfigError([f"no sweep {name} at {folder} (no {SPEC}); give its run.storage with --set run.storage=..."])
+    base, space = load_spec(folder)
+    base.run.storage, base.tune.name = storage, name  # where it is now
+    if address:
+        base.parallel.address = address
+    say(f"resuming sweep {folder} | cluster {base.parallel.address or 'a local Ray'}")
+    return folder, search(base, space, resume=True)
+
+
+def search(cfg: RunConfig, space: SearchSpace, resume: bool = False, trials: tune_plan.Plan | None = None):
     """Run (or, with ``resume``, continue) the sweep; returns Tune's ResultGrid."""
     from orchestrator.cluster import connect
 
@@ -401,19 +470,26 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False):
     path = sweep_dir(cfg)
     base = cfg.model_dump(mode="json")
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep=path), trial_resources(cfg))
-    if resume:
+    if resume:  # Tune restores the grid's or the searcher's state too: it hands out what it had not yet
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         return tuner.fit()
     cpus = ray.cluster_resources().get("CPU", 0)
     at_once = concurrency(cfg, cpus)
-    print(f"sweep {path}: {cfg.tune.num_samples * space.grid_size()} trial(s), {at_once} at a time "
-          f"({trial_cpus(cfg):g} CPUs each of the cluster's {cpus:g}), scheduler {cfg.tune.scheduler}", flush=True)
-    save_spec(cfg, space)
+    count = len(trials.trials) if trials else cfg.tune.num_samples * cfg.tune.seeds
+    print(f"sweep {path}: {'' if trials else 'at most '}{count} trial(s), {at_once} at a time "
+          f"({trial_cpus(cfg):g} CPUs each of the cluster's {cpus:g}), scheduler {cfg.tune.scheduler}, search {cfg.tune.search_alg}", flush=True)
+    save_spec(cfg, space, trials)
+    searcher = None
+    if trials is None:
+        from orchestrator.tune_search import OptunaCells
+
+        searcher = OptunaCells(cfg, space)
     tuner = tune.Tuner(
         trainable,
-        param_space=param_space(cfg, space),
+        param_space=param_space(cfg, trials),
         tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, scheduler=scheduler(cfg, space),
-                                    num_samples=cfg.tune.num_samples, max_concurrent_trials=at_once,
+                                    search_alg=searcher,
+                                    num_samples=1 if trials else count, max_concurrent_trials=at_once,
                                     trial_dirname_creator=_trial_dirname,
                                     # a finished trial's process runs the next one (saves its start);
                                     # PBT's exploits restart trials through a fresh one

@@ -7,6 +7,7 @@ credentials in their environment (tests/conftest.py), as a cloud cluster's nodes
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -116,14 +117,15 @@ def test_two_s3_runs_fused_under_dense_evaluation(s3_run, init_run, tmp_path):
 
 def test_a_sweep_stored_in_s3_and_its_report(s3_run, shards, ray_cluster, s3_server):
     # two workers a trial: each trial is a Ray Train run whose checkpoints Tune takes from the store
-    cli("tune", "--preset", "demo-fashion", "--search", "lrn", "--num-samples", "2", "--max-concurrent", "1",
+    # one draw of the space, two seeds of it: two trials of one configuration
+    cli("tune", "--preset", "demo-fashion", "--search", "lrn", "--num-samples", "1", "--seeds", "2", "--max-concurrent", "1",
         "--trial-workers", "2", "--epochs", "1", "--name", "s3sweep", "--data", shards, "--address", ray_cluster.address,
         *sets(f"run.storage={BUCKET}/runs", *SMALL))
     s3_server.rm("cnn/runs/s3sweep/results.csv")
     out = cli("tune", "report", f"{BUCKET}/runs/s3sweep")
     assert f"wrote {BUCKET}/runs/s3sweep/results.csv" in out
-    rows = s3_server.cat_file("cnn/runs/s3sweep/results.csv").decode().splitlines()
-    assert len(rows) == 3 and all(",done," in row for row in rows[1:])
+    rows = list(csv.DictReader(s3_server.cat_file("cnn/runs/s3sweep/results.csv").decode().splitlines()))
+    assert [(r["seeds"], r["status"]) for r in rows] == [("2", "done")]  # one configuration, both seeds done
     assert s3_server.exists("cnn/runs/s3sweep/best.yaml") and s3_server.exists("cnn/runs/s3sweep/learning_curves.png")
     trials = [p for p in s3_server.ls("cnn/runs/s3sweep") if p.rsplit("/", 1)[1].startswith("trial_")]
     assert len(trials) == 2 and all(s3_server.ls(t) and any("checkpoint_" in c for c in s3_server.ls(t)) for t in trials)
