@@ -33,6 +33,7 @@ def fail(lines: list[str] | str, code: int = 1) -> typer.Exit:
 Preset = Annotated[Optional[str], typer.Option("--preset", help="Preset from configs/ (e.g. demo-fashion), applied before --config.")]
 ConfigFile = Annotated[Optional[str], typer.Option("--config", help="YAML file (a local path or a URL such as s3://bucket/runs/x/config.yaml) with RunConfig sections (data, model, optim, schedule, parallel, run, tune).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override one field, e.g. --set model.lrn.alpha=2e-4 (repeatable).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also show everything Ray says (start-up, each report and checkpoint, INFO lines).")]
 
 
 def check_data(cfg: RunConfig) -> list[str]:
@@ -209,8 +210,12 @@ def train(
     name: Annotated[Optional[str], typer.Option(help="Run name; rerunning the same name resumes it (run.name).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Folder or URL holding the shards (data.root).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and cluster shape, start nothing.")] = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Train a model with Ray Train workers (data parallel; tower parallel with parallel.mp=2)."""
+    """Train a model with Ray Train workers (data parallel; tower parallel with parallel.mp=2).
+
+    Shows one progress bar per epoch and a row of metrics when it ends (on a non-terminal, a line
+    every run.log_every steps instead of the bar)."""
     mp = {None: None, "dp": 1, "mp": 2, "hybrid": 2}.get(parallel, -1)
     if mp == -1:
         raise fail(f"--parallel {parallel!r}: dp, mp or hybrid")
@@ -233,12 +238,14 @@ def train(
     # imported later, by build_trainer: only after connect() has set a cluster's auth env.
     importer = threading.Thread(target=importlib.import_module, args=("orchestrator.train",), daemon=True)
     importer.start()
-    connect(p.address, cpus_needed=p.world * p.cpus_per_worker)
+    connect(p.address, cpus_needed=p.world * p.cpus_per_worker, verbose=verbose)
     importer.join()
+    from orchestrator.console import TrainConsole
     from orchestrator.train import fit, run_dir
 
     typer.echo(f"training {cfg.model.name} on {cfg.data.root} | {shape} | run {run_dir(cfg)}")
-    result = fit(cfg)
+    with TrainConsole(run_dir(cfg), cfg.schedule.epochs, cfg.run.log_every, verbose) as console:
+        result = fit(cfg, console, verbose)
     if result.error:
         raise fail(f"training failed: {result.error}")
     final = result.metrics or {}

@@ -9,6 +9,7 @@ every node uses a loopback address.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -142,12 +143,13 @@ def down(state_dir: Path = DEFAULT_STATE, grace: float = 10) -> list[int]:
     return cluster.pids
 
 
-def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAULT_STATE) -> None:
-    """Start (or join) Ray once per process.
+def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAULT_STATE, verbose: bool = False) -> None:
+    """Start (or join) Ray once per process: `cnnctl shard --address`, `train` and `tune` all come here.
 
     A local Ray gets at least the CPUs the run asks for, so a small machine oversubscribes its cores
     rather than waiting forever for resources that will never appear. Joining the cluster that
-    `cnnctl cluster up --local` started picks up its auth token.
+    `cnnctl cluster up --local` started picks up its auth token. Ray's own INFO lines (and its
+    token-auth notice) are shown with ``verbose`` only; its warnings and errors always are.
     """
     local = load(state_dir) if address else None
     if local and address in (local.address, "auto"):
@@ -162,19 +164,67 @@ def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAU
 
     if ray.is_initialized():
         return
+    quiet_driver(verbose)
+    level = logging.INFO if verbose else logging.WARNING
     if local and address in (local.address, "auto"):
         # A driver on the machine of a local cluster joins through the node at its loopback address.
-        ray.init(address=local.address, _node_ip_address=LOOPBACK, log_to_driver=True)
+        ray.init(address=local.address, _node_ip_address=LOOPBACK, log_to_driver=True, logging_level=level)
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=level)
         return
     cpus = max(len(os.sched_getaffinity(0)), int(-(-cpus_needed // 1)))  # the cores this process may use
     local_only()
     # Nothing preempts a Ray that lives and dies with this process: Train's preemption watcher (one
     # actor process per run) only costs start-up time. The local raylet's workers inherit this env.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, logging_level=level)
+
+
+class _TokenNotice(logging.Filter):
+    """Ray says at every start that token auth is on; that is how cnnctl runs it, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
+def quiet_driver(verbose: bool) -> None:
+    if not verbose:
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TokenNotice())
+
+
+def state_api_served() -> bool:
+    """Whether the cluster serves Ray's State API (it comes with the dashboard)."""
+    from ray.util.state import list_nodes
+
+    try:
+        list_nodes(limit=1, timeout=5)
+    except Exception:  # noqa: BLE001 - no dashboard: the client cannot connect
+        return False
+    return True
+
+
+def torch_trainer():
+    """Ray Train's TorchTrainer, less its placement-group cleaner on a cluster without the State API.
+
+    Why: the cleaner (a detached actor per run) asks the State API every second whether the run's
+    controller still lives, and the State API is served by the dashboard, which cnnctl's Rays do not
+    run (a local Ray for a run, `cnnctl cluster up`, the `ray[train,tune]` install). Each ask failed
+    with a warning (215 lines in a 10-epoch demo) and the cleaner could never clean anything. A run's
+    placement group goes with its driver's job in any case; a Tune trial's Train run is cleaned up
+    by `tune.TrialRun`. A cluster that serves the State API keeps the cleaner.
+    """
+    from ray.train.torch import TorchTrainer
+
+    if state_api_served():
+        return TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return Trainer
 
 
 def local_only() -> None:
