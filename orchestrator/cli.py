@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
-
+from orchestrator.cli_groups import default_command
 from orchestrator.cluster import connect
 from orchestrator.config import ConfigError, RunConfig, resolve, to_yaml
 from shards import location as loc
@@ -65,18 +64,8 @@ def _config(preset, config_file, sets, flags) -> RunConfig:
         raise fail(exc.lines) from None
 
 
-class _ShardGroup(TyperGroup):
-    """`cnnctl shard SOURCE DEST ...` is `cnnctl shard pack SOURCE DEST ...`: a first word that is
-    not a subcommand goes to `pack`, so the short form keeps working beside `verify` and `info`."""
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["pack", *args]
-        return super().parse_args(ctx, args)
-
-
 shard_app = typer.Typer(
-    cls=_ShardGroup, no_args_is_help=True,
+    cls=default_command("pack"), no_args_is_help=True,
     help="Pack datasets into WebDataset shards (`cnnctl shard SOURCE DEST` = `cnnctl shard pack SOURCE DEST`), verify them, summarise them.",
 )
 app.add_typer(shard_app, name="shard")
@@ -375,16 +364,7 @@ def cluster_down(*, state_dir: StateDir = None) -> None:
     typer.echo(f"stopped {len(pids)} node(s)" if pids else "no local cluster was up")
 
 
-class _TuneGroup(TyperGroup):
-    """`cnnctl tune [OPTIONS]` is `cnnctl tune run [OPTIONS]`; `cnnctl tune report NAME` redraws."""
-
-    def parse_args(self, ctx, args):
-        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
-
-
-tune_app = typer.Typer(cls=_TuneGroup, help="Ray Tune sweeps over LRN settings and lr schedules; each trial is a Ray Train run (`cnnctl tune [OPTIONS]` = `cnnctl tune run [OPTIONS]`).")
+tune_app = typer.Typer(cls=default_command("run", bare_runs_default=True), help="Ray Tune sweeps over LRN settings and lr schedules; each trial is a Ray Train run (`cnnctl tune [OPTIONS]` = `cnnctl tune run [OPTIONS]`).")
 app.add_typer(tune_app, name="tune")
 
 
