@@ -227,7 +227,10 @@ def train(
     # imported later, by build_trainer: only after connect() has set a cluster's auth env.
     importer = threading.Thread(target=importlib.import_module, args=("orchestrator.train",), daemon=True)
     importer.start()
-    connect(p.address, cpus_needed=p.world * p.cpus_per_worker, verbose=verbose)
+    try:
+        connect(p.address, cpus_needed=p.world * p.cpus_per_worker, verbose=verbose)
+    except RuntimeError as exc:  # a cluster that cannot be joined
+        raise fail(str(exc)) from None
     importer.join()
     from orchestrator.console import TrainConsole
     from orchestrator.train import fit, run_dir

@@ -171,7 +171,12 @@ def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAU
         ray.init(address=local.address, _node_ip_address=LOOPBACK, log_to_driver=True, logging_level=level)
         return
     if address:
-        ray.init(address=address, log_to_driver=True, logging_level=level)
+        try:
+            ray.init(address=address, log_to_driver=True, logging_level=level)
+        except ConnectionError as exc:
+            raise ClusterError(f"cannot join the Ray cluster at {address} ({exc}). A cluster with token auth needs its token: "
+                               "for one that `cnnctl cluster up` started, set CNNCTL_CLUSTER_DIR to its --state-dir; "
+                               "otherwise export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH") from None
         return
     cpus = max(len(os.sched_getaffinity(0)), int(-(-cpus_needed // 1)))  # the cores this process may use
     local_only()
