@@ -90,7 +90,7 @@ def _pack_plan(req) -> str:
     defaults = {"fashion-mnist": ["train", "test"], "imagenet": ["train", "val"], "auto": ["detected from the source"]}
     single = ["val" if layout.startswith("val") or Path(req.source).name.lower() in ("val", "validation") else "train"]
     small = layout == "fashion-mnist"
-    prefix = req.prefix or ("fashion-mnist" if small else Path(req.source).name.removesuffix(".tar") or "data")
+    prefix = req.prefix or ("fashion-mnist" if small else sources.source_name(req.source))
     plan = {
         "source": req.source,
         "layout": layout if here or layout != "auto" else "auto (detected where the command runs: the source is not on this machine)",
@@ -117,7 +117,7 @@ def shard(
     split: Annotated[Optional[list[str]], typer.Option("--split", help="Split name(s) to write. fashion-mnist: train and test; an ImageNet root: train and val; one folder or tar: train (val for validation layouts).")] = None,
     labels: Annotated[Optional[str], typer.Option(help="Validation labels: Kaggle's LOC_val_solution.csv or the devkit's ILSVRC2012_validation_ground_truth.txt (default: found next to the source).")] = None,
     synsets: Annotated[Optional[str], typer.Option(help="ILSVRC2012_ID -> wnid map for the devkit ground truth: meta.mat or a text file of '<ID> <wnid>' lines (default: found next to the source).")] = None,
-    prefix: Annotated[Optional[str], typer.Option(help="Shard name prefix (default: the source name).")] = None,
+    prefix: Annotated[Optional[str], typer.Option(help="Shard name prefix (default: the dataset's name: /data/imagenet/train and ILSVRC2012_img_train.tar give imagenet-train-000000.tar; fashion-mnist for fashion-mnist).")] = None,
     image_format: Annotated[Optional[str], typer.Option("--image-format", help="jpg (RGB baseline JPEG) or png (lossless). Default: png for fashion-mnist, jpg otherwise.")] = None,
     resize: Annotated[Optional[str], typer.Option(help="Shorter side in pixels, or 'none' to keep the size (and the original bytes of RGB baseline JPEGs). Default: none for fashion-mnist, 256 otherwise.")] = None,
     center_crop: Annotated[bool, typer.Option("--center-crop", help="Center-crop to a square after resizing (AlexNet's 256x256).")] = False,
