@@ -258,6 +258,7 @@ def eval_(
     scales: Annotated[Optional[str], typer.Option(help="dense: comma-separated shorter sides Q the image is rescaled to, e.g. 224,256,288 (default: the run's eval.scales, else as stored).")] = None,
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Also average the softmax of the horizontally flipped views (center, dense). Default: the run's eval.flip.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per forward (default: the run's data.batch_size; dense: 8 images of one size, which share a batch).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (what --out holds) instead of a table.")] = False,
 ) -> None:
     """Top-1/top-5 of a checkpoint on a split; several checkpoints average their softmax (with every TTA view)."""
     from orchestrator.evaluate import run_eval
@@ -276,7 +277,16 @@ def eval_(
                           batch_size=batch_size)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from None
-    typer.echo(json.dumps(result, indent=1))
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    from rich.console import Console
+
+    from orchestrator.console import eval_table
+
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(eval_table(result))
+    out.print(f"wrote {result['written_to']}", markup=False)
 
 
 @app.command("models")

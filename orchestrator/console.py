@@ -14,8 +14,10 @@ from __future__ import annotations
 import threading
 import time
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from shards import location as loc
 
@@ -214,3 +216,20 @@ class TrainConsole:
 def _clock(seconds: float) -> str:
     m, s = divmod(int(seconds + 0.5), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def eval_table(result: dict) -> Table:
+    """`cnnctl eval`'s result as one table row (several checkpoints: their fused softmax)."""
+    views = {"center": "centre crop", "ten-crop": "10 crops", "dense": "dense"}[result["tta"]]
+    if result["tta"] == "dense":
+        views += f" {result['scales']}" if isinstance(result["scales"], str) else f" Q={','.join(map(str, result['scales']))}"
+    if result["flip"] and result["tta"] != "ten-crop":
+        views += " + flips"
+    fused = " (softmax averaged)" if len(result["checkpoints"]) > 1 else ""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, title_justify="left",
+                  title=" + ".join(short(c) for c in result["checkpoints"]) + fused)
+    for col in ("split", "images", "views", "top-1", "top-5", "loss", "time"):
+        table.add_column(col, justify="left" if col in ("split", "views") else "right")
+    table.add_row(result["split"], f"{result['count']:,}", views, f"{result['top1']:.2%}", f"{result['top5']:.2%}",
+                  f"{result['loss']:.4f}", f"{result['seconds']:.1f}s")
+    return table
