@@ -236,8 +236,16 @@ def train(
     from orchestrator.train import fit, run_dir
 
     typer.echo(f"training {cfg.model.name} on {cfg.data.root} | {shape} | run {run_dir(cfg)}")
-    with TrainConsole(run_dir(cfg), cfg.schedule.epochs, cfg.run.log_every, verbose) as console:
-        result = fit(cfg, console, verbose)
+    from orchestrator.runs import mark
+
+    mark(run_dir(cfg), "running")
+    try:
+        with TrainConsole(run_dir(cfg), cfg.schedule.epochs, cfg.run.log_every, verbose) as console:
+            result = fit(cfg, console, verbose)
+    except BaseException as exc:  # Ctrl-C or a driver error: `cnnctl runs` must not call it running
+        mark(run_dir(cfg), "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    mark(run_dir(cfg), "failed" if result.error else "finished", str(result.error) if result.error else None)
     if result.error:
         raise fail(f"training failed: {result.error}")
     final = result.metrics or {}
@@ -311,20 +319,48 @@ def models_(
 
 @app.command()
 def report(
-    run: Annotated[str, typer.Argument(help="Run folder (runs/<name>) holding metrics.jsonl.")],
+    runs: Annotated[list[str], typer.Argument(help="Run folder(s) (runs/<name>) holding metrics.jsonl; several are drawn on shared panels.")],
     *,
-    out: Annotated[Optional[str], typer.Option(help="PNG to write, a local path or a URL (default: <run>/report.png, in the run's store).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="PNG to write, a local path or a URL (default: <run>/report.png; several runs: report-<a>+<b>.png beside the first, in its store).")] = None,
 ) -> None:
-    """Draw loss, accuracy, learning rate and img/s against epoch as a PNG."""
-    from orchestrator.report import plot_run
+    """Draw loss, accuracy, learning rate and img/s against epoch as a PNG; several runs overlaid,
+    the legend saying what differs between their configs."""
+    from orchestrator.report import plot_run, plot_runs
 
-    if line := loc.check_access(run, "run"):
-        raise fail(line)
+    unreachable = [line for run in runs if (line := loc.check_access(run, "run"))]
+    if unreachable:
+        raise fail(unreachable)
     try:
-        path = plot_run(run, out)
+        path = plot_run(runs[0], out) if len(runs) == 1 else plot_runs(runs, out)
     except FileNotFoundError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"wrote {path}")
+
+
+@app.command("runs")
+def runs_(
+    storage: Annotated[str, typer.Argument(help="Where the runs are stored (run.storage): a folder or a URL.")] = "runs",
+    *,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")] = False,
+) -> None:
+    """List the runs under STORAGE: model, layout, epochs done of planned, best and last val top-1,
+    status (running, finished, failed, resumable) and where each is."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+
+    from orchestrator.console import runs_table
+    from orchestrator.runs import list_runs
+
+    if line := loc.check_access(storage, "STORAGE"):
+        raise fail(line)
+    rows = list_runs(storage)
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=1))
+    elif not rows:
+        typer.echo(f"no runs under {storage}")
+    else:
+        Console(highlight=False, width=max(240, Console().width)).print(runs_table(rows))  # a log keeps every column
 
 
 cluster_app = typer.Typer(help="A real multi-node Ray cluster on this machine (head + worker raylets, token auth, loopback).", no_args_is_help=True)

@@ -233,3 +233,16 @@ def eval_table(result: dict) -> Table:
     table.add_row(result["split"], f"{result['count']:,}", views, f"{result['top1']:.2%}", f"{result['top5']:.2%}",
                   f"{result['loss']:.4f}", f"{result['seconds']:.1f}s")
     return table
+
+
+def runs_table(rows: list) -> Table:
+    """`cnnctl runs`: one row per run (runs.RunRow)."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for col in ("run", "model", "layout", "epochs", "best top-1", "last top-1", "status", "where", "note"):
+        table.add_column(col, justify="right" if col in ("epochs", "best top-1", "last top-1") else "left", no_wrap=True)
+    colour = {"finished": "green", "running": "cyan", "resumable": "yellow", "failed": "red"}
+    for r in rows:
+        pct = (lambda v: "-" if v is None else f"{v:.2%}")
+        table.add_row(r.name, r.model, r.layout, f"{r.done}/{r.planned}", pct(r.best), pct(r.last), f"[{colour[r.status]}]{r.status}[/]",
+                      short(r.where), r.note)
+    return table
