@@ -56,3 +56,24 @@ def test_verbose_shows_what_ray_says(ray_cluster, fmnist_root, tmp_path):
         assert said in text, f"{said!r} missing:\n{text}"
     assert "PlacementGroupCleaner" not in text, text  # the cleaner that cannot work on this cluster is not started
     assert len([line for line in lines if re.match(r"\s*1/1\s+\d", line)]) == 1, text
+
+
+def test_tune_to_a_pipe_prints_a_row_per_finished_trial(ray_cluster, fmnist_root, tmp_path):
+    """Two one-worker trials of one epoch through `cnnctl tune --address`: the start lines, a header
+    and one row per trial, the results table and the files written; no Tune status tables."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("space:\n  optim.lr: {grid: [0.02, 0.01]}\n")
+    state = str(Path(ray_cluster.token_path).parent)
+    rc, lines = run_cnnctl("tune", "--preset", "demo-fashion", "--search", str(grid), "--num-samples", "1", "--epochs", "1",
+                           "--name", "quiet", "--data", fmnist_root, "--address", ray_cluster.address,
+                           *sets(f"run.storage={tmp_path}", "data.batch_size=32", "model.width=0.5"),
+                           env=clean_env(CNNCTL_CLUSTER_DIR=state))
+    text = "\n".join(lines)
+    assert rc == 0, text
+    assert not [w for w in (*RAY_INTERNALS, "Trial status", "Current time:", "Logical resource usage") if w in text], text
+    header = [i for i, line in enumerate(lines) if line.startswith("trial  optim.lr  epochs  val_top1")]
+    assert len(header) == 1, text
+    rows = [line.split() for line in lines[header[0] + 1:header[0] + 3]]
+    assert sorted(r[1] for r in rows) == ["0.01", "0.02"] and all(r[2] == "1" and r[-1] == "finished" for r in rows), text
+    assert not [a for a, b in zip(lines, lines[1:]) if a == b], text
+    assert len(lines) <= 40, text
