@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
 from orchestrator.cli_groups import default_command
 from orchestrator.cluster import connect
 from orchestrator.config import ConfigError, RunConfig, resolve, to_yaml
@@ -232,22 +233,14 @@ def train(
     except RuntimeError as exc:  # a cluster that cannot be joined
         raise fail(str(exc)) from None
     importer.join()
-    from orchestrator.console import TrainConsole
-    from orchestrator.train import fit, run_dir
+    from orchestrator.runs import TrainingFailed, watched_fit
+    from orchestrator.train import run_dir
 
     typer.echo(f"training {cfg.model.name} on {cfg.data.root} | {shape} | run {run_dir(cfg)}")
-    from orchestrator.runs import mark
-
-    mark(run_dir(cfg), "running")
     try:
-        with TrainConsole(run_dir(cfg), cfg.schedule.epochs, cfg.run.log_every, verbose) as console:
-            result = fit(cfg, console, verbose)
-    except BaseException as exc:  # Ctrl-C or a driver error: `cnnctl runs` must not call it running
-        mark(run_dir(cfg), "failed", f"{type(exc).__name__}: {exc}")
-        raise
-    mark(run_dir(cfg), "failed" if result.error else "finished", str(result.error) if result.error else None)
-    if result.error:
-        raise fail(f"training failed: {result.error}")
+        result = watched_fit(cfg, verbose)
+    except TrainingFailed as exc:  # the worker's own traceback is above, under its name
+        raise fail(f"training failed: {exc}") from None
     final = result.metrics or {}
     # Ray's Checkpoint.path is the path inside its filesystem (no scheme): name it in the run's own store
     where = loc.join(run_dir(cfg), loc.name(result.checkpoint.path)) if result.checkpoint else None

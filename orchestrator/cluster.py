@@ -198,6 +198,22 @@ def quiet_driver(verbose: bool) -> None:
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TokenNotice())
 
 
+def _start_coordinator() -> None:
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import get_or_create_autoscaling_coordinator
+
+    get_or_create_autoscaling_coordinator()
+
+
+def warm_up_train() -> None:
+    """Start Ray Train's autoscaling coordinator (a detached actor) while the driver prepares the
+    run. A Train controller starts it on its first resource request and waits 5 s at most; on a
+    busy machine the actor's process takes longer, and the controller logs a warning with a
+    traceback ("safe to ignore") and asks again later. Not waited for."""
+    import ray
+
+    ray.remote(num_cpus=0, max_retries=0)(_start_coordinator).remote()
+
+
 def state_api_served() -> bool:
     """Whether the cluster serves Ray's State API (it comes with the dashboard)."""
     from ray.util.state import list_nodes

@@ -137,7 +137,10 @@ class TrainConsole:
         import ray
 
         name = sink_name(loc.name(self.run_dir))
-        self.sink = ray.remote(Sink).options(name=name, num_cpus=0, get_if_exists=False).remote()
+        # One per run name in this driver's job; a second run of the same name in one process (tests,
+        # a notebook) takes it over, dropping what the first left.
+        self.sink = ray.remote(Sink).options(name=name, num_cpus=0, get_if_exists=True).remote()
+        self.sink.drain.remote()  # not waited for: the actor starts while the run does
         if self.live:
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=self.out, transient=True)
@@ -156,7 +159,6 @@ class TrainConsole:
         self.thread.join()
         try:
             self._draw(ray.get(self.sink.drain.remote(), timeout=10))
-            ray.kill(self.sink)
         except Exception:  # noqa: BLE001 - the cluster went away: nothing more to show
             pass
         if self.bar is not None:

@@ -32,6 +32,35 @@ def mark(run: str, state: str, error: str | None = None) -> None:
     loc.write_bytes(loc.join(run, STATUS), (json.dumps(status) + "\n").encode())
 
 
+class TrainingFailed(RuntimeError):
+    """A run that ended in an error; the message is its last line."""
+
+
+def watched_fit(cfg: RunConfig, verbose: bool = False):
+    """`train.fit` with the console on the screen and the run's state in its status.json; returns
+    Ray's Result, or raises TrainingFailed with the error's last line (Ray Train raises a worker's
+    error; Ray has forwarded its traceback under the worker's name already)."""
+    from orchestrator.console import TrainConsole
+    from orchestrator.train import fit, run_dir
+
+    run = run_dir(cfg)
+    mark(run, "running")
+    try:
+        with TrainConsole(run, cfg.schedule.epochs, cfg.run.log_every, verbose) as console:
+            result = fit(cfg, console, verbose)
+        if result.error:
+            raise result.error
+    except Exception as exc:
+        last = ([line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__])[-1]
+        mark(run, "failed", last)
+        raise TrainingFailed(last) from None
+    except BaseException:  # Ctrl-C: `cnnctl runs` must not call it running
+        mark(run, "failed", "interrupted")
+        raise
+    mark(run, "finished")
+    return result
+
+
 def _driver_alive(status: dict) -> bool:
     if status.get("host") != socket.gethostname():
         return True  # another machine's driver: trust what it last wrote

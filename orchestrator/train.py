@@ -219,9 +219,10 @@ def train_loop(config: dict) -> None:
 def fit(cfg: RunConfig, console=None, verbose: bool = False):
     """Start cfg.parallel.world Ray Train workers and run the training loop; returns Ray's Result.
     ``console``: a `console.TrainConsole` that shows the run."""
-    from orchestrator.cluster import connect
+    from orchestrator.cluster import connect, warm_up_train
 
     connect(cfg.parallel.address, cpus_needed=cfg.parallel.world * cfg.parallel.cpus_per_worker)  # before importing ray.train: auth env
+    warm_up_train()
     return build_trainer(cfg, callbacks=console.callbacks() if console else None, verbose=verbose).fit()
 
 

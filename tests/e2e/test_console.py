@@ -77,3 +77,15 @@ def test_tune_to_a_pipe_prints_a_row_per_finished_trial(ray_cluster, fmnist_root
     assert sorted(r[1] for r in rows) == ["0.01", "0.02"] and all(r[2] == "1" and r[-1] == "finished" for r in rows), text
     assert not [a for a, b in zip(lines, lines[1:]) if a == b], text
     assert len(lines) <= 40, text
+
+
+def test_a_workers_error_shows_under_its_name_and_ends_in_one_error_line(fmnist_root, tmp_path):
+    """A crop larger than the images fails in the workers' data pipeline, past the driver's checks."""
+    rc, lines = run_cnnctl(*train_args(fmnist_root, tmp_path, "broken"), *sets("data.image_size=64", "run.max_failures=0"),
+                           env=clean_env())
+    text = "\n".join(lines)
+    assert rc == 1, text
+    assert re.search(r"\(RayTrainWorker pid=\d+.*\).*BadSample: .*smaller than the 64px crop", text), text
+    assert lines[-1].startswith("error: training failed: ") and "smaller than the 64px crop" in lines[-1], text
+    assert "Traceback" not in "\n".join(line for line in lines if "RayTrainWorker" not in line), text  # no driver trace
+    assert '"state": "failed"' in (tmp_path / "broken" / "status.json").read_text()
