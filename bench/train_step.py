@@ -94,6 +94,35 @@ def time_to_first_step(args) -> tuple[float, dict]:
     return seen.get(PHASES[-1][0], float("nan")), seen
 
 
+# Ray's floor: a fresh process that starts a local Ray and a 2-worker TorchTrainer (gloo) whose
+# training function only prints; no cnnctl, no model, no data.
+FLOOR = """
+import os, sys, time
+t0 = time.perf_counter()
+import ray
+ray.init(num_cpus=max(2, len(os.sched_getaffinity(0))), include_dashboard=False, logging_level="ERROR")
+print("ray up", flush=True)
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+def loop(config):
+    if ray.train.get_context().get_world_rank() == 0:
+        print(" step 1/1", flush=True)
+TorchTrainer(loop, torch_config=TorchConfig(backend="gloo"), scaling_config=ray.train.ScalingConfig(num_workers=2),
+             run_config=ray.train.RunConfig(storage_path=sys.argv[1], name="floor")).fit()
+"""
+
+
+def ray_floor(args) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR, args.storage], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = float("nan")
+    for line in proc.stdout:
+        if first != first and " step 1/" in line:
+            first = time.perf_counter() - t0
+    proc.wait()
+    return first
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=12800, help="training samples per epoch")
@@ -113,12 +142,13 @@ def main():
         import ray
 
         ray.shutdown()
-    times, timelines = [], []
-    for i in range(args.first_step_runs):  # each a fresh `cnnctl train`, so a fresh local Ray
-        subprocess.run(["rm", "-rf", f"{args.storage}/first-step"], check=True)
+    times, timelines, floors = [], [], []
+    for i in range(args.first_step_runs):  # each a fresh `cnnctl train`, so a fresh local Ray; Ray's floor in turn
+        subprocess.run(["rm", "-rf", f"{args.storage}/first-step", f"{args.storage}/floor"], check=True)
         first, seen = time_to_first_step(args)
         times.append(first)
         timelines.append(seen)
+        floors.append(ray_floor(args))
     print("timeline of each start (s since `cnnctl train`; the phase ended when its line appeared):")
     print(f"  {'phase':<38}" + "".join(f"{'run ' + str(i + 1):>8}" for i in range(len(timelines))) + f"{'median':>8}")
     for phase, _ in PHASES:
@@ -126,6 +156,8 @@ def main():
         print(f"  {phase:<38}" + "".join(f"{v:8.1f}" for v in at) + f"{statistics.median(at):8.1f}")
     print(f"cnnctl train -> first step, local Ray: median {statistics.median(times):.1f} s of "
           f"{', '.join(f'{t:.1f}' for t in times)}  (goal <= 10 s)")
+    print(f"Ray's floor (local Ray + 2-worker TorchTrainer, a print as the step): median {statistics.median(floors):.1f} s of "
+          f"{', '.join(f'{t:.1f}' for t in floors)}; cnnctl / floor {statistics.median(times) / statistics.median(floors):.2f}")
 
 
 if __name__ == "__main__":
