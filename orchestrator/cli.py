@@ -233,6 +233,7 @@ def train(
     except RuntimeError as exc:  # a cluster that cannot be joined
         raise fail(str(exc)) from None
     importer.join()
+    from orchestrator.console import short
     from orchestrator.runs import TrainingFailed, watched_fit
     from orchestrator.train import run_dir
 
@@ -244,7 +245,7 @@ def train(
     final = result.metrics or {}
     # Ray's Checkpoint.path is the path inside its filesystem (no scheme): name it in the run's own store
     where = loc.join(run_dir(cfg), loc.name(result.checkpoint.path)) if result.checkpoint else None
-    typer.echo(f"done: epoch {final.get('epoch')} val_top1 {final.get('val_top1', float('nan')):.4f} | checkpoint {where}")
+    typer.echo(f"done: epoch {final.get('epoch')} val_top1 {final.get('val_top1', float('nan')):.4f} | checkpoint {where and short(where)}")
 
 
 @app.command("eval")
