@@ -102,7 +102,9 @@ def up_local(nodes: int, cpus_per_node: float, state_dir: Path = DEFAULT_STATE, 
     temp_dir = Path("/tmp") / f"cnnctl-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
     port = _free_port(LOOPBACK)
     cluster = LocalCluster(f"{LOOPBACK}:{port}", str(token_path), str(temp_dir), [], nodes, cpus_per_node)
-    env = {**os.environ, **cluster.env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    # Nothing preempts nodes on this machine: Train's preemption watcher (an actor per run, which
+    # also logs an error line about its constructor arguments) only costs start-up time.
+    env = {**os.environ, **cluster.env(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     common = ["--block", f"--node-ip-address={LOOPBACK}", f"--num-cpus={cpus_per_node:g}", "--num-gpus=0", "--disable-usage-stats"]
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
