@@ -1,8 +1,9 @@
 """Ray Train loop vs a bare PyTorch loop: same model, batch, data and thread count, in one run.
 
 Prints the CPU-seconds per image of each (the bare loop's process tree; the Ray worker's own, from its
-metrics) and img/s, per round and as the median ratio with its spread (goal >= 0.97), and the time from `cnnctl train` to its
-first training step with a local Ray (goal <= 15 s). Needs the demo shards:
+metrics) and img/s, per round and as the median ratio with its spread (goal >= 0.97), and the time
+from `cnnctl train` to its first training step with a local Ray (goal <= 10 s), with a timeline of
+where the seconds go and Ray's own floor. Needs the demo shards:
     cnnctl shard fashion-mnist data/fashion-mnist --shard-size 5000
 Run: .venv/bin/python bench/train_step.py [--samples 12800] [--first-step-runs 3] [--first-step-only]
 """
@@ -77,18 +78,61 @@ def ray_loop(args, name) -> tuple[float, float]:
     return last["images_per_sec"], last["train_cpu_s_per_image"]
 
 
-def time_to_first_step(args) -> float:
-    cmd = [str(ROOT / ".venv/bin/cnnctl"), "train", "--preset", "demo-fashion", "--name", "first-step",
+# The timeline of a start: the first line of `cnnctl train --verbose` that shows each phase is over
+# (Ray forwards workers' lines within a fraction of a second, so a phase may look that much longer).
+PHASES = [
+    ("local Ray up", "Started a local Ray instance"),
+    ("config, data checked, Ray connected", "training "),
+    ("Train controller asks for workers", "Requesting resources"),
+    ("worker group started", "Started training worker group"),
+    ("torch process group", "Setting up process group"),
+    ("first step (model, data, step 1)", " step 1/"),
+]
+
+
+def time_to_first_step(args) -> tuple[float, dict]:
+    """Seconds from `cnnctl train` to its first training step, and when each phase ended."""
+    cmd = [str(ROOT / ".venv/bin/cnnctl"), "train", "--verbose", "--preset", "demo-fashion", "--name", "first-step",
            "--set", f"run.storage={args.storage}", "--set", "run.log_every=1", "--set", "data.limit=2560",
            "--epochs", "1", "--data", str(ROOT / "data/fashion-mnist")]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
-    first = None
+    seen = {}
     for line in proc.stdout:
-        if first is None and " step 1/" in line:
+        for phase, marker in PHASES:
+            if phase not in seen and marker in line:
+                seen[phase] = time.perf_counter() - t0
+    proc.wait()
+    return seen.get(PHASES[-1][0], float("nan")), seen
+
+
+# Ray's floor: a fresh process that starts a local Ray and a 2-worker TorchTrainer (gloo) whose
+# training function only prints; no cnnctl, no model, no data.
+FLOOR = """
+import os, sys, time
+t0 = time.perf_counter()
+import ray
+ray.init(num_cpus=max(2, len(os.sched_getaffinity(0))), include_dashboard=False, logging_level="ERROR")
+print("ray up", flush=True)
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+def loop(config):
+    if ray.train.get_context().get_world_rank() == 0:
+        print(" step 1/1", flush=True)
+TorchTrainer(loop, torch_config=TorchConfig(backend="gloo"), scaling_config=ray.train.ScalingConfig(num_workers=2),
+             run_config=ray.train.RunConfig(storage_path=sys.argv[1], name="floor")).fit()
+"""
+
+
+def ray_floor(args) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR, args.storage], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = float("nan")
+    for line in proc.stdout:
+        if first != first and " step 1/" in line:
             first = time.perf_counter() - t0
     proc.wait()
-    return first if first is not None else float("nan")
+    return first
 
 
 def main():
@@ -114,13 +158,24 @@ def main():
         import ray
 
         ray.shutdown()
-    times = []
-    for i in range(args.first_step_runs):  # each a fresh `cnnctl train`, so a fresh local Ray
-        subprocess.run(["rm", "-rf", f"{args.storage}/first-step"], check=True)
-        times.append(time_to_first_step(args))
-    if times:
-        print(f"cnnctl train -> first step, local Ray: median {statistics.median(times):.1f} s of "
-              f"{', '.join(f'{t:.1f}' for t in times)}  (goal <= 15 s)")
+    times, timelines, floors = [], [], []
+    for i in range(args.first_step_runs):  # each a fresh `cnnctl train`, so a fresh local Ray; Ray's floor in turn
+        subprocess.run(["rm", "-rf", f"{args.storage}/first-step", f"{args.storage}/floor"], check=True)
+        first, seen = time_to_first_step(args)
+        times.append(first)
+        timelines.append(seen)
+        floors.append(ray_floor(args))
+    if not times:
+        return
+    print("timeline of each start (s since `cnnctl train`; the phase ended when its line appeared):")
+    print(f"  {'phase':<38}" + "".join(f"{'run ' + str(i + 1):>8}" for i in range(len(timelines))) + f"{'median':>8}")
+    for phase, _ in PHASES:
+        at = [t.get(phase, float("nan")) for t in timelines]
+        print(f"  {phase:<38}" + "".join(f"{v:8.1f}" for v in at) + f"{statistics.median(at):8.1f}")
+    print(f"cnnctl train -> first step, local Ray: median {statistics.median(times):.1f} s of "
+          f"{', '.join(f'{t:.1f}' for t in times)}  (goal <= 10 s)")
+    print(f"Ray's floor (local Ray + 2-worker TorchTrainer, a print as the step): median {statistics.median(floors):.1f} s of "
+          f"{', '.join(f'{t:.1f}' for t in floors)}; cnnctl / floor {statistics.median(times) / statistics.median(floors):.2f}")
 
 
 if __name__ == "__main__":

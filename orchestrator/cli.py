@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
 
+from orchestrator.cli_groups import default_command
 from orchestrator.cluster import connect
 from orchestrator.config import ConfigError, RunConfig, resolve, to_yaml
 from shards import location as loc
@@ -33,6 +33,7 @@ def fail(lines: list[str] | str, code: int = 1) -> typer.Exit:
 Preset = Annotated[Optional[str], typer.Option("--preset", help="Preset from configs/ (e.g. demo-fashion), applied before --config.")]
 ConfigFile = Annotated[Optional[str], typer.Option("--config", help="YAML file (a local path or a URL such as s3://bucket/runs/x/config.yaml) with RunConfig sections (data, model, optim, schedule, parallel, run, tune).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override one field, e.g. --set model.lrn.alpha=2e-4 (repeatable).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also show everything Ray says (start-up, each report and checkpoint, INFO lines).")]
 
 
 def check_data(cfg: RunConfig) -> list[str]:
@@ -64,18 +65,8 @@ def _config(preset, config_file, sets, flags) -> RunConfig:
         raise fail(exc.lines) from None
 
 
-class _ShardGroup(TyperGroup):
-    """`cnnctl shard SOURCE DEST ...` is `cnnctl shard pack SOURCE DEST ...`: a first word that is
-    not a subcommand goes to `pack`, so the short form keeps working beside `verify` and `info`."""
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["pack", *args]
-        return super().parse_args(ctx, args)
-
-
 shard_app = typer.Typer(
-    cls=_ShardGroup, no_args_is_help=True,
+    cls=default_command("pack"), no_args_is_help=True,
     help="Pack datasets into WebDataset shards (`cnnctl shard SOURCE DEST` = `cnnctl shard pack SOURCE DEST`), verify them, summarise them.",
 )
 app.add_typer(shard_app, name="shard")
@@ -100,7 +91,7 @@ def _pack_plan(req) -> str:
     defaults = {"fashion-mnist": ["train", "test"], "imagenet": ["train", "val"], "auto": ["detected from the source"]}
     single = ["val" if layout.startswith("val") or Path(req.source).name.lower() in ("val", "validation") else "train"]
     small = layout == "fashion-mnist"
-    prefix = req.prefix or ("fashion-mnist" if small else Path(req.source).name.removesuffix(".tar") or "data")
+    prefix = req.prefix or ("fashion-mnist" if small else sources.source_name(req.source))
     plan = {
         "source": req.source,
         "layout": layout if here or layout != "auto" else "auto (detected where the command runs: the source is not on this machine)",
@@ -127,7 +118,7 @@ def shard(
     split: Annotated[Optional[list[str]], typer.Option("--split", help="Split name(s) to write. fashion-mnist: train and test; an ImageNet root: train and val; one folder or tar: train (val for validation layouts).")] = None,
     labels: Annotated[Optional[str], typer.Option(help="Validation labels: Kaggle's LOC_val_solution.csv or the devkit's ILSVRC2012_validation_ground_truth.txt (default: found next to the source).")] = None,
     synsets: Annotated[Optional[str], typer.Option(help="ILSVRC2012_ID -> wnid map for the devkit ground truth: meta.mat or a text file of '<ID> <wnid>' lines (default: found next to the source).")] = None,
-    prefix: Annotated[Optional[str], typer.Option(help="Shard name prefix (default: the source name).")] = None,
+    prefix: Annotated[Optional[str], typer.Option(help="Shard name prefix (default: the dataset's name: /data/imagenet/train and ILSVRC2012_img_train.tar give imagenet-train-000000.tar; fashion-mnist for fashion-mnist).")] = None,
     image_format: Annotated[Optional[str], typer.Option("--image-format", help="jpg (RGB baseline JPEG) or png (lossless). Default: png for fashion-mnist, jpg otherwise.")] = None,
     resize: Annotated[Optional[str], typer.Option(help="Shorter side in pixels, or 'none' to keep the size (and the original bytes of RGB baseline JPEGs). Default: none for fashion-mnist, 256 otherwise.")] = None,
     center_crop: Annotated[bool, typer.Option("--center-crop", help="Center-crop to a square after resizing (AlexNet's 256x256).")] = False,
@@ -209,8 +200,12 @@ def train(
     name: Annotated[Optional[str], typer.Option(help="Run name; rerunning the same name resumes it (run.name).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Folder or URL holding the shards (data.root).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and cluster shape, start nothing.")] = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Train a model with Ray Train workers (data parallel; tower parallel with parallel.mp=2)."""
+    """Train a model with Ray Train workers (data parallel; tower parallel with parallel.mp=2).
+
+    Shows one progress bar per epoch and a row of metrics when it ends (on a non-terminal, a line
+    every run.log_every steps instead of the bar)."""
     mp = {None: None, "dp": 1, "mp": 2, "hybrid": 2}.get(parallel, -1)
     if mp == -1:
         raise fail(f"--parallel {parallel!r}: dp, mp or hybrid")
@@ -232,18 +227,24 @@ def train(
     # imported later, by build_trainer: only after connect() has set a cluster's auth env.
     importer = threading.Thread(target=importlib.import_module, args=("orchestrator.train",), daemon=True)
     importer.start()
-    connect(p.address, cpus_needed=p.world * p.cpus_per_worker)
+    try:
+        connect(p.address, cpus_needed=p.world * p.cpus_per_worker, verbose=verbose)
+    except RuntimeError as exc:  # a cluster that cannot be joined
+        raise fail(str(exc)) from None
     importer.join()
-    from orchestrator.train import fit, run_dir
+    from orchestrator.console import short
+    from orchestrator.runs import TrainingFailed, watched_fit
+    from orchestrator.train import run_dir
 
     typer.echo(f"training {cfg.model.name} on {cfg.data.root} | {shape} | run {run_dir(cfg)}")
-    result = fit(cfg)
-    if result.error:
-        raise fail(f"training failed: {result.error}")
+    try:
+        result = watched_fit(cfg, verbose)
+    except TrainingFailed as exc:  # the worker's own traceback is above, under its name
+        raise fail(f"training failed: {exc}") from None
     final = result.metrics or {}
     # Ray's Checkpoint.path is the path inside its filesystem (no scheme): name it in the run's own store
     where = loc.join(run_dir(cfg), loc.name(result.checkpoint.path)) if result.checkpoint else None
-    typer.echo(f"done: epoch {final.get('epoch')} val_top1 {final.get('val_top1', float('nan')):.4f} | checkpoint {where}")
+    typer.echo(f"done: epoch {final.get('epoch')} val_top1 {final.get('val_top1', float('nan')):.4f} | checkpoint {where and short(where)}")
 
 
 @app.command("eval")
@@ -258,6 +259,7 @@ def eval_(
     scales: Annotated[Optional[str], typer.Option(help="dense: comma-separated shorter sides Q the image is rescaled to, e.g. 224,256,288 (default: the run's eval.scales, else as stored).")] = None,
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Also average the softmax of the horizontally flipped views (center, dense). Default: the run's eval.flip.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per forward (default: the run's data.batch_size; dense: 8 images of one size, which share a batch).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (what --out holds) instead of a table.")] = False,
 ) -> None:
     """Top-1/top-5 of a checkpoint on a split; several checkpoints average their softmax (with every TTA view)."""
     from orchestrator.evaluate import run_eval
@@ -276,7 +278,16 @@ def eval_(
                           batch_size=batch_size)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from None
-    typer.echo(json.dumps(result, indent=1))
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    from rich.console import Console
+
+    from orchestrator.console import eval_table
+
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(eval_table(result))
+    out.print(f"wrote {result['written_to']}", markup=False)
 
 
 @app.command("models")
@@ -301,20 +312,48 @@ def models_(
 
 @app.command()
 def report(
-    run: Annotated[str, typer.Argument(help="Run folder (runs/<name>) holding metrics.jsonl.")],
+    runs: Annotated[list[str], typer.Argument(help="Run folder(s) (runs/<name>) holding metrics.jsonl; several are drawn on shared panels.")],
     *,
-    out: Annotated[Optional[str], typer.Option(help="PNG to write, a local path or a URL (default: <run>/report.png, in the run's store).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="PNG to write, a local path or a URL (default: <run>/report.png; several runs: report-<a>+<b>.png beside the first, in its store).")] = None,
 ) -> None:
-    """Draw loss, accuracy, learning rate and img/s against epoch as a PNG."""
-    from orchestrator.report import plot_run
+    """Draw loss, accuracy, learning rate and img/s against epoch as a PNG; several runs overlaid,
+    the legend saying what differs between their configs."""
+    from orchestrator.report import plot_run, plot_runs
 
-    if line := loc.check_access(run, "run"):
-        raise fail(line)
+    unreachable = [line for run in runs if (line := loc.check_access(run, "run"))]
+    if unreachable:
+        raise fail(unreachable)
     try:
-        path = plot_run(run, out)
+        path = plot_run(runs[0], out) if len(runs) == 1 else plot_runs(runs, out)
     except FileNotFoundError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"wrote {path}")
+
+
+@app.command("runs")
+def runs_(
+    storage: Annotated[str, typer.Argument(help="Where the runs are stored (run.storage): a folder or a URL.")] = "runs",
+    *,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")] = False,
+) -> None:
+    """List the runs under STORAGE: model, layout, epochs done of planned, best and last val top-1,
+    status (running, finished, failed, resumable) and where each is."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+
+    from orchestrator.console import runs_table
+    from orchestrator.runs import list_runs
+
+    if line := loc.check_access(storage, "STORAGE"):
+        raise fail(line)
+    rows = list_runs(storage)
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=1))
+    elif not rows:
+        typer.echo(f"no runs under {storage}")
+    else:
+        Console(highlight=False, width=max(240, Console().width)).print(runs_table(rows))  # a log keeps every column
 
 
 cluster_app = typer.Typer(help="A real multi-node Ray cluster on this machine (head + worker raylets, token auth, loopback).", no_args_is_help=True)
@@ -367,16 +406,7 @@ def cluster_down(*, state_dir: StateDir = None) -> None:
     typer.echo(f"stopped {len(pids)} node(s)" if pids else "no local cluster was up")
 
 
-class _TuneGroup(TyperGroup):
-    """`cnnctl tune [OPTIONS]` is `cnnctl tune run [OPTIONS]`; `cnnctl tune report NAME` redraws."""
-
-    def parse_args(self, ctx, args):
-        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
-
-
-tune_app = typer.Typer(cls=_TuneGroup, help="Ray Tune sweeps over LRN settings and lr schedules; each trial is a Ray Train run (`cnnctl tune [OPTIONS]` = `cnnctl tune run [OPTIONS]`).")
+tune_app = typer.Typer(cls=default_command("run", bare_runs_default=True), help="Ray Tune sweeps over LRN settings and lr schedules; each trial is a Ray Train run (`cnnctl tune [OPTIONS]` = `cnnctl tune run [OPTIONS]`).")
 app.add_typer(tune_app, name="tune")
 
 

@@ -9,6 +9,7 @@ every node uses a loopback address.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -102,7 +103,9 @@ def up_local(nodes: int, cpus_per_node: float, state_dir: Path = DEFAULT_STATE, 
     temp_dir = Path("/tmp") / f"cnnctl-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
     port = free_port(LOOPBACK)
     cluster = LocalCluster(f"{LOOPBACK}:{port}", str(token_path), str(temp_dir), [], nodes, cpus_per_node)
-    env = {**os.environ, **cluster.env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    # Nothing preempts nodes on this machine: Train's preemption watcher (an actor per run, which
+    # also logs an error line about its constructor arguments) only costs start-up time.
+    env = {**os.environ, **cluster.env(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     common = ["--block", f"--node-ip-address={LOOPBACK}", f"--num-cpus={cpus_per_node:g}", "--num-gpus=0", "--disable-usage-stats"]
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -143,12 +146,13 @@ def down(state_dir: Path = DEFAULT_STATE, grace: float = 10) -> list[int]:
     return cluster.pids
 
 
-def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAULT_STATE) -> None:
-    """Start (or join) Ray once per process.
+def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAULT_STATE, verbose: bool = False) -> None:
+    """Start (or join) Ray once per process: `cnnctl shard --address`, `train` and `tune` all come here.
 
     A local Ray gets at least the CPUs the run asks for, so a small machine oversubscribes its cores
     rather than waiting forever for resources that will never appear. Joining the cluster that
-    `cnnctl cluster up --local` started picks up its auth token.
+    `cnnctl cluster up --local` started picks up its auth token. Ray's own INFO lines (and its
+    token-auth notice) are shown with ``verbose`` only; its warnings and errors always are.
     """
     local = load(state_dir) if address else None
     if local and address in (local.address, "auto"):
@@ -163,19 +167,88 @@ def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAU
 
     if ray.is_initialized():
         return
+    quiet_driver(verbose)
+    level = logging.INFO if verbose else logging.WARNING
     if local and address in (local.address, "auto"):
         # A driver on the machine of a local cluster joins through the node at its loopback address.
-        ray.init(address=local.address, _node_ip_address=LOOPBACK, log_to_driver=True)
+        ray.init(address=local.address, _node_ip_address=LOOPBACK, log_to_driver=True, logging_level=level)
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True, logging_level=level)
+        except ConnectionError as exc:
+            raise ClusterError(f"cannot join the Ray cluster at {address} ({exc}). A cluster with token auth needs its token: "
+                               "for one that `cnnctl cluster up` started, set CNNCTL_CLUSTER_DIR to its --state-dir; "
+                               "otherwise export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH") from None
         return
     cpus = max(len(os.sched_getaffinity(0)), int(-(-cpus_needed // 1)))  # the cores this process may use
     local_only()
     # Nothing preempts a Ray that lives and dies with this process: Train's preemption watcher (one
     # actor process per run) only costs start-up time. The local raylet's workers inherit this env.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, logging_level=level)
+
+
+class _TokenNotice(logging.Filter):
+    """Ray says at every start that token auth is on; that is how cnnctl runs it, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
+def quiet_driver(verbose: bool) -> None:
+    if not verbose:
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TokenNotice())
+
+
+def _start_coordinator() -> None:
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import get_or_create_autoscaling_coordinator
+
+    get_or_create_autoscaling_coordinator()
+
+
+def warm_up_train() -> None:
+    """Start Ray Train's autoscaling coordinator (a detached actor) while the driver prepares the
+    run. A Train controller starts it on its first resource request and waits 5 s at most; on a
+    busy machine the actor's process takes longer, and the controller logs a warning with a
+    traceback ("safe to ignore") and asks again later. Not waited for."""
+    import ray
+
+    ray.remote(num_cpus=0, max_retries=0)(_start_coordinator).remote()
+
+
+def state_api_served() -> bool:
+    """Whether the cluster serves Ray's State API (it comes with the dashboard)."""
+    from ray.util.state import list_nodes
+
+    try:
+        list_nodes(limit=1, timeout=5)
+    except Exception:  # noqa: BLE001 - no dashboard: the client cannot connect
+        return False
+    return True
+
+
+def torch_trainer():
+    """Ray Train's TorchTrainer, less its placement-group cleaner on a cluster without the State API.
+
+    Why: the cleaner (a detached actor per run) asks the State API every second whether the run's
+    controller still lives, and the State API is served by the dashboard, which cnnctl's Rays do not
+    run (a local Ray for a run, `cnnctl cluster up`, the `ray[train,tune]` install). Each ask failed
+    with a warning (215 lines in a 10-epoch demo) and the cleaner could never clean anything. A run's
+    placement group goes with its driver's job in any case; a Tune trial's Train run is cleaned up
+    by `tune.TrialRun`. A cluster that serves the State API keeps the cleaner.
+    """
+    from ray.train.torch import TorchTrainer
+
+    if state_api_served():
+        return TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return Trainer
 
 
 def local_only() -> None:

@@ -74,23 +74,45 @@ def parse_bytes(value: str | None) -> int | None:
     return int(number * SIZE_UNITS[unit])
 
 
-def ray_map(address: str) -> MapFn:
-    """Write shards as Ray tasks on an existing cluster (every node must reach the destination)."""
+def _on_node(fn: Callable, job):
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), fn(job)
+
+
+def ray_map(address: str, nodes: set[str]) -> MapFn:
+    """Write shards as Ray tasks on an existing cluster (every node must reach the destination);
+    the nodes that wrote any go into ``nodes``."""
 
     def run(fn: Callable, jobs: list) -> Iterator[tuple[int, object]]:
-        import ray  # only --address needs Ray
+        from orchestrator.cluster import connect
 
-        if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False)
-        task = ray.remote(num_cpus=1, max_retries=2)(fn)  # a shard is idempotent: a retry rewrites it
+        connect(address)  # as train and tune connect: a `cnnctl cluster up` cluster's token included
+        import ray
+
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        task = ray.remote(num_cpus=1, max_retries=2)(_on_node)  # a shard is idempotent: a retry rewrites it
         window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        yield from bounded_map(lambda job: task.remote(job).future(), jobs, window)
+        # Shards go round the nodes that have CPUs, so every node's cores and links write (Ray's own
+        # placement keeps short tasks on the nodes whose workers are already up); soft: a node that
+        # goes away hands its shards to the others.
+        alive = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1)
+        turn = iter(range(len(jobs)))
+
+        def submit(job):
+            where = NodeAffinitySchedulingStrategy(alive[next(turn) % len(alive)], soft=True) if alive else "DEFAULT"
+            return task.options(scheduling_strategy=where).remote(fn, job).future()
+
+        for i, (node, result) in bounded_map(submit, jobs, window):
+            nodes.add(node)
+            yield i, result
 
     return run
 
 
 def run_pack(req: PackRequest, console: Console | None = None) -> list[dict]:
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)  # a long path stays one line in a log
     mf.check_url(req.dest)
     name, layout, listings = sources.open_source(req.source, req.layout, req.splits, req.labels, req.synsets)
     small = layout == "fashion-mnist"  # kept lossless and grayscale at 28x28
@@ -101,7 +123,8 @@ def run_pack(req: PackRequest, console: Console | None = None) -> list[dict]:
         seed=req.seed, workers=req.workers, overwrite=req.overwrite, max_errors=req.max_errors,
     )
     prefix = req.prefix or name
-    map_fn = ray_map(req.address) if req.address else None
+    nodes: set[str] = set()
+    map_fn = ray_map(req.address, nodes) if req.address else None
     manifests = []
     for listing in listings:
         if req.per_class_limit:
@@ -122,6 +145,9 @@ def run_pack(req: PackRequest, console: Console | None = None) -> list[dict]:
             f"({size / 2**20:.1f} MiB, {reused} reused), {len(manifest['rejected'])} rejected, "
             f"{len(manifest['classes'])} classes, {elapsed:.1f}s -> {mf.manifest_url(req.dest, prefix, listing.split)}"
         )
+        if nodes:
+            console.print(f"  written by Ray tasks on {len(nodes)} node(s) of {req.address}", markup=False)
+            nodes.clear()
         for r in manifest["rejected"]:
             console.print(f"  rejected {r['source']}: {r['reason']}", markup=False)
         manifests.append(manifest)

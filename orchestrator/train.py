@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import tempfile
@@ -23,6 +22,7 @@ from models.parallel import (Mesh, apply_tower_split, canonical_optimizer_state,
                              load_canonical_optimizer, unwrap)
 from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig, to_yaml
+from orchestrator.console import WorkerConsole, quiet_worker
 from orchestrator.data import eval_stream, make_loader, manifest_url, mean_image, train_stream
 from orchestrator.device_batch import device_batch
 from orchestrator.metrics import MetricsLog, tree_cpu_seconds
@@ -42,8 +42,9 @@ def run_dir(cfg: RunConfig) -> str:
 class Trainer:
     """One rank's share of a run: model, optimizer, data and the epoch loop."""
 
-    def __init__(self, cfg: RunConfig, resume_from: str | None = None, node: str = "local"):
+    def __init__(self, cfg: RunConfig, resume_from: str | None = None, node: str = "local", console: WorkerConsole | None = None):
         self.cfg = cfg
+        self.console = console or WorkerConsole()  # rank 0's progress to the driver's console
         torch.set_num_threads(cfg.parallel.threads_per_worker)
         self.mesh = Mesh.init(cfg.parallel.mp)
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if cfg.parallel.gpus else torch.device("cpu")
@@ -82,12 +83,12 @@ class Trainer:
         if resume_from:
             model.load_state_dict(ckpt.load_weights(resume_from))
             if self.is_logger:
-                print(f"resuming from {resume_from}", flush=True)
+                self.console.note(f"resuming from {resume_from}")
             return ckpt.load_state(resume_from)
         if self.cfg.model.init_from:
             message = initialise(model, self.cfg)
             if self.is_logger:
-                print(message, flush=True)
+                self.console.note(message)
         return None
 
     def _all_sum(self, values: list[float]) -> list[float]:
@@ -139,9 +140,9 @@ class Trainer:
             self.step += 1
             sums += torch.stack([loss.detach() * len(labels), (logits.detach().argmax(1) == labels).sum()]).double()
             seen += len(labels)
-            if self.is_logger and (i + 1) % cfg.run.log_every == 0:
-                rate = seen * self.mesh.dp / (time.perf_counter() - t0)
-                print(f"epoch {epoch} step {i + 1}/{steps} loss {sums[0].item() / seen:.4f} lr {lr:.4g} {rate:.0f} img/s", flush=True)
+            if self.is_logger and self.console.due(i + 1, steps):
+                elapsed = time.perf_counter() - t0
+                self.console.step(epoch, cfg.schedule.epochs, i + 1, steps, sums[0].item() / seen, lr, seen * self.mesh.dp / elapsed, elapsed)
         elapsed = time.perf_counter() - t0
         # this rank's CPU-seconds (its process and loader workers) per image it trained on: unlike
         # img/s, other jobs on the machine barely move it (bench/train_step.py compares it)
@@ -182,7 +183,6 @@ class Trainer:
                 report(metrics, None)
                 continue
             self.log.write(metrics)
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}), flush=True)
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt.save(tmp, weights, self.cfg, state, {"epoch": epoch, "metrics": metrics}, self.mean_image)
                 report(metrics, tmp)
@@ -205,6 +205,8 @@ def train_loop(config: dict) -> None:
     resume = ray.train.get_checkpoint()  # the newest checkpoint of this run: after a worker failure or a rerun
     world_rank = ray.train.get_context().get_world_rank()
     node = ray.get_runtime_context().get_node_id()
+    quiet_worker()  # Train's per-report dumps follow the run's log level (--verbose)
+    console = WorkerConsole.find(cfg.run.name, cfg.run.log_every) if world_rank == 0 else None
 
     def report(metrics: dict, folder: str | None) -> None:
         # Every rank reports each epoch (Ray Train synchronises on it); rank 0 attaches the checkpoint.
@@ -213,16 +215,18 @@ def train_loop(config: dict) -> None:
 
     with resume.as_directory() if resume else nullcontext(None) as resume_dir:
         start = ckpt.resume_point(resume_dir, run_dir(cfg))
-        trainer = Trainer(cfg, resume_from=start, node=node)
+        trainer = Trainer(cfg, resume_from=start, node=node, console=console)
     trainer.run(report)
 
 
-def fit(cfg: RunConfig):
-    """Start cfg.parallel.world Ray Train workers and run the training loop; returns Ray's Result."""
-    from orchestrator.cluster import connect
+def fit(cfg: RunConfig, console=None, verbose: bool = False):
+    """Start cfg.parallel.world Ray Train workers and run the training loop; returns Ray's Result.
+    ``console``: a `console.TrainConsole` that shows the run."""
+    from orchestrator.cluster import connect, warm_up_train
 
     connect(cfg.parallel.address, cpus_needed=cfg.parallel.world * cfg.parallel.cpus_per_worker)  # before importing ray.train: auth env
-    return build_trainer(cfg).fit()
+    warm_up_train()
+    return build_trainer(cfg, callbacks=console.callbacks() if console else None, verbose=verbose).fit()
 
 
 def prepare_run(cfg: RunConfig) -> RunConfig:
@@ -239,21 +243,22 @@ def prepare_run(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool = True):
+def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool = True, verbose: bool = False):
     """The TorchTrainer of one run (Ray already connected); `fit` and each `cnnctl tune` trial use it.
 
     ``pin_nodes=False`` leaves a one-node run to Ray's placement, so concurrent Tune trials spread
-    over the cluster instead of all waiting for the same node.
+    over the cluster instead of all waiting for the same node. ``verbose``: Ray Train's INFO lines
+    (worker group start-up, every report and checkpoint) on the console too.
     """
-    from orchestrator.cluster import place_workers
+    from orchestrator.cluster import place_workers, torch_trainer
 
     p = prepare_run(cfg).parallel
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     resources = {"CPU": p.cpus_per_worker, **({"GPU": 1} if p.gpus else {})}
     selectors = place_workers(p.nodes, p.workers_per_node, p.cpus_per_worker, p.gpus) if pin_nodes or p.nodes > 1 else None
-    return TorchTrainer(
+    return torch_trainer()(
         train_loop,
         train_loop_config=cfg.model_dump(mode="json"),
         torch_config=TorchConfig(backend="nccl" if p.gpus else "gloo"),
@@ -265,5 +270,6 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             callbacks=callbacks or None,
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
     )

@@ -326,7 +326,10 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
     in the trial's own process for one worker, as a Ray Train run for more."""
     from ray import tune
 
+    from orchestrator.tune_console import quiet_trial
+
     trial_id = tune.get_context().get_trial_id()
+    quiet_trial()
     params = tune_plan.flat(params)
     cfg = apply(base, params)
     cfg.run.seed = params[tune_plan.SEED]  # the plan's or the searcher's: tune.seeds and tune.trial_seeds
@@ -466,6 +469,7 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False, trials: tun
     import ray
     from ray import tune
 
+    from orchestrator import tune_console  # a row per finished trial instead of Tune's status tables
     ckpt.absolute_paths(cfg)  # trials run in Tune's working folders
     path = sweep_dir(cfg)
     base = cfg.model_dump(mode="json")
@@ -494,7 +498,7 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False, trials: tun
                                     # a finished trial's process runs the next one (saves its start);
                                     # PBT's exploits restart trials through a fresh one
                                     reuse_actors=cfg.tune.scheduler != "pbt"),
-        run_config=tune.RunConfig(name=cfg.tune.name, storage_path=loc.parent(path),
+        run_config=tune.RunConfig(name=cfg.tune.name, storage_path=loc.parent(path), **tune_console.run_config_kwargs(cfg.tune.metric, cfg.tune.mode),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_TRIAL_CHECKPOINTS)),
     )
     return tuner.fit()

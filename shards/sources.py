@@ -295,6 +295,24 @@ def _layout_of(path: Path) -> str:
     return "val-flat" if _is_flat(path) else "class-folders"
 
 
+SPLIT_WORDS = ("train", "val", "validation", "test")
+
+
+def source_name(source: str) -> str:
+    """The default shard prefix of a source: the dataset's name, not its split's. A split folder
+    (/data/imagenet/train) is named by its parent, ILSVRC2012's tars are imagenet, and a split
+    suffix goes (mini-train -> mini): shards are <prefix>-<split>-NNNNNN.tar, so the split is in the
+    name already."""
+    path = Path(source)
+    name = path.name.removesuffix(".tar")
+    if re.fullmatch(r"ILSVRC\d{4}_img_(train|val)", name):
+        return "imagenet"
+    if name.lower() in SPLIT_WORDS:
+        name = Path(os.path.abspath(source)).parent.name  # as the user named it (a link is not resolved)
+    stem = re.sub(rf"[-_.]({'|'.join(SPLIT_WORDS)})$", "", name, flags=re.I)
+    return stem or name or "data"
+
+
 def open_source(source: str, layout: str = "auto", splits: list[str] | None = None,
                 labels: str | None = None, synsets: str | None = None) -> tuple[str, str, list[Listing]]:
     """The listings of a source: (its name, its layout, one listing per split)."""
@@ -306,7 +324,7 @@ def open_source(source: str, layout: str = "auto", splits: list[str] | None = No
         path = Path(source)
         if not path.exists():
             raise SourceError(f"{source}: no such folder or file")
-        name = path.name.removesuffix(".tar") or "data"
+        name = source_name(source)
         if layout == "imagenet":
             parts = _imagenet_parts(path)
             unknown = set(splits or []) - set(parts)

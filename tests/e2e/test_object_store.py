@@ -87,7 +87,7 @@ def test_eval_of_the_s3_run_equals_eval_of_a_local_copy(tta, s3_run, s3_server, 
 
 
 def test_eval_and_report_write_beside_the_run_in_the_store(s3_run, s3_server):
-    out = json.loads(cli("eval", s3_run["run"], "--split", "test"))
+    out = json.loads(cli("eval", s3_run["run"], "--split", "test", "--json"))
     assert out["written_to"].startswith(f"{s3_run['run']}/checkpoint_") and s3_server.exists(out["written_to"])
     assert f"wrote {s3_run['run']}/report.png" in cli("report", s3_run["run"])
     assert s3_server.cat_file("cnn/runs/s3run/report.png")[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,7 @@
 """CLI wiring and error messages through typer's CliRunner."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -111,3 +112,26 @@ def test_models_table_pins_the_paper_counts():
                          ("vgg-d", "138,357,544"), ("vgg-e", "143,667,240")]:
         line = next(l for l in res.output.splitlines() if f"│ {name}" in l)
         assert params in line
+
+
+@pytest.mark.parametrize("group,options,commands", [
+    ("tune", ["--search", "--scheduler", "--num-samples", "--max-concurrent", "--trial-workers", "--resume"], ["run", "report"]),
+    ("shard", ["SOURCE", "DEST", "--prefix", "--shard-size", "--shard-bytes", "--workers", "--address", "--image-format"], ["pack", "verify", "info"]),
+])
+def test_group_help_shows_the_default_commands_options_and_the_commands(group, options, commands):
+    """A newcomer types `cnnctl tune --help`: the options of `cnnctl tune [OPTIONS]` are there."""
+    res = runner.invoke(app, [group, "--help"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    missing = [o for o in options if o not in res.output]
+    assert not missing, res.output
+    assert all(re.search(rf"^│ {c}\s", res.output, re.M) for c in commands), res.output
+    assert f" {group} [OPTIONS]" in res.output  # the usage line: the default command's form first
+
+
+def test_group_help_stays_help_only():
+    """The default command's options are shown by the group's help, never parsed by it: the short
+    forms still route to the default command, and a subcommand's help is its own."""
+    res = runner.invoke(app, ["tune", "--num-samples", "0", "--dry-run"])
+    assert res.exit_code != 0 and "num_samples" in res.output.replace("-", "_"), res.output
+    res = runner.invoke(app, ["shard", "info", "--help"], terminal_width=200)
+    assert res.exit_code == 0 and "--prefix" not in res.output and "--scheduler" not in res.output

@@ -32,10 +32,10 @@ def checkpoint(fmnist_root, tmp_path_factory):
 
 def _eval(tmp_path, *args):
     out = tmp_path / f"eval-{len(list(tmp_path.iterdir()))}.json"
-    res = runner.invoke(app, ["eval", *args, "--out", str(out), "--threads", "1"])
+    res = runner.invoke(app, ["eval", *args, "--out", str(out), "--threads", "1", "--json"])
     assert res.exit_code == 0, res.output
-    assert '"top1"' in res.output and '"top5"' in res.output
     written = json.loads(out.read_text())
+    assert json.loads(res.output) == {**written, "written_to": str(out)}  # --json prints what --out holds
     assert written["count"] == 200 and 0 <= written["top1"] <= written["top5"] <= 1
     return written
 
@@ -88,3 +88,15 @@ def test_ten_crop_of_a_constant_image_equals_the_center_crop():
 def test_bad_tta_options_exit_1_with_a_reason(checkpoint, args, message):
     res = runner.invoke(app, ["eval", str(checkpoint), *args])
     assert res.exit_code == 1 and message in res.output, res.output
+
+
+def test_eval_prints_a_table_by_default(checkpoint, tmp_path):
+    out = tmp_path / "e.json"
+    res = runner.invoke(app, ["eval", str(checkpoint), str(checkpoint), "--out", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    written = json.loads(out.read_text())
+    lines = res.output.splitlines()
+    assert "softmax averaged" in lines[0] and lines[1].split() == ["split", "images", "views", "top-1", "top-5", "loss", "time"]
+    row = lines[3].split()
+    assert row[:4] == ["test", "200", "centre", "crop"] and row[4] == f"{written['top1']:.2%}" and row[5] == f"{written['top5']:.2%}"
+    assert lines[-1] == f"wrote {out}" and len(lines) == 5

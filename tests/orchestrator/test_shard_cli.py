@@ -116,3 +116,25 @@ def test_kill_mid_run_then_rerun_is_byte_identical(photo_tree, tmp_path):
     assert manifest["num_samples"] == 80 and len(manifest["shards"]) == 40
     res = runner.invoke(app, ["shard", "verify", str(out)])
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("source,prefix", [
+    ("imagenet/train", "imagenet"), ("imagenet/val", "imagenet"), ("ILSVRC2012_img_train.tar", "imagenet"),
+    ("mini-train", "mini"), ("flowers", "flowers"),
+])
+def test_default_prefix_is_the_datasets_name_not_the_splits(source, prefix, tmp_path):
+    res = runner.invoke(app, ["shard", f"/data/{source}", str(tmp_path / "o"), "--layout", "class-folders", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert f"shards: {prefix}-<split>-NNNNNN.tar" in res.output, res.output
+
+
+def test_a_split_folder_packs_under_its_datasets_name(image_tree, tmp_path):
+    """`cnnctl shard /data/imagenet/train OUT` wrote train-train-000000.tar; now imagenet-train-000000.tar."""
+    (tmp_path / "imagenet").mkdir()
+    (tmp_path / "imagenet" / "train").symlink_to(image_tree, target_is_directory=True)
+    res = runner.invoke(app, ["shard", str(tmp_path / "imagenet" / "train"), str(tmp_path / "o"), "--shard-size", "30"])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert names == ["imagenet-train-000000.tar", "imagenet-train-000001.tar", "imagenet-train.manifest.json", "imagenet-train.mean.npy"]
+    res = runner.invoke(app, ["shard", str(tmp_path / "imagenet" / "train"), str(tmp_path / "p"), "--shard-size", "30", "--prefix", "in100"])
+    assert res.exit_code == 0 and (tmp_path / "p" / "in100-train.manifest.json").exists(), res.output

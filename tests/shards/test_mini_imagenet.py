@@ -69,7 +69,7 @@ def test_classes_and_counts(packed):
     classes = [{"index": i, "wnid": w, "name": FASHION_MNIST_CLASSES[i]} for i, w in enumerate(WNIDS)]
     assert sorted(p.name for p in (packed["root"] / "train").iterdir()) == WNIDS
     for dest, prefix, split, count in ((packed["folders"], "mini", "train", TRAIN), (packed["folders"], "mini", "val", VAL),
-                                       (packed["tar"], "ILSVRC2012_img_train", "train", TRAIN)):
+                                       (packed["tar"], "imagenet", "train", TRAIN)):
         manifest, samples = _split(dest, prefix, split)
         assert manifest["classes"] == classes and manifest["rejected"] == []
         assert manifest["num_samples"] == CLASSES * count
@@ -79,7 +79,7 @@ def test_classes_and_counts(packed):
 
 def test_tar_and_folder_train_are_the_same_samples(packed):
     _, folders = _split(packed["folders"], "mini", "train")
-    _, tar = _split(packed["tar"], "ILSVRC2012_img_train", "train")
+    _, tar = _split(packed["tar"], "imagenet", "train")
     files = {p.stem: WNIDS.index(p.parent.name) for p in (packed["root"] / "train").glob("*/*.JPEG")}
     assert {k: v[0] for k, v in folders.items()} == {k: v[0] for k, v in tar.items()} == files
     assert folders == tar  # the same source bytes, so the same re-encoded images

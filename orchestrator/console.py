@@ -1,0 +1,250 @@
+"""What `cnnctl train` shows a person: one progress bar per epoch, one row when the epoch ends, and
+where its checkpoint went; on a non-terminal (CI, a log file) a plain line every `run.log_every`
+steps instead of the bar.
+
+Rank 0 sends its progress to a small actor on the cluster (``Sink``); Ray Train's controller sends
+each epoch's metrics and persisted checkpoint there too (``epoch_callback``); the driver drains it
+and draws. Workers therefore print nothing of their own: Ray forwards what they print (twice, in
+Train V2: its print patch tees stdout into a logger that prints again), and only real warnings and
+errors should reach the screen that way, with the worker that raised them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from shards import location as loc
+
+SEND_EVERY_S = 0.5  # rank 0's bar updates: twice a second is smooth and costs one host sync each
+POLL_S = 0.2
+
+
+def sink_name(run_name: str) -> str:
+    return f"cnnctl-console-{run_name}"
+
+
+class Sink:
+    """The events of one run, from rank 0 and the Train controller, until the driver drains them."""
+
+    def __init__(self):
+        self.events: list[tuple] = []
+
+    def put(self, event: tuple) -> None:
+        self.events.append(event)
+
+    def drain(self) -> list[tuple]:
+        out, self.events = self.events, []
+        return out
+
+
+class WorkerConsole:
+    """Rank 0's side. Without a driver console (a Tune trial, a unit test) steps are not sent."""
+
+    def __init__(self, sink=None, log_every: int = 50):
+        self.sink, self.log_every, self.last = sink, log_every, 0.0
+
+    @classmethod
+    def find(cls, run_name: str, log_every: int) -> "WorkerConsole":
+        import ray
+
+        try:  # the driver's console actor, in this job's namespace
+            return cls(ray.get_actor(sink_name(run_name)), log_every)
+        except ValueError:
+            return cls(None, log_every)
+
+    def due(self, step: int, steps: int) -> bool:
+        """Whether this step is sent: every log_every steps (the plain lines), the last one, and
+        often enough for a smooth bar."""
+        if self.sink is None:
+            return False
+        return step % self.log_every == 0 or step == steps or time.monotonic() - self.last >= SEND_EVERY_S
+
+    def step(self, epoch: int, epochs: int, step: int, steps: int, loss: float, lr: float, rate: float, elapsed: float) -> None:
+        self.last = time.monotonic()
+        self.sink.put.remote(("step", epoch, epochs, step, steps, loss, lr, rate, elapsed))
+
+    def note(self, text: str) -> None:
+        if self.sink is None:
+            print(text, flush=True)
+        else:
+            self.sink.put.remote(("note", text))
+
+
+def quiet_worker() -> None:
+    """Hold a Train worker's "Reporting training result" lines (a dump of every rank's metrics, each
+    epoch) to the run's log level, as Train does its other lines: their logger is named by a file
+    path, outside the ``ray.train`` tree that the level governs."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    level = context.get_train_context().train_run_context.get_run_config().logging_config.log_level
+    logging.getLogger(context.__file__).setLevel(level)
+
+
+def epoch_callback(sink):
+    """A Train callback (it runs on the controller): each epoch's rank-0 metrics and the checkpoint
+    as persisted, once the report is complete."""
+    from ray.train import UserCallback
+
+    class EpochToConsole(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            import ray
+
+            row = {k: v for k, v in metrics[0].items() if isinstance(v, (int, float, str))}
+            ray.get(sink.put.remote(("epoch", row, checkpoint.path if checkpoint else None)))
+
+    return EpochToConsole()
+
+
+HEADER = f"{'epoch':>7}  {'train loss':>10} {'top-1':>6}   {'val loss':>8} {'top-1':>6} {'top-5':>6}   {'lr':>9} {'img/s':>7} {'time':>7}"
+
+
+def epoch_row(m: dict, epochs: int) -> str:
+    return (f"{m['epoch'] + 1:>3}/{epochs:<3}  {m['train_loss']:>10.4f} {m['train_top1']:>6.1%}   {m['val_loss']:>8.4f} "
+            f"{m['val_top1']:>6.1%} {m['val_top5']:>6.1%}   {m['lr']:>9.3g} {m['images_per_sec']:>7,.0f} {m['epoch_time_s']:>6.1f}s")
+
+
+def short(path: str) -> str:
+    """A local path relative to the working folder when it is below it (a URL as it is)."""
+    if loc.is_url(path):
+        return path
+    import os
+
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+class TrainConsole:
+    """The driver's side, around `train.fit`: ``with TrainConsole(cfg) as c: fit(cfg, c)``."""
+
+    def __init__(self, run_dir: str, epochs: int, log_every: int, verbose: bool = False, console: Console | None = None):
+        self.run_dir, self.epochs, self.log_every, self.verbose = run_dir, epochs, log_every, verbose
+        self.out = console or Console(highlight=False, soft_wrap=True)  # a long path stays one line
+        self.live = self.out.is_terminal
+        self.bar: Progress | None = None
+        self.task, self.task_epoch, self.done_epochs = None, -1, set()
+        self.header_shown = False
+        self.stopping = threading.Event()
+
+    def __enter__(self) -> "TrainConsole":
+        import ray
+
+        name = sink_name(loc.name(self.run_dir))
+        # One per run name in this driver's job; a second run of the same name in one process (tests,
+        # a notebook) takes it over, dropping what the first left.
+        self.sink = ray.remote(Sink).options(name=name, num_cpus=0, get_if_exists=True).remote()
+        self.sink.drain.remote()  # not waited for: the actor starts while the run does
+        if self.live:
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=self.out, transient=True)
+            self.bar.start()
+        self.thread = threading.Thread(target=self._poll, daemon=True, name="console")
+        self.thread.start()
+        return self
+
+    def callbacks(self) -> list:
+        return [epoch_callback(self.sink)]
+
+    def __exit__(self, *exc) -> None:
+        import ray
+
+        self.stopping.set()
+        self.thread.join()
+        try:
+            self._draw(ray.get(self.sink.drain.remote(), timeout=10))
+        except Exception:  # noqa: BLE001 - the cluster went away: nothing more to show
+            pass
+        if self.bar is not None:
+            self.bar.stop()
+
+    def _poll(self) -> None:
+        import ray
+
+        while not self.stopping.wait(POLL_S):
+            try:
+                self._draw(ray.get(self.sink.drain.remote(), timeout=10))
+            except Exception:  # noqa: BLE001 - a slow or lost actor only delays the console
+                continue
+
+    def print(self, text: str) -> None:
+        (self.bar.console if self.bar is not None else self.out).print(text, markup=False, highlight=False)
+
+    def _draw(self, events: list[tuple]) -> None:
+        for kind, *rest in events:
+            if kind == "note":
+                self.print(rest[0])
+            elif kind == "step":
+                self._step(*rest)
+            elif kind == "epoch":
+                self._epoch(*rest)
+
+    def _step(self, epoch, epochs, step, steps, loss, lr, rate, elapsed) -> None:
+        if epoch in self.done_epochs:
+            return  # a late update of an epoch whose row is out
+        stats = f"loss {loss:.4f}  lr {lr:.3g}  {rate:,.0f} img/s"
+        if self.bar is None:
+            if step % self.log_every == 0:
+                eta = (steps - step) * elapsed / step
+                self.print(f"epoch {epoch + 1}/{epochs} step {step}/{steps}  {stats}  eta {_clock(eta)}")
+            return
+        if self.task_epoch != epoch:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.task = self.bar.add_task(f"epoch {epoch + 1}/{epochs}", total=steps, stats="")
+            self.task_epoch = epoch
+        self.bar.update(self.task, completed=step, stats=stats)
+
+    def _epoch(self, metrics: dict, checkpoint: str | None) -> None:
+        self.done_epochs.add(metrics["epoch"])
+        if self.bar is not None and self.task is not None and self.task_epoch == metrics["epoch"]:
+            self.bar.remove_task(self.task)
+            self.task, self.task_epoch = None, -1
+        if not self.header_shown:
+            self.print(HEADER)
+            self.header_shown = True
+        self.print(epoch_row(metrics, self.epochs))
+        if checkpoint:
+            # Ray's Checkpoint.path is the path inside its filesystem (no scheme): name it in the run's store
+            self.print(f"{'':>7}  checkpoint {short(loc.join(self.run_dir, loc.name(checkpoint)))}")
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds + 0.5), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def eval_table(result: dict) -> Table:
+    """`cnnctl eval`'s result as one table row (several checkpoints: their fused softmax)."""
+    views = {"center": "centre crop", "ten-crop": "10 crops", "dense": "dense"}[result["tta"]]
+    if result["tta"] == "dense":
+        views += f" {result['scales']}" if isinstance(result["scales"], str) else f" Q={','.join(map(str, result['scales']))}"
+    if result["flip"] and result["tta"] != "ten-crop":
+        views += " + flips"
+    fused = " (softmax averaged)" if len(result["checkpoints"]) > 1 else ""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, title_justify="left",
+                  title=" + ".join(short(c) for c in result["checkpoints"]) + fused)
+    for col in ("split", "images", "views", "top-1", "top-5", "loss", "time"):
+        table.add_column(col, justify="left" if col in ("split", "views") else "right")
+    table.add_row(result["split"], f"{result['count']:,}", views, f"{result['top1']:.2%}", f"{result['top5']:.2%}",
+                  f"{result['loss']:.4f}", f"{result['seconds']:.1f}s")
+    return table
+
+
+def runs_table(rows: list) -> Table:
+    """`cnnctl runs`: one row per run (runs.RunRow)."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for col in ("run", "model", "layout", "epochs", "best top-1", "last top-1", "status", "where", "note"):
+        table.add_column(col, justify="right" if col in ("epochs", "best top-1", "last top-1") else "left", no_wrap=True)
+    colour = {"finished": "green", "running": "cyan", "resumable": "yellow", "failed": "red"}
+    for r in rows:
+        pct = (lambda v: "-" if v is None else f"{v:.2%}")
+        table.add_row(r.name, r.model, r.layout, f"{r.done}/{r.planned}", pct(r.best), pct(r.last), f"[{colour[r.status]}]{r.status}[/]",
+                      short(r.where), r.note)
+    return table

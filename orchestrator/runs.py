@@ -1,0 +1,131 @@
+"""`cnnctl runs [STORAGE]`: the runs under a storage location, and where each stands.
+
+A run folder holds config.yaml (written when the run starts), metrics.jsonl (a row per finished
+epoch), checkpoint_*/ and status.json, which the `cnnctl train` driver writes when it starts and
+ends. A driver that was killed leaves "running" behind with its pid; a pid that is gone on this
+host means the run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import yaml
+
+from orchestrator import checkpoint as ckpt
+from orchestrator.config import RunConfig
+from orchestrator.metrics import read
+from shards import location as loc
+
+STATUS = "status.json"
+
+
+def mark(run: str, state: str, error: str | None = None) -> None:
+    """Record the driver's view of the run (running, finished or failed) beside it."""
+    status = {"state": state, "host": socket.gethostname(), "pid": os.getpid(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if error:
+        status["error"] = error.strip().splitlines()[-1][:300]
+    loc.write_bytes(loc.join(run, STATUS), (json.dumps(status) + "\n").encode())
+
+
+class TrainingFailed(RuntimeError):
+    """A run that ended in an error; the message is its last line."""
+
+
+def watched_fit(cfg: RunConfig, verbose: bool = False):
+    """`train.fit` with the console on the screen and the run's state in its status.json; returns
+    Ray's Result, or raises TrainingFailed with the error's last line (Ray Train raises a worker's
+    error; Ray has forwarded its traceback under the worker's name already)."""
+    from orchestrator.console import TrainConsole
+    from orchestrator.train import fit, run_dir
+
+    run = run_dir(cfg)
+    mark(run, "running")
+    try:
+        with TrainConsole(run, cfg.schedule.epochs, cfg.run.log_every, verbose) as console:
+            result = fit(cfg, console, verbose)
+        if result.error:
+            raise result.error
+    except Exception as exc:
+        last = ([line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__])[-1]
+        mark(run, "failed", last)
+        raise TrainingFailed(last) from None
+    except BaseException:  # Ctrl-C: `cnnctl runs` must not call it running
+        mark(run, "failed", "interrupted")
+        raise
+    mark(run, "finished")
+    return result
+
+
+def _driver_alive(status: dict) -> bool:
+    if status.get("host") != socket.gethostname():
+        return True  # another machine's driver: trust what it last wrote
+    try:
+        os.kill(int(status["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class RunRow:
+    name: str
+    model: str
+    layout: str
+    done: int
+    planned: int
+    best: float | None
+    last: float | None
+    status: str
+    where: str
+    note: str = ""
+
+
+def describe(run: str) -> RunRow | None:
+    """One run's row; None for a folder that is not a run (no config.yaml)."""
+    try:
+        raw = loc.read_text(loc.join(run, "config.yaml"))
+    except (FileNotFoundError, OSError):
+        return None
+    name = loc.name(run)
+    try:
+        cfg = RunConfig.model_validate(yaml.safe_load(raw))
+    except Exception as exc:  # noqa: BLE001 - a damaged config is a row that says so, not a crash
+        return RunRow(name, "?", "?", 0, 0, None, None, "failed", run, f"config.yaml unreadable: {str(exc).splitlines()[0]}")
+    rows = read(run)
+    epochs = sorted({r["epoch"] for r in rows if "epoch" in r})
+    tops = [r["val_top1"] for r in rows if r.get("val_top1") is not None]
+    p = cfg.parallel
+    layout = f"{p.nodes}x{p.workers_per_node} dp={p.world // p.mp} mp={p.mp}"
+    try:
+        status = json.loads(loc.read_text(loc.join(run, STATUS)))
+    except (FileNotFoundError, OSError, ValueError):
+        status = {}
+    done, planned = (epochs[-1] + 1 if epochs else 0), cfg.schedule.epochs
+    checkpoints = [c for c in loc.listdir(run) if loc.name(c).startswith("checkpoint_") and not c.endswith(".json")]  # not Ray's snapshot
+    complete = [c for c in checkpoints if ckpt.is_complete(c)]
+    note = status.get("error", "")
+    if done >= planned and complete:
+        state = "finished"
+    elif status.get("state") == "running" and _driver_alive(status):
+        state = "running"
+    elif complete:
+        state = "resumable"  # rerunning the same command continues from the newest complete checkpoint
+    else:
+        state = "failed"
+    if len(complete) < len(checkpoints):
+        note = "; ".join(filter(None, [note, f"{len(checkpoints) - len(complete)} torn checkpoint(s) ignored"]))
+    return RunRow(name, cfg.model.name, layout, done, planned, max(tops) if tops else None, tops[-1] if tops else None,
+                  state, run, note)
+
+
+def list_runs(storage: str) -> list[RunRow]:
+    """Every run directly under ``storage`` (a sweep's trial runs are under <sweep>/train)."""
+    rows = [describe(folder) for folder in sorted(loc.listdir(storage))]
+    return [r for r in rows if r is not None]
