@@ -448,8 +448,7 @@ def tune_run(
         if resume:
             folder, results = sweeps.resume(resume, cfg.run.storage, address, say=typer.echo)
             return _tune_finish(results, folder)
-        # One node per trial, trial_workers workers on it; resolved again so every rule is re-checked.
-        cfg = _config(preset, config, set_, {**flags, "parallel.nodes": 1, "parallel.workers_per_node": cfg.tune.trial_workers})
+        cfg = sweeps.trial_shape(cfg)  # one node per trial, tune.trial_workers workers on it
         space = search_space.load(cfg.tune.search)
         if problems := search_space.validate(space, cfg):
             raise ConfigError(problems)

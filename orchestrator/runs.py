@@ -102,7 +102,7 @@ def describe(run: str) -> RunRow | None:
     epochs = sorted({r["epoch"] for r in rows if "epoch" in r})
     tops = [r["val_top1"] for r in rows if r.get("val_top1") is not None]
     p = cfg.parallel
-    layout = f"{p.nodes}x{p.workers_per_node} dp={p.world // p.mp} mp={p.mp}"
+    layout = f"{p.nodes}x{p.workers_per_node} dp={p.dp} mp={p.mp}"
     try:
         status = json.loads(loc.read_text(loc.join(run, STATUS)))
     except (FileNotFoundError, OSError, ValueError):

@@ -24,7 +24,7 @@ import yaml
 
 from orchestrator import checkpoint as ckpt
 from orchestrator import tune_plan
-from orchestrator.config import ConfigError, LRNConfig, RunConfig, to_yaml
+from orchestrator.config import ConfigError, LRNConfig, RunConfig, check, to_yaml
 from orchestrator.metrics import read
 from orchestrator.search_space import SearchSpace, apply
 from orchestrator.train import build_trainer, run_dir
@@ -41,6 +41,16 @@ KEEP_TRIAL_CHECKPOINTS = 4  # PBT warns below 3: a donor's checkpoint must outli
 def sweep_dir(cfg: RunConfig) -> str:
     """The sweep's folder: a location in run.storage's store (a local folder or a URL)."""
     return loc.join(loc.absolute(cfg.run.storage), cfg.tune.name)
+
+
+def trial_shape(cfg: RunConfig) -> RunConfig:
+    """The sweep's config with each trial's shape: one node, tune.trial_workers workers on it (every
+    cross-field rule checked again for that shape; ConfigError otherwise)."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.parallel.nodes, cfg.parallel.workers_per_node = 1, cfg.tune.trial_workers
+    if problems := check(cfg):
+        raise ConfigError(problems)
+    return cfg
 
 
 def trial_cpus(cfg: RunConfig) -> float:
