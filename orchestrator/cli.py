@@ -445,6 +445,9 @@ def tune_run(
     if not dry_run and (line := loc.check_access(cfg.run.storage, "run.storage")):
         raise fail(line)
     try:
+        if resume and dry_run:  # what --resume would continue; nothing starts
+            folder, base, space = sweeps.saved(resume, cfg.run.storage, address)
+            return _tune_dry_run(base, space, f"would resume sweep {folder}")
         if resume:
             folder, results = sweeps.resume(resume, cfg.run.storage, address, say=typer.echo)
             return _tune_finish(results, folder)
@@ -453,17 +456,23 @@ def tune_run(
         if problems := search_space.validate(space, cfg):
             raise ConfigError(problems)
         if dry_run:
-            import yaml
-
-            shape = sweeps.shape(cfg, space, sweeps.plan(cfg, space))
-            typer.echo(to_yaml(cfg) + "# search space\n" + yaml.safe_dump(space.model_dump(mode="json", exclude_none=True), sort_keys=False)
-                       + f"# cluster: {shape}")
-            return
+            return _tune_dry_run(cfg, space)
         if problems := check_data(cfg):
             raise ConfigError(problems)
         _tune_finish(sweeps.start(cfg, space, say=typer.echo), sweeps.sweep_dir(cfg))
     except ConfigError as exc:
         raise fail(exc.lines) from None
+
+
+def _tune_dry_run(cfg, space, note: str = "") -> None:
+    """The resolved base config, the search space, and the trials and cluster shape it gives."""
+    import yaml
+
+    from orchestrator import tune as sweeps
+
+    shape = sweeps.shape(cfg, space, sweeps.plan(cfg, space))
+    typer.echo(to_yaml(cfg) + "# search space\n" + yaml.safe_dump(space.model_dump(mode="json", exclude_none=True), sort_keys=False)
+               + f"# cluster: {shape}" + (f"\n# {note}" if note else ""))
 
 
 def _tune_finish(results, folder: str) -> None:

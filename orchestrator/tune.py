@@ -455,9 +455,9 @@ def start(cfg: RunConfig, space: SearchSpace, say=print):
     return search(cfg, space, trials=trials)
 
 
-def resume(name: str, storage: str, address: str | None, say=print):
-    """Continue the sweep ``name`` under ``storage`` with its saved config and space; returns
-    (its folder, Tune's ResultGrid)."""
+def saved(name: str, storage: str, address: str | None) -> tuple[str, RunConfig, SearchSpace]:
+    """The sweep ``name`` under ``storage``: its folder, and its saved config (placed where it is now,
+    on ``address``) and space; ConfigError if there is none."""
     folder = loc.join(loc.absolute(storage), name)
     if not loc.exists(loc.join(folder, SPEC)):
         raise ConfigError([f"no sweep {name} at {folder} (no {SPEC}); give its run.storage with --set run.storage=..."])
@@ -465,6 +465,13 @@ def resume(name: str, storage: str, address: str | None, say=print):
     base.run.storage, base.tune.name = storage, name  # where it is now
     if address:
         base.parallel.address = address
+    return folder, base, space
+
+
+def resume(name: str, storage: str, address: str | None, say=print):
+    """Continue the sweep ``name`` under ``storage`` with its saved config and space; returns
+    (its folder, Tune's ResultGrid)."""
+    folder, base, space = saved(name, storage, address)
     say(f"resuming sweep {folder} | cluster {base.parallel.address or 'a local Ray'}")
     return folder, search(base, space, resume=True)
 

@@ -14,6 +14,8 @@ from ray.tune import Callback
 from rich.console import Console
 from rich.live import Live
 
+from orchestrator import tune_plan
+
 
 def _value(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -60,15 +62,17 @@ class TuneConsole(Callback):
 
     def _row(self, trial, status: str) -> None:
         result = trial.last_result or {}
-        params = {k: v for k, v in (trial.config or {}).items() if not isinstance(v, dict)}
+        config = tune_plan.flat(trial.config or {})  # a planned trial's paths sit under one key
+        params = {k: v for k, v in config.items() if k not in (tune_plan.CELL, tune_plan.SEED) and not isinstance(v, dict)}
         if not self.header:
-            self._print("  ".join(["trial", *params, "epochs", self.metric, "time", "status"]))
+            self._print("  ".join(["trial", *params, "seed", "epochs", self.metric, "time", "status"]))
             self.header = True
         score = result.get(self.metric)
         if isinstance(score, (int, float)) and (self.best is None or (score > self.best[0]) == (self.mode == "max")):
             self.best = (score, trial.trial_id)
         seconds = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
-        cells = [trial.trial_id, *map(_value, params.values()), str(result.get("training_iteration", 0)),
+        cells = [trial.trial_id, *map(_value, params.values()), str(config.get(tune_plan.SEED, "-")),
+                 str(result.get("training_iteration", 0)),
                  "-" if score is None else f"{score:.4f}", f"{seconds:.0f}s", status]
         self._print("  ".join(cells))
 

@@ -71,10 +71,10 @@ def test_tune_to_a_pipe_prints_a_row_per_finished_trial(ray_cluster, fmnist_root
     text = "\n".join(lines)
     assert rc == 0, text
     assert not [w for w in (*RAY_INTERNALS, "Trial status", "Current time:", "Logical resource usage") if w in text], text
-    header = [i for i, line in enumerate(lines) if line.startswith("trial  optim.lr  epochs  val_top1")]
+    header = [i for i, line in enumerate(lines) if line.startswith("trial  optim.lr  seed  epochs  val_top1")]
     assert len(header) == 1, text
     rows = [line.split() for line in lines[header[0] + 1:header[0] + 3]]
-    assert sorted(r[1] for r in rows) == ["0.01", "0.02"] and all(r[2] == "1" and r[-1] == "finished" for r in rows), text
+    assert sorted(r[1] for r in rows) == ["0.01", "0.02"] and all(r[2:4] == ["0", "1"] and r[-1] == "finished" for r in rows), text
     assert not [a for a, b in zip(lines, lines[1:]) if a == b], text
     assert len(lines) <= 40, text
 

@@ -135,3 +135,19 @@ def test_group_help_stays_help_only():
     assert res.exit_code != 0 and "num_samples" in res.output.replace("-", "_"), res.output
     res = runner.invoke(app, ["shard", "info", "--help"], terminal_width=200)
     assert res.exit_code == 0 and "--prefix" not in res.output and "--scheduler" not in res.output
+
+
+def test_tune_resume_dry_run_prints_the_saved_sweep_and_starts_nothing(tmp_path):
+    from orchestrator import search_space
+    from orchestrator import tune as sweeps
+    from orchestrator.config import resolve
+
+    cfg = resolve("demo-fashion", None, [f"run.storage={tmp_path}", "tune.name=saved", "tune.seeds=2"])
+    sweeps.save_spec(cfg, search_space.load("lrn"))
+    before = sorted(p.name for p in (tmp_path / "saved").iterdir())
+    res = CliRunner().invoke(app, ["tune", "--resume", "saved", "--dry-run", "--set", f"run.storage={tmp_path}"])
+    assert res.exit_code == 0, res.output
+    assert f"# would resume sweep {tmp_path / 'saved'}" in res.output and "model.lrn.alpha" in res.output
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == before  # no Tune state, no trial folders
+    missing = CliRunner().invoke(app, ["tune", "--resume", "nothing", "--dry-run", "--set", f"run.storage={tmp_path}"])
+    assert missing.exit_code == 1 and "no sweep nothing at" in missing.output
