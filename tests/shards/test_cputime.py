@@ -1,42 +1,37 @@
 """bench/cputime.py counts the CPU-seconds of a process tree: a known busy loop in this process and
-in child processes (live, and exited and reaped) is counted, time asleep is not."""
+in child processes (live, and exited and reaped) is counted, time asleep is not.
+
+Each case runs in a fresh Python process: the test session's own tree holds a Ray cluster and an S3
+server whose background work would count too."""
 
 from __future__ import annotations
 
-import importlib.util
-import multiprocessing
-import time
+import json
+import subprocess
+import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "cputime.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
+CASE = r"""
+import json, multiprocessing, sys, time
+sys.path.insert(0, sys.argv[1])
+from cputime import CpuTimer  # bench/ is not a package: it is on the path here
 
-def _load():
-    """bench/ is not a package: load the module by its path."""
-    spec = importlib.util.spec_from_file_location("cputime", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def busy(seconds: float) -> float:
-    """Spin until this process has used ``seconds`` of CPU; returns what it used, by its own clock."""
+def busy(seconds):
     t0 = time.process_time()
     while time.process_time() - t0 < seconds:
         sum(range(1000))
     return time.process_time() - t0
 
-
-def _busy_then_wait(seconds: float, done, release) -> None:
+def busy_then_wait(seconds, done, release):
     busy(seconds)
     done.set()
     release.wait(30)
 
-
-def test_a_busy_loop_here_and_in_children_counts_and_sleep_does_not():
-    cputime = _load()
+if __name__ == "__main__":
     ctx = multiprocessing.get_context("fork")
-    with cputime.CpuTimer() as t:
+    with CpuTimer() as t:
         own = busy(0.4)
         time.sleep(0.5)  # wall time, no CPU
         # one child busy and reaped before the block ends, one busy and still alive at its end
@@ -44,18 +39,23 @@ def test_a_busy_loop_here_and_in_children_counts_and_sleep_does_not():
         reaped.start()
         reaped.join()
         done, release = ctx.Event(), ctx.Event()
-        live = ctx.Process(target=_busy_then_wait, args=(0.4, done, release))
+        live = ctx.Process(target=busy_then_wait, args=(0.4, done, release))
         live.start()
         assert done.wait(30)
     release.set()
     live.join()
-    expected = own + 0.4 + 0.4
-    assert expected - 0.1 <= t.seconds <= expected + 0.25, (t.seconds, expected)  # ticks of 10 ms, start-up of two forks
-    assert t.wall >= 0.5 + own
-
-
-def test_an_idle_block_costs_next_to_nothing():
-    cputime = _load()
-    with cputime.CpuTimer() as t:
+    with CpuTimer() as idle:
         time.sleep(0.3)
-    assert 0 <= t.seconds < 0.08 and t.wall >= 0.3
+    print(json.dumps({"own": own, "seconds": t.seconds, "wall": t.wall, "idle": idle.seconds, "idle_wall": idle.wall}))
+"""
+
+
+def test_a_busy_loop_here_and_in_children_counts_and_sleep_does_not():
+    out = subprocess.run([sys.executable, "-c", CASE, str(BENCH)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = got["own"] + 0.4 + 0.4
+    # ticks of 10 ms per process, and the start-up of two forks
+    assert expected - 0.1 <= got["seconds"] <= expected + 0.25, (got, expected)
+    assert got["wall"] >= 0.5 + got["own"]
+    assert 0 <= got["idle"] < 0.08 and got["idle_wall"] >= 0.3, got
