@@ -21,7 +21,7 @@ import numpy as np
 from shards import codec, tarwalk
 from shards import manifest as mf
 from shards.stages import decode
-from shards.transforms import Transform
+from shards.transforms import ScaleJitter, Transform
 
 CHOICES = ("auto", "windowed", "whole")
 SAMPLES = 48  # JPEGs of the first shard decoded each way
@@ -77,6 +77,8 @@ def windowed(setting: str, transform: Transform, manifest_url: str, manifest: di
         raise ValueError(f"data.decoder {setting!r}: one of {', '.join(CHOICES)}")
     if setting != "auto" or not codec.WINDOWED:
         return setting == "windowed" and codec.WINDOWED
+    if not (transform.windowed or isinstance(transform, ScaleJitter)) or manifest.get("options", {}).get("image_format") == "png":
+        return True  # it decodes no JPEG windows (whole images, a padded crop) or the shards hold no JPEGs: nothing to choose
     key, path = cache_key(transform, manifest), cache_file()
     try:
         cached = json.loads(path.read_text())

@@ -65,3 +65,15 @@ def test_measure_counts_cpu_seconds_per_image(jpeg_split):
     cost = decoders.measure(AlexNetCrop(56), samples, min_cpu_s=0.05)
     # a 64-px JPEG decodes in well under a millisecond, and not in no time at all
     assert all(1e-6 < c < 5e-3 for c in cost.values()), cost
+
+
+def test_auto_measures_nothing_where_there_is_nothing_to_choose(jpeg_split, tmp_path, monkeypatch):
+    from shards.transforms import CropFlip, Full
+
+    monkeypatch.setenv("CNNCTL_CACHE_DIR", str(tmp_path))
+    url, manifest = jpeg_split
+    assert decoders.windowed("auto", Full(), url, manifest) is True  # whole images: one way to decode them
+    assert decoders.windowed("auto", CropFlip(32, 4), url, manifest) is True  # a padded crop is not a window
+    png = {**manifest, "options": {**manifest["options"], "image_format": "png"}}
+    assert decoders.windowed("auto", AlexNetCrop(56), url, png) is True  # no JPEGs in the shards
+    assert not (tmp_path / "decoders.json").exists()  # nothing was measured or cached
