@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from shards import manifest as mf
 from shards import stages
 from shards.batching import PREFETCH, RING_LIMIT, Batch, Ring
+from shards.position import DIGEST_MOD, Progress, ReaderPosition, key_hash, sample_seed
 from shards.stages import BadSampleHandler, Split, Unit, raise_bad
 from shards.tarwalk import BadSample, Sample
 from shards.transforms import Transform
@@ -75,6 +76,8 @@ class ShardStream(IterableDataset):
         self.steps = self.samples_per_rank // batch_size if train else -(-self.samples_per_rank // batch_size)
         # Shared with DataLoader workers that persist across epochs: set_epoch reaches them.
         self._epoch = mp_value()
+        self.progress = Progress()  # where each reader stands in the epoch (position.py), shared likewise
+        self.workers = 1  # readers per rank: the DataLoader workers of the last `loader` (one in-process)
         # Shared-memory batch buffers, one ring per DataLoader worker, made once by loader(recycle=True)
         # in this process: workers inherit and reuse them (see batching.Ring).
         self.rings: list[Ring] | None = None
@@ -105,74 +108,108 @@ class ShardStream(IterableDataset):
         """Before iterating the epoch's loader: persistent workers read it when the iteration starts."""
         self._epoch.value = epoch
 
+    def set_position(self, positions: list[ReaderPosition] | None, steps_done: int = 0) -> None:
+        """Before iterating a training epoch: start it after ``steps_done`` of its steps, each
+        worker at its ``positions`` entry (from `position`, saved in a checkpoint); None starts the
+        epoch at its beginning. The worker count must be the one the positions were taken with."""
+        if positions is not None and len(positions) != self.workers:
+            raise ValueError(f"positions of {len(positions)} loader workers, this stream has {self.workers}")
+        self.progress.begin(positions, steps_done % self.workers if positions else 0)
+
+    def position(self, steps_done: int) -> list[ReaderPosition]:
+        """Each worker's position after the epoch's first ``steps_done`` batches (those the trainer
+        has trained on), by worker as the epoch began: what `set_position` resumes from."""
+        return [self.progress.at(w, len(range(w, steps_done, self.workers))) for w in range(self.workers)]
+
     def _unit(self) -> Unit:
         info = get_worker_info()
-        return Unit.of(self.split, info.id, info.num_workers) if info else Unit.of(self.split, 0, 1)
+        if info is None:
+            return Unit.of(self.split, 0, 1)
+        return Unit.of(self.split, (info.id + self.progress.rotation) % info.num_workers, info.num_workers)
 
-    def _passes(self, epoch: int, unit: Unit, rng: random.Random, buffer: int, wanted: Callable[[], int]) -> Iterator[Sample]:
-        """Stages 1-4. Training: the part, pass after pass, each pass shuffled on its own through a
-        buffer of ``buffer`` samples, so no pass is read before the last one is used up. A later pass
-        (a part that runs short of the epoch's steps) fills its buffer only as far as the samples
-        still ``wanted()``: it is there for a batch or so, not for a whole part. Evaluation: the
-        part, once, in order."""
+    def _passes(self, epoch: int, unit: Unit, rng: random.Random, buffer: int, wanted: int, start: int) -> Iterator[Sample | None]:
+        """Stages 1-4 from item ``start`` on. Training: the part, pass after pass, each pass shuffled
+        on its own through a buffer of ``buffer`` items, so no pass is read before the last one is
+        used up. A later pass (a part that runs short of the epoch's ``wanted`` items) fills its
+        buffer only as far as the items still wanted: it is there for a batch or so, not for a whole
+        part. Evaluation: the part, once, in order. Items before ``start`` are replayed, not read
+        (positions.py)."""
         urls, mine = stages.split(stages.shard_order(self.urls, self.seed, epoch, shuffle=self.train), unit)
         expected = {u: sh["count"] for u, sh in zip(self.urls, self.manifest["shards"])}
-        first = True
-        while True:
-            count = 0
-            samples = stages.read(urls, mine, expected, self.on_bad)
-            size = min(buffer, max(wanted(), 1)) if not first else buffer
-            if self.train and size > 1:
-                samples = stages.shuffle(samples, size, rng)
-            for sample in samples:
-                count += 1
-                yield sample
-            if not self.train or count == 0:
+        length = stages.pass_length(urls, mine, expected)
+        ordinal = 0
+        while length:
+            size = buffer if ordinal == 0 else min(buffer, max(wanted - ordinal, 1))
+            size = size if self.train else 1
+            skip = min(max(start - ordinal, 0), length)
+            held = stages.replay(length, size, rng, skip) if size > 1 else []
+            if skip < length:
+                taken = skip + len(held)  # positions gone into the shuffle before the resume
+                keep = set(held)
+                items = stages.read(urls, mine, expected, self.on_bad,
+                                    wanted=(lambda p: p >= taken or p in keep) if skip else None)
+                got = {p: item for p, item in zip(range(taken), items) if p in keep}
+                buf = [got[p] for p in held]
+                yield from stages.shuffle(items, size, rng, buf) if size > 1 else items
+            ordinal += length
+            if not self.train:
                 return
-            first = False
 
     def __iter__(self):
         unit = self._unit()
         epoch = self.epoch  # once: a persistent worker's next epoch may be set while this one drains
-        rng = random.Random(f"{self.seed}/{epoch}/{unit.index}")
+        rng = random.Random(f"{self.seed}/{epoch}/{unit.index}")  # the shuffle's; each sample has its own
+        sample_rng = random.Random()
         # The DataLoader takes batches from workers in turn, so worker w owns steps w, w+W, ...
         my_steps = len(range(unit.worker, self.steps, unit.workers))
-        shared = get_worker_info() is not None
-        ring = self.rings[unit.worker] if shared and self.rings and len(self.rings) == unit.workers else None
-        batch, done, bad_run = Batch(self.batch_size, shared=shared, ring=ring, windows=self.frame is not None), 0, 0
+        at = self.progress.start(unit.worker) if self.train else ReaderPosition()
+        info = get_worker_info()
+        shared = info is not None
+        ring = self.rings[info.id] if shared and self.rings and len(self.rings) == unit.workers else None
+        batch, bad_run = Batch(self.batch_size, shared=shared, ring=ring, windows=self.frame is not None), 0
         shape = self.transform.sample_shape()
         # A buffer no larger than this reader's part: a larger one would hold nothing more.
         buffer = min(self.shuffle_buffer, max(self.samples_per_rank // unit.workers, 1))
-        stream = self._passes(epoch, unit, rng, buffer, lambda: (my_steps - done) * self.batch_size - batch.n)
+        stream = self._passes(epoch, unit, rng, buffer, my_steps * self.batch_size, at.ordinal)
+        ordinal, keys, digest = at.ordinal, 0, 0
         # Evaluation of whole images, whose sizes vary: a batch per size (ImageNet's are mostly 4:3),
         # each handed on when full; at most OPEN_SIZES part-filled at once (a new size hands on the
         # oldest), the rest at the end. Every sample is still read exactly once.
         by_size = {} if shape is None and not self.train else None
         for raw in stream:
-            if self.train and done == my_steps:
+            if self.train and at.batches == my_steps:
                 break
+            ordinal += 1
             try:  # stage 5: decode + crop, straight into the batch's next slot where it can
-                image, label = stages.decode(raw, self.transform, rng, batch.slot(shape), self.windowed)
+                if raw is None:  # a hole: its shard came up short, and the policy has heard of it
+                    raise BadSample("")
+                sample_rng.seed(sample_seed(self.seed, epoch, unit.index, ordinal - 1))
+                image, label = stages.decode(raw, self.transform, sample_rng, batch.slot(shape), self.windowed)
                 window = None if self.frame is None else stages.in_frame(raw, image, self.frame)
             except BadSample as exc:
-                self.on_bad(exc)  # training: the endless stream makes up for it, so steps stay equal
+                if raw is not None:
+                    self.on_bad(exc)  # training: the endless stream makes up for it, so steps stay equal
                 bad_run += 1
                 if bad_run > self.samples_per_rank + self.shuffle_buffer:  # a whole pass and more, all bad
                     break
                 continue
             bad_run = 0
+            keys, digest = keys + 1, digest + key_hash(raw["__key__"])
             if by_size is not None:
                 if image.shape not in by_size and len(by_size) == OPEN_SIZES:
                     yield by_size.pop(next(iter(by_size))).take()
                 batch = by_size.setdefault(image.shape, Batch(self.batch_size, shared=shared))
             if batch.add(image, label, window):  # stage 6: batch
+                if self.train:
+                    at = ReaderPosition(ordinal, at.batches + 1, at.keys + keys, (at.digest + digest) % DIGEST_MOD)
+                    keys = digest = 0
+                    self.progress.record(unit.worker, at)
                 yield batch.take()
-                done += 1
                 if by_size is not None:
                     del by_size[image.shape]
         if not self.train:
             yield from (b.take() for b in (by_size.values() if by_size is not None else [batch]) if b.n)
-        elif done < my_steps:
+        elif at.batches < my_steps:
             raise BadSample(f"dp rank {self.split.dp_rank}: its shards hold no readable samples")
 
 
@@ -191,6 +228,7 @@ def loader(stream: ShardStream, workers: int = 0, pin_memory: bool = False, recy
     costs a fork, and their first touch of the inherited buffers, every epoch otherwise.
     """
     key = (workers, bool(pin_memory))
+    stream.workers = max(workers, 1)
     if recycle and key in stream._loaders:
         return stream._loaders[key]
     shape = stream.transform.sample_shape()

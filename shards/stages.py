@@ -13,6 +13,7 @@ must see the same batch.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import random
 import sys
@@ -107,41 +108,77 @@ def split(urls: list[str], unit: Unit) -> tuple[list[str], Callable[[int], bool]
     return urls, lambda i: i % unit.count == unit.index
 
 
-def read(urls: list[str], mine: Callable[[int], bool], expected: dict[str, int], on_bad: BadSampleHandler) -> Iterator[Sample]:
-    """Stage 3, tar members grouped into samples (still encoded), this reader's only, one pass.
-    A shard that ends short of its manifest count, or cannot be read, goes to ``on_bad`` with the
-    samples it lacks."""
-    i = 0
+def read(urls: list[str], mine: Callable[[int], bool], expected: dict[str, int], on_bad: BadSampleHandler,
+         wanted: Callable[[int], bool] | None = None) -> Iterator[Sample | None]:
+    """Stage 3, tar members grouped into samples (still encoded), this reader's only, one pass: one
+    item per sample the manifests list for this part, in order, so a position in a pass names the
+    same sample every time it is read. Where a shard ends short of its manifest count, or cannot be
+    read, its missing samples are None (holes) and ``on_bad`` hears of them once, with their count.
+    ``wanted(position)``: only those positions are read (the rest are None) and a shard with none
+    wanted is not opened: a resumed epoch passes over what it consumed without reading it."""
+    g = p = 0
     for url in urls:
-        count = 0
+        n = expected[url]
+        picks = [i - g for i in range(g, g + n) if mine(i)]  # this reader's samples of the shard, by index in it
+        g += n
+        if wanted is not None and not any(wanted(q) for q in range(p, p + len(picks))):
+            p += len(picks)
+            yield from [None] * len(picks)
+            continue
+        k = count = 0  # picks yielded, samples read
         try:
             for sample in tarwalk.tar_samples(url):
+                if count == n:
+                    raise BadSample(f"{url}: damaged, more samples than its manifest's {n}")
+                if k < len(picks) and picks[k] == count:
+                    yield sample if wanted is None or wanted(p) else None
+                    p, k = p + 1, k + 1
                 count += 1
-                i += 1
-                if mine(i - 1):
-                    yield sample
-            if count != expected[url]:
-                raise BadSample(f"{url}: truncated or damaged, {count} of {expected[url]} samples")
+            if count != n:
+                raise BadSample(f"{url}: truncated or damaged, {count} of {n} samples")
         except BadSample as exc:
             msg = str(exc) if str(exc).startswith(url) else f"{url}: {exc} after {count} samples"
-            on_bad(BadSample(msg), max(expected[url] - count, 1))
+            on_bad(BadSample(msg), max(n - count, 1))
         except Exception as exc:  # fsspec and I/O errors: name the shard
-            on_bad(BadSample(f"{url}: unreadable after {count} samples ({type(exc).__name__}: {exc})"),
-                   max(expected[url] - count, 1))
+            on_bad(BadSample(f"{url}: unreadable after {count} samples ({type(exc).__name__}: {exc})"), max(n - count, 1))
+        p += len(picks) - k
+        yield from [None] * (len(picks) - k)  # the holes keep every later position in place
 
 
-def shuffle(stream: Iterator, size: int, rng: random.Random) -> Iterator:
+def pass_length(urls: list[str], mine: Callable[[int], bool], expected: dict[str, int]) -> int:
+    """Items in one pass of ``read``: the manifests' samples of this reader's part."""
+    return sum(1 for i in range(sum(expected[u] for u in urls)) if mine(i))
+
+
+def shuffle(stream: Iterator, size: int, rng: random.Random, buf: list | None = None) -> Iterator:
     """Stage 4, a shuffle buffer of ``size`` encoded samples (~30 KB each for a 256-px JPEG, not
-    ~200 KB of pixels): a part that fits in it comes out as one permutation."""
-    buf = []
+    ~200 KB of pixels): a part that fits in it comes out as one permutation. Each item out is one
+    draw from ``rng`` among the items held, to the last, so after any number out ``buf`` (the
+    caller's list, if given) holds exactly the items still to come and ``rng`` is where the next
+    draw starts: ``replay`` rebuilds that state, and ``shuffle(rest, size, rng, buf)`` goes on."""
+    buf = [] if buf is None else buf
     for item in stream:
         buf.append(item)
-        if len(buf) >= size:  # a random one out: swapped to the end first, as popping mid-list moves the rest
-            i = rng.randrange(len(buf))
-            buf[i], buf[-1] = buf[-1], buf[i]
-            yield buf.pop()
-    rng.shuffle(buf)
-    yield from buf
+        if len(buf) >= size:
+            yield _draw(buf, rng)
+    while buf:
+        yield _draw(buf, rng)
+
+
+def _draw(buf: list, rng: random.Random):
+    i = rng.randrange(len(buf))  # swapped to the end first, as popping mid-list moves the rest
+    buf[i], buf[-1] = buf[-1], buf[i]
+    return buf.pop()
+
+
+def replay(length: int, size: int, rng: random.Random, taken: int) -> list[int]:
+    """Stage 4 over the positions of a pass of ``length`` items, without reading a byte: the
+    positions still held after ``taken`` items came out, in buffer order, with ``rng`` where the
+    real shuffle leaves it. ``taken + len(result)`` positions have gone in."""
+    buf: list[int] = []
+    for _ in itertools.islice(shuffle(iter(range(length)), size, rng, buf), taken):
+        pass
+    return buf
 
 
 def decode(raw: Sample, transform: Transform, rng: random.Random | None, into: np.ndarray | None = None,

@@ -1,8 +1,10 @@
 """The same seed gives the same batches, byte for byte, whatever the reader's insides look like.
 
-The digests in batch_digests.json were recorded by this file on the reader as it stood before it
-was restructured into stages (the first commit of this file, run with CNNCTL_RECORD_DIGESTS=1); the restructured
-reader must reproduce them. Every stream kind is covered: training crops (padded, AlexNet's with
+The digests in batch_digests.json were recorded by this file (run with CNNCTL_RECORD_DIGESTS=1) on the
+reader as it stood before it was restructured into stages, which reproduced them; and recorded anew,
+deliberately, once since: when each sample's crop and flip came to draw from a seed of its own
+(shards/position.py, for exact mid-epoch resume), which changed the training cases, and only those.
+Any other change to the reader must reproduce them. Every stream kind is covered: training crops (padded, AlexNet's with
 their windows in a mean-image frame, VGG's scale jitter), evaluation (centre, ten views, whole
 images of several sizes), several dp ranks and DataLoader workers, uneven shards, and two epochs.
 """
@@ -86,8 +88,8 @@ def test_same_seed_same_batches_as_the_reader_before_its_restructuring(shard_set
     if windowed:
         assert codec.WINDOWED, "the windowed decoder (shards/_jpegcrop.c) is not built"
     got = {case: digest(shard_sets, case, windowed=windowed) for case in CASES}
-    if os.environ.get("CNNCTL_RECORD_DIGESTS") == "1" and windowed:  # only ever run on the reader before its restructuring
-        DIGESTS.write_text(json.dumps(got, indent=1) + "\n")
+    if os.environ.get("CNNCTL_RECORD_DIGESTS") == "1" and windowed:  # only on a deliberate change of the batches
+        DIGESTS.write_text(json.dumps({**json.loads(DIGESTS.read_text()), **got}, indent=1) + "\n")
     recorded = json.loads(DIGESTS.read_text())
     changed = [case for case in CASES if got[case] != recorded.get(case)]
     assert not changed, f"batches changed for {changed}"
