@@ -2,9 +2,10 @@
 
 A checkpoint folder is a location (shards.location: a local path or an fsspec URL) and holds:
     model.safetensors   canonical (unsplit, un-DDP'd) state dict
-    state.pt            optimizer (canonical), epoch, step, plateau state; torch.load(weights_only=True)
+    state.pt            optimizer (canonical), epoch, step, plateau state, and for a step checkpoint
+                        the data position and RNG states (orchestrator/resume.py); torch.load(weights_only=True)
     config.yaml         the resolved RunConfig
-    meta.json           epoch and metrics
+    meta.json           epoch, global step and metrics (a step checkpoint: mid_epoch and its layout)
     mean_image.npy      the per-pixel mean image the run subtracts (data.mean_image only)
     COMPLETE            written last; a folder without it is torn and ignored
 """
@@ -58,11 +59,18 @@ def is_complete(path: str | Path) -> bool:
     return all(f in present for f in FILES)
 
 
-def _epoch(path: str) -> int:
+def load_meta(path: str | Path) -> dict:
+    return json.loads(loc.read_text(loc.join(path, "meta.json")))
+
+
+def _order(path: str) -> tuple[int, int]:
+    """Newer sorts higher: (epochs completed, global step). A step checkpoint of epoch e has
+    completed e epochs; an end-of-epoch one e + 1."""
     try:
-        return json.loads(loc.read_text(loc.join(path, "meta.json")))["epoch"]
+        meta = load_meta(path)
+        return meta["epoch"] + (0 if meta.get("mid_epoch") else 1), meta.get("step", -1)
     except (OSError, ValueError, KeyError):
-        return -1
+        return -1, -1
 
 
 def find(path: str | Path) -> str:
@@ -75,7 +83,22 @@ def find(path: str | Path) -> str:
     candidates = [p for p in loc.listdir(path) if loc.name(p).startswith("checkpoint_") and is_complete(p)]
     if not candidates:
         raise CheckpointError(f"{path}: no complete checkpoint found (expected model.safetensors or checkpoint_*/)")
-    return max(candidates, key=lambda p: (_epoch(p), loc.name(p)))
+    return max(candidates, key=lambda p: (_order(p), loc.name(p)))
+
+
+def upload_marker_last(source: str, fs, dest: str) -> None:
+    """Copy a local checkpoint folder into ``dest`` on the pyarrow filesystem ``fs``, one file after
+    another and the COMPLETE marker last: an upload cut short (the process killed, the link lost)
+    leaves a folder without it, which `find` and `resume_point` pass over. (pyarrow's copy of a whole
+    folder lands files in any order.)"""
+    import os
+
+    from pyarrow import fs as pafs
+
+    fs.create_dir(dest, recursive=True)
+    local = pafs.LocalFileSystem()
+    for name in sorted(os.listdir(source), key=lambda n: n == MARKER):
+        pafs.copy_files(os.path.join(source, name), f"{dest}/{name}", source_filesystem=local, destination_filesystem=fs)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -222,6 +222,12 @@ def train(
     problems = check_data(cfg)
     if problems:
         raise fail(problems)
+    from orchestrator import resume
+
+    try:  # a rerun that would resume mid-epoch at another layout: refused before Ray starts
+        resume.check(cfg, loc.join(loc.absolute(cfg.run.storage), cfg.run.name))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     # Importing the training code and torch (seconds) overlaps with starting Ray, which stays on this
     # thread (Ray ends the processes it starts when the thread that started them ends). Ray Train is
     # imported later, by build_trainer: only after connect() has set a cluster's auth env.

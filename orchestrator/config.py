@@ -143,7 +143,10 @@ class RunSection(_Section):
     storage: str = Field("runs", description="fsspec URL (or local folder) under which runs are stored.")
     seed: int = Field(0, description="Seed of model init, data order and augmentation.")
     max_failures: int = Field(2, ge=-1, description="Worker failures Ray Train recovers from (from the newest checkpoint).")
-    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept.")
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept, step and end-of-epoch alike (an end-of-epoch checkpoint goes once this many newer ones exist).")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="Also checkpoint every this many training steps, mid-epoch: a run killed anywhere resumes at its last step checkpoint exactly (same data order, same weights as never killed). None: at the end of each epoch only.")
+    checkpoint_minutes: float | None = Field(None, gt=0, description="Also checkpoint mid-epoch once this many minutes have passed since the last checkpoint (checked every 20 steps). Combines with checkpoint_every_steps.")
+    checkpoint_upload: Literal["async", "sync"] = Field("async", description="async: rank 0 writes the checkpoint locally, then trains on while Ray Train uploads it to run.storage in the background; sync: training waits for the upload.")
     log_every: int = Field(50, ge=1, description="Print the training loss every this many steps (rank 0).")
 
 

@@ -98,7 +98,8 @@ def epoch_callback(sink):
             import ray
 
             row = {k: v for k, v in metrics[0].items() if isinstance(v, (int, float, str))}
-            ray.get(sink.put.remote(("epoch", row, checkpoint.path if checkpoint else None)))
+            kind = "step-checkpoint" if row.get("mid_epoch") else "epoch"
+            ray.get(sink.put.remote((kind, row, checkpoint.path if checkpoint else None)))
 
     return EpochToConsole()
 
@@ -184,6 +185,10 @@ class TrainConsole:
                 self._step(*rest)
             elif kind == "epoch":
                 self._epoch(*rest)
+            elif kind == "step-checkpoint" and rest[1]:
+                m = rest[0]
+                self.print(f"{'':>7}  step checkpoint: epoch {m['epoch'] + 1} step {m['step_in_epoch']}/{m['steps']} "
+                           f"{short(loc.join(self.run_dir, loc.name(rest[1])))}")
 
     def _step(self, epoch, epochs, step, steps, loss, lr, rate, elapsed) -> None:
         if epoch in self.done_epochs:

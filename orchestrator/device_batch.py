@@ -28,6 +28,11 @@ class DeviceBatch(torch.nn.Module):
         self.normalize, self.lighting = normalize.to(self.device), lighting
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
+    @property
+    def lighting_generator(self) -> torch.Generator | None:
+        """The PCA lighting's random stream (a step checkpoint saves its state), if it lights."""
+        return self.lighting.generator if self.lighting is not None else None
+
     def set_epoch(self, epoch: int) -> None:
         """Before the epoch's first batch: lighting draws from a stream per (seed, epoch)."""
         if self.lighting is not None:

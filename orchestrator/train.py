@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models.parallel import (Mesh, apply_tower_split, canonical_optimizer_state, canonical_state_dict,
                              load_canonical_optimizer, unwrap)
 from orchestrator import checkpoint as ckpt
+from orchestrator import resume
 from orchestrator.config import RunConfig, to_yaml
 from orchestrator.console import WorkerConsole, quiet_worker
 from orchestrator.data import eval_stream, make_loader, manifest_url, mean_image, train_stream
@@ -30,9 +31,11 @@ from orchestrator.modeling import build_model, evaluate, initialise, summarize
 from orchestrator.schedule import Plateau, lr_at
 from shards import location as loc
 from shards import manifest as mf
+from shards.position import DIGEST_MOD, ReaderPosition
 from shards.reader import Split
 
 Report = Callable[[dict, str | None], None]  # (metrics, checkpoint folder or None)
+CLOCK_EVERY = 20  # steps between looks at the clock for run.checkpoint_minutes (a broadcast from rank 0)
 
 
 def run_dir(cfg: RunConfig) -> str:
@@ -60,9 +63,13 @@ class Trainer:
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
         self.start_epoch, self.step = 0, 0
+        self.resume: dict | None = None  # a step checkpoint's position: the epoch starts where it stood
         if state is not None:
             load_canonical_optimizer(model, self.optimizer, state["optimizer"])
             self.start_epoch, self.step = state["epoch"] + 1, state["step"]
+            if state.get("position"):
+                self.resume = self._position(state["position"], resume_from)
+                self.start_epoch = self.resume["epoch"]
         self.plateau = Plateau(cfg.schedule.patience, cfg.schedule.max_drops, state and state.get("plateau"))
         # Gradients are averaged within the dp group only (a tower pair holds different weights).
         self.model = DistributedDataParallel(model, process_group=self.mesh.dp_group) if self.mesh.dp > 1 else model
@@ -75,6 +82,7 @@ class Trainer:
         self.batches = device_batch(cfg, self.train_data.manifest, self.mean_image, self.device,
                                     lighting_seed=cfg.run.seed * 1000 + self.mesh.dp_rank)
         self.log = MetricsLog(run_dir(cfg), enabled=self.is_logger, start_epoch=self.start_epoch)
+        self.last_checkpoint = time.monotonic()  # run.checkpoint_minutes counts from here
         # Where each rank runs (Ray node, process id), reported with the metrics.
         self.node_of_rank, self.pid_of_rank = zip(*self._gather_objects((node, os.getpid())))
 
@@ -90,6 +98,16 @@ class Trainer:
             if self.is_logger:
                 self.console.note(message)
         return None
+
+    def _position(self, position: dict, path: str) -> dict:
+        """This rank's part of a step checkpoint's position, once the layout is checked."""
+        if line := resume.refusal(position["layout"], self.cfg, path):
+            raise ValueError(line)
+        if len(position["ranks"]) != self.mesh.world:
+            raise ValueError(f"{path}: taken by {len(position['ranks'])} ranks, this run has {self.mesh.world}")
+        if self.is_logger:
+            self.console.note(f"resuming epoch {position['epoch'] + 1} after its step {position['steps_done']}")
+        return {**position, **position["ranks"][self.mesh.rank]}
 
     def _all_sum(self, values: list[float]) -> list[float]:
         if self.mesh.world == 1:
@@ -113,20 +131,27 @@ class Trainer:
         dist.all_gather(out, torch.tensor([value], device=self.device))
         return [int(t) for t in out]
 
-    def train_epoch(self, epoch: int) -> dict:
+    def train_epoch(self, epoch: int, report: Report) -> dict:
         cfg, model = self.cfg, self.model
+        data = make_loader(cfg, self.train_data)  # first: positions are per loader worker
         self.train_data.set_epoch(epoch)
         self.batches.set_epoch(epoch)
         # Dropout draws from a stream per (seed, epoch, dp rank): a tower pair shares it (the split
         # model draws full-width masks and keeps its half), dp replicas differ, and a resumed epoch
-        # draws what it would have drawn.
+        # draws what it would have drawn (a step checkpoint holds the stream's state mid-epoch).
         torch.manual_seed(cfg.run.seed * 1_000_003 + epoch * 1009 + self.mesh.dp_rank)
         steps = len(self.train_data)
         model.train()
         # Loss and top-1 sums stay on the device: no host sync per step, only at log lines.
-        sums, seen = torch.zeros(2, dtype=torch.float64, device=self.device), 0
-        t0, cpu0 = time.perf_counter(), tree_cpu_seconds()
-        for i, (images, labels, *windows) in enumerate(make_loader(cfg, self.train_data)):
+        sums, seen, done = torch.zeros(2, dtype=torch.float64, device=self.device), 0, 0
+        at, self.resume = (self.resume if self.resume and self.resume["epoch"] == epoch else None), None
+        if at:  # a step checkpoint's epoch: its readers, RNG streams and sums where they stood
+            done, seen = at["steps_done"], int(at["sums"][2])
+            sums += torch.tensor(at["sums"][:2], dtype=torch.float64, device=self.device)
+            resume.set_rng_state(at["rng"], self.batches.lighting_generator)
+        self.train_data.set_position([ReaderPosition(*p) for p in at["readers"]] if at else None, done)
+        t0, cpu0, seen0, stall = time.perf_counter(), tree_cpu_seconds(), seen, 0.0
+        for i, (images, labels, *windows) in enumerate(data, start=done):
             lr = lr_at(cfg, self.step, steps, self.plateau.drops)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -142,16 +167,59 @@ class Trainer:
             seen += len(labels)
             if self.is_logger and self.console.due(i + 1, steps):
                 elapsed = time.perf_counter() - t0
-                self.console.step(epoch, cfg.schedule.epochs, i + 1, steps, sums[0].item() / seen, lr, seen * self.mesh.dp / elapsed, elapsed)
+                self.console.step(epoch, cfg.schedule.epochs, i + 1, steps, sums[0].item() / seen, lr, (seen - seen0) * self.mesh.dp / elapsed, elapsed)
+            if i + 1 < steps and self._checkpoint_due(i + 1):
+                stall += self.checkpoint_step(epoch, i + 1, steps, sums, seen, report)
         elapsed = time.perf_counter() - t0
         # this rank's CPU-seconds (its process and loader workers) per image it trained on: unlike
         # img/s, other jobs on the machine barely move it (bench/train_step.py compares it)
-        cpu_per_image = (tree_cpu_seconds() - cpu0) / seen
+        cpu_per_image = (tree_cpu_seconds() - cpu0) / max(seen - seen0, 1)
         steps_per_rank = self._gather(i + 1)
-        loss_sum, hits, seen, bad = self._all_sum([*sums.tolist(), seen, self.train_data.bad_samples])
-        return {"train_loss": loss_sum / seen, "train_top1": hits / seen, "lr": lr,
-                "images_per_sec": seen / elapsed, "steps_per_rank": steps_per_rank, "bad_samples": int(bad),
-                "train_cpu_s_per_image": cpu_per_image}
+        # The samples trained on, counted and digested by key across the dp group (position.py): a
+        # resumed epoch that re-read or dropped a sample shows another count or digest.
+        readers = self._gather_objects([p.as_list() for p in self.train_data.position(steps)])
+        mine = [r for rank, rs in enumerate(readers) if rank % self.mesh.mp == 0 for r in rs]
+        loss_sum, hits, total, bad = self._all_sum([*sums.tolist(), seen, self.train_data.bad_samples])
+        return {"train_loss": loss_sum / total, "train_top1": hits / total, "lr": lr,
+                "images_per_sec": (seen - seen0) * self.mesh.dp / elapsed, "steps_per_rank": steps_per_rank, "bad_samples": int(bad),
+                "train_cpu_s_per_image": cpu_per_image, "resumed_at_step": done if at else None,
+                "samples_trained": sum(r[2] for r in mine), "samples_digest": f"{sum(r[3] for r in mine) % DIGEST_MOD:016x}",
+                "checkpoint_stall_s": stall}
+
+    def _checkpoint_due(self, step_in_epoch: int) -> bool:
+        """A step checkpoint after this step? Every rank must answer alike: run.checkpoint_minutes
+        asks rank 0's clock, every CLOCK_EVERY steps."""
+        r = self.cfg.run
+        if r.checkpoint_every_steps and self.step % r.checkpoint_every_steps == 0:
+            return True
+        if not r.checkpoint_minutes or step_in_epoch % CLOCK_EVERY:
+            return False
+        due = torch.tensor([time.monotonic() - self.last_checkpoint >= r.checkpoint_minutes * 60], dtype=torch.int64, device=self.device)
+        if self.mesh.world > 1:
+            dist.broadcast(due, src=0)
+        return bool(due.item())
+
+    def checkpoint_step(self, epoch: int, done: int, steps: int, sums: torch.Tensor, seen: int, report: Report) -> float:
+        """A step checkpoint after ``done`` steps of ``epoch``; returns the seconds training stood
+        still for it (collectives, serialisation, and the report call: in async mode the upload
+        runs on, in the background)."""
+        t0 = time.perf_counter()
+        ranks = self._gather_objects({"readers": [p.as_list() for p in self.train_data.position(done)],
+                                      "rng": resume.rng_state(self.batches.lighting_generator),
+                                      "sums": [*sums.tolist(), seen]})
+        position = {"epoch": epoch, "steps_done": done, "layout": resume.layout(self.cfg), "ranks": ranks}
+        metrics = {"epoch": epoch, "mid_epoch": True, "step_in_epoch": done, "steps": steps, "global_step": self.step}
+        meta = {"epoch": epoch, "step": self.step, "mid_epoch": True, "layout": position["layout"], "metrics": metrics}
+        self._checkpoint(metrics, {**self.state(epoch - 1), "position": position}, meta, report)
+        return time.perf_counter() - t0
+
+    def _checkpoint(self, metrics: dict, state: dict, meta: dict, report: Report) -> None:
+        weights = canonical_state_dict(self.model)  # a collective: every rank
+        if self.is_logger:
+            folder = tempfile.mkdtemp(prefix="cnnctl-checkpoint-")  # the report owns it from here
+            ckpt.save(folder, weights, self.cfg, state, meta, self.mean_image)
+        report(metrics, folder if self.is_logger else None)
+        self.last_checkpoint = time.monotonic()
 
     def validate(self) -> dict:
         model = unwrap(self.model)  # no DDP forward: ranks may take different eval batch counts
@@ -167,25 +235,22 @@ class Trainer:
         return {"val_loss": s["loss"], "val_top1": s["top1"], "val_top5": s["top5"], "val_count": s["count"]}
 
     def state(self, epoch: int) -> dict:
-        """Everything but the weights, canonical too: an mp=2 run resumes at mp=1 and back."""
+        """Everything but the weights, canonical too: an mp=2 run resumes at mp=1 and back. A
+        collective over a tower pair. ``epoch``: the last one completed."""
         return {"optimizer": canonical_optimizer_state(self.model, self.optimizer), "epoch": epoch, "step": self.step,
                 "plateau": self.plateau.state()}
 
     def run(self, report: Report) -> None:
+        """``report(metrics, folder)``: every rank, after each epoch and each step checkpoint; rank
+        0 hands it the checkpoint folder, which the report owns (deletes, or has Ray delete)."""
         for epoch in range(self.start_epoch, self.cfg.schedule.epochs):
             t0 = time.perf_counter()
-            metrics = {"epoch": epoch, **self.train_epoch(epoch), **self.validate()}
+            metrics = {"epoch": epoch, **self.train_epoch(epoch, report), **self.validate()}
             self.plateau.update(metrics["val_top1"])
             metrics["epoch_time_s"] = time.perf_counter() - t0
             metrics.update(world_rank=self.mesh.rank, dp=self.mesh.dp, mp=self.mesh.mp, node_of_rank=list(self.node_of_rank), pid_of_rank=list(self.pid_of_rank))
-            weights, state = canonical_state_dict(self.model), self.state(epoch)  # collectives: every rank
-            if not self.is_logger:
-                report(metrics, None)
-                continue
             self.log.write(metrics)
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt.save(tmp, weights, self.cfg, state, {"epoch": epoch, "metrics": metrics}, self.mean_image)
-                report(metrics, tmp)
+            self._checkpoint(metrics, self.state(epoch), {"epoch": epoch, "step": self.step, "metrics": metrics}, report)
         self.close()
 
     def close(self) -> None:
@@ -209,9 +274,21 @@ def train_loop(config: dict) -> None:
     console = WorkerConsole.find(cfg.run.name, cfg.run.log_every) if world_rank == 0 else None
 
     def report(metrics: dict, folder: str | None) -> None:
-        # Every rank reports each epoch (Ray Train synchronises on it); rank 0 attaches the checkpoint.
+        # Every rank reports each epoch and step checkpoint (Ray Train synchronises on it); rank 0
+        # attaches the checkpoint, which Ray Train uploads (in async mode on a thread of its own,
+        # training goes on) and then deletes.
         metrics = {**metrics, "world_rank": world_rank}
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+        checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=upload_mode,
+                         delete_local_checkpoint_after_upload=True, checkpoint_upload_fn=upload)
+
+    storage = ray.train.get_context().get_storage()
+    upload_mode = ray.train.CheckpointUploadMode.ASYNC if cfg.run.checkpoint_upload == "async" else ray.train.CheckpointUploadMode.SYNC
+
+    def upload(checkpoint, dir_name: str):
+        dest = storage.build_checkpoint_path_from_name(dir_name)
+        ckpt.upload_marker_last(checkpoint.path, storage.storage_filesystem, dest)
+        return ray.train.Checkpoint(dest, filesystem=storage.storage_filesystem)
 
     with resume.as_directory() if resume else nullcontext(None) as resume_dir:
         start = ckpt.resume_point(resume_dir, run_dir(cfg))
@@ -239,6 +316,7 @@ def prepare_run(cfg: RunConfig) -> RunConfig:
         cfg.model.num_classes = cfg.model.num_classes or len(train["classes"])
         stats = train["stats"]
         cfg.data.mean, cfg.data.std = cfg.data.mean or stats["mean_rgb"], cfg.data.std or stats["std_rgb"]
+    resume.check(cfg, run_dir(cfg))  # a rerun that would resume mid-epoch at another layout stops here
     loc.write_bytes(loc.join(run_dir(cfg), "config.yaml"), to_yaml(cfg).encode())  # in the run's store
     return cfg
 

@@ -157,6 +157,8 @@ class ForwardToTrial:
     def after_report(self, run_context, metrics, checkpoint):
         from ray.exceptions import RayActorError
 
+        if metrics[0].get("mid_epoch"):
+            return  # a step checkpoint: trials are compared, stopped and exploited at epochs
         try:
             self.queue.put(("report", _scalars(metrics[0]), (checkpoint.path, checkpoint.filesystem) if checkpoint else None))
         except RayActorError:  # the trial is gone; its TrialRun aborts this run

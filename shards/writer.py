@@ -12,7 +12,6 @@ other options are never mixed in.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import tarfile

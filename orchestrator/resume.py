@@ -1,0 +1,70 @@
+"""Exact mid-epoch resume: what a step checkpoint adds to a checkpoint, and the check that it can apply.
+
+A step checkpoint's state.pt carries ``position``: the epoch in progress, the steps of it done, and
+for every world rank its loader workers' reader positions (shards/position.py), its RNG states
+(torch and CUDA for dropout, numpy, Python, the PCA lighting stream) and its running loss sums. The
+layout it was taken at (``layout``) is in meta.json too, so the driver can refuse a resume that
+cannot be exact before any worker starts, without reading the weights.
+
+Resuming mid-epoch needs the same dp x mp layout, loader workers, per-rank batch and seed: each
+reader's part of the shards and each rank's RNG streams depend on them. Anything else is refused; an
+end-of-epoch checkpoint resumes at any layout.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from orchestrator import checkpoint as ckpt
+from orchestrator.config import RunConfig
+
+LAYOUT_FIELDS = {"dp": "parallel (dp)", "mp": "parallel.mp", "loader_workers": "data.loader_workers",
+                 "batch_size": "data.batch_size", "seed": "run.seed", "limit": "data.limit"}
+
+
+def layout(cfg: RunConfig) -> dict:
+    """What a mid-epoch position depends on."""
+    return {"dp": cfg.parallel.dp, "mp": cfg.parallel.mp, "loader_workers": cfg.data.loader_workers,
+            "batch_size": cfg.data.batch_size, "seed": cfg.run.seed, "limit": cfg.data.limit}
+
+
+def refusal(saved: dict, cfg: RunConfig, where: str) -> str | None:
+    """One line saying why a step checkpoint taken at layout ``saved`` cannot resume exactly under
+    ``cfg``; None when it can."""
+    now = layout(cfg)
+    diffs = [f"{LAYOUT_FIELDS[k]} {saved[k]} -> {now[k]}" for k in LAYOUT_FIELDS if saved.get(k) != now[k]]
+    if not diffs:
+        return None
+    return (f"{where}: a mid-epoch checkpoint resumes only at the layout it was taken at ({'; '.join(diffs)}); "
+            f"rerun with those settings, or set model.init_from to an end-of-epoch checkpoint to start afresh from its weights")
+
+
+def check(cfg: RunConfig, run_dir: str) -> None:
+    """On the driver, before Ray starts: the checkpoint a rerun would resume from must resume exactly."""
+    path = ckpt.resume_point(None, run_dir)
+    meta = ckpt.load_meta(path) if path else {}
+    if meta.get("mid_epoch") and (line := refusal(meta["layout"], cfg, path)):
+        raise ValueError(line)
+
+
+def rng_state(lighting_generator: torch.Generator | None) -> dict:
+    """This process's RNG states, as torch.load(weights_only=True) reads them back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss], "python": random.getstate(),
+            "lighting": lighting_generator.get_state() if lighting_generator is not None else None}
+
+
+def set_rng_state(state: dict, lighting_generator: torch.Generator | None) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if lighting_generator is not None:
+        lighting_generator.set_state(state["lighting"])
