@@ -128,15 +128,16 @@ def load_state(path: str | Path) -> dict:
 
 
 def resume_point(candidate: str | Path | None, run_dir: str | Path) -> str | None:
-    """The checkpoint to resume from: Ray's newest, unless it is torn (no marker) or Ray has none
-    (workers lost before Ray registered their last report), in which case the newest complete one
-    in the run folder; None when there is none."""
-    if candidate is not None and is_complete(candidate):
-        return str(candidate)
+    """The checkpoint to resume from: the newer of Ray's newest (``candidate``) and the newest
+    complete one in the run folder, which is newer when an async upload had landed but Ray had not
+    registered it before the workers were lost, or when a killed driver's run is rerun. A torn one
+    (no marker) is passed over; None when there is none."""
+    options = [str(candidate)] if candidate is not None and is_complete(candidate) else []
     try:  # the run folder, wherever it is stored
-        return find(run_dir)
+        options.append(find(run_dir))
     except CheckpointError:
-        return None
+        pass
+    return max(options, key=_order) if options else None  # a tie: Ray's (a local copy on an object store)
 
 
 def absolute_paths(cfg: RunConfig) -> RunConfig:

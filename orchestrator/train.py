@@ -145,13 +145,15 @@ class Trainer:
         # Loss and top-1 sums stay on the device: no host sync per step, only at log lines.
         sums, seen, done = torch.zeros(2, dtype=torch.float64, device=self.device), 0, 0
         at, self.resume = (self.resume if self.resume and self.resume["epoch"] == epoch else None), None
-        if at:  # a step checkpoint's epoch: its readers, RNG streams and sums where they stood
+        if at:  # a step checkpoint's epoch: its readers where they stood
             done, seen = at["steps_done"], int(at["sums"][2])
             sums += torch.tensor(at["sums"][:2], dtype=torch.float64, device=self.device)
-            resume.set_rng_state(at["rng"], self.batches.lighting_generator)
         self.train_data.set_position([ReaderPosition(*p) for p in at["readers"]] if at else None, done)
+        batches = iter(data)  # a DataLoader's first iterator draws its base seed from torch's stream
+        if at:  # so the RNG streams are set after it, where the checkpoint found them
+            resume.set_rng_state(at["rng"], self.batches.lighting_generator)
         t0, cpu0, seen0, stall = time.perf_counter(), tree_cpu_seconds(), seen, 0.0
-        for i, (images, labels, *windows) in enumerate(data, start=done):
+        for i, (images, labels, *windows) in enumerate(batches, start=done):
             lr = lr_at(cfg, self.step, steps, self.plateau.drops)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
