@@ -269,33 +269,41 @@ def train_loop(config: dict) -> None:
 
     cfg = RunConfig.model_validate(config)
     random.seed(cfg.run.seed)
-    resume = ray.train.get_checkpoint()  # the newest checkpoint of this run: after a worker failure or a rerun
+    latest = ray.train.get_checkpoint()  # the newest checkpoint of this run: after a worker failure or a rerun
     world_rank = ray.train.get_context().get_world_rank()
     node = ray.get_runtime_context().get_node_id()
     quiet_worker()  # Train's per-report dumps follow the run's log level (--verbose)
     console = WorkerConsole.find(cfg.run.name, cfg.run.log_every) if world_rank == 0 else None
 
-    def report(metrics: dict, folder: str | None) -> None:
-        # Every rank reports each epoch and step checkpoint (Ray Train synchronises on it); rank 0
-        # attaches the checkpoint, which Ray Train uploads (in async mode on a thread of its own,
-        # training goes on) and then deletes.
-        metrics = {**metrics, "world_rank": world_rank}
-        checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=upload_mode,
-                         delete_local_checkpoint_after_upload=True, checkpoint_upload_fn=upload)
+    with latest.as_directory() if latest else nullcontext(None) as resume_dir:
+        start = ckpt.resume_point(resume_dir, run_dir(cfg))
+        trainer = Trainer(cfg, resume_from=start, node=node, console=console)
+    trainer.run(ray_report(cfg.run.checkpoint_upload))
 
+
+def ray_report(upload: str = "async") -> Report:
+    """A Ray Train worker's report: every rank reports each epoch and step checkpoint (Ray Train
+    synchronises on it); rank 0 attaches the checkpoint folder, which Ray Train uploads to the run's
+    storage (marker last, `checkpoint.upload_marker_last`) and then deletes. ``upload`` async: Ray
+    Train's own background upload (CheckpointUploadMode.ASYNC), so the report returns once the
+    folder is handed over; sync: once it is uploaded."""
+    import ray.train
+
+    world_rank = ray.train.get_context().get_world_rank()
     storage = ray.train.get_context().get_storage()
-    upload_mode = ray.train.CheckpointUploadMode.ASYNC if cfg.run.checkpoint_upload == "async" else ray.train.CheckpointUploadMode.SYNC
+    mode = ray.train.CheckpointUploadMode.ASYNC if upload == "async" else ray.train.CheckpointUploadMode.SYNC
 
-    def upload(checkpoint, dir_name: str):
+    def upload_marker_last(checkpoint, dir_name: str):
         dest = storage.build_checkpoint_path_from_name(dir_name)
         ckpt.upload_marker_last(checkpoint.path, storage.storage_filesystem, dest)
         return ray.train.Checkpoint(dest, filesystem=storage.storage_filesystem)
 
-    with resume.as_directory() if resume else nullcontext(None) as resume_dir:
-        start = ckpt.resume_point(resume_dir, run_dir(cfg))
-        trainer = Trainer(cfg, resume_from=start, node=node, console=console)
-    trainer.run(report)
+    def report(metrics: dict, folder: str | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+        ray.train.report({**metrics, "world_rank": world_rank}, checkpoint=checkpoint, checkpoint_upload_mode=mode,
+                         delete_local_checkpoint_after_upload=True, checkpoint_upload_fn=upload_marker_last)
+
+    return report
 
 
 def fit(cfg: RunConfig, console=None, verbose: bool = False):
