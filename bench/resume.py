@@ -25,6 +25,7 @@ Usage: python bench/resume.py [--images 3000] [--cut 0.9] [--rounds 3] [--every 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -160,11 +161,16 @@ def stall_loop(config: dict) -> None:
                     reports["async"]({"round": r, "mode": "steady"}, folder)
             step_s[mode].append((time.perf_counter() - t0) / steps)
     weights_mb = sum(t.numel() * t.element_size() for t in weights.values()) / 1e6
-    ray.train.report({"stall": out, "step_s": step_s, "weights_mb": weights_mb})
+    Path(config["out"]).write_text(json.dumps({"stall": out, "step_s": step_s, "weights_mb": weights_mb}))
+    ray.train.report({})
 
 
 def stall(args) -> None:
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -183,20 +189,22 @@ def stall(args) -> None:
         import ray.train
         from ray.train.torch import TorchConfig
 
+        out = Path(tempfile.mkdtemp(prefix="cnnctl-bench-")) / "stall.json"  # the worker runs on this machine
         trainer = torch_trainer()(
-            stall_loop, train_loop_config={"rounds": args.rounds, "settle_s": 8.0, "steps": args.steps, "every": args.every},
+            stall_loop, train_loop_config={"rounds": args.rounds, "settle_s": 8.0, "steps": args.steps, "every": args.every,
+                                           "out": str(out)},
             torch_config=TorchConfig(backend="gloo"), scaling_config=ray.train.ScalingConfig(num_workers=1),
             run_config=ray.train.RunConfig(name="bench-resume", storage_path="s3://bench/runs",
                                            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
-        result = trainer.fit()
-        m = result.metrics
+        trainer.fit()
+        m = json.loads(out.read_text())
         ray.shutdown()
     finally:
         server.stop()
     s = m["stall"]
     print(f"\n2. training stall per checkpoint: paper AlexNet, {m['weights_mb']:.0f} MB of weights + as much momentum, "
           f"to moto S3 on 127.0.0.1 (Ray Train, one worker):")
-    print(f"   local serialisation     {spread(s['save'], 's')}")
+    print(f"   local serialisation     {spread(s['save'], 's')} (every round of both modes)")
     print(f"   sync  (wait for upload) {spread(s['sync'], 's')}")
     print(f"   async (Ray Train ASYNC) {spread(s['async'], 's')}")
     print(f"   async / serialisation: {spread([a / b for a, b in zip(s['async'], s['save'][1::2])], 'x')}; "

@@ -50,6 +50,14 @@ def check(cfg: RunConfig, run_dir: str) -> None:
         raise ValueError(line)
 
 
+def shards_fingerprint(manifest: dict) -> str:
+    """The training split's shards as a reader's positions see them: names and sample counts."""
+    import hashlib
+
+    listing = "\n".join(f"{sh['name']}:{sh['count']}" for sh in manifest["shards"])
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
 def rng_state(lighting_generator: torch.Generator | None) -> dict:
     """This process's RNG states, as torch.load(weights_only=True) reads them back."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

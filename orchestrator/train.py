@@ -68,7 +68,7 @@ class Trainer:
             load_canonical_optimizer(model, self.optimizer, state["optimizer"])
             self.start_epoch, self.step = state["epoch"] + 1, state["step"]
             if state.get("position"):
-                self.resume = self._position(state["position"], resume_from)
+                self.resume = state["position"]
                 self.start_epoch = self.resume["epoch"]
         self.plateau = Plateau(cfg.schedule.patience, cfg.schedule.max_drops, state and state.get("plateau"))
         # Gradients are averaged within the dp group only (a tower pair holds different weights).
@@ -77,6 +77,8 @@ class Trainer:
         side = None if self.mean_image is None else self.mean_image.shape[0]
         self.train_data = train_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp), side)
         self.val_data = eval_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp), side=side)
+        if self.resume:
+            self.resume = self._position(self.resume, resume_from)
         # uint8 batches -> normalised, lit (training) floats on the device, in the model's memory format.
         # Lighting is seeded by dp rank: both towers of a pair light their shared batch identically.
         self.batches = device_batch(cfg, self.train_data.manifest, self.mean_image, self.device,
@@ -103,6 +105,9 @@ class Trainer:
         """This rank's part of a step checkpoint's position, once the layout is checked."""
         if line := resume.refusal(position["layout"], self.cfg, path):
             raise ValueError(line)
+        if position["shards"] != resume.shards_fingerprint(self.train_data.manifest):
+            raise ValueError(f"{path}: the training split's shards are not those this mid-epoch checkpoint read "
+                             f"(names or sample counts differ): its position in them means nothing now")
         if len(position["ranks"]) != self.mesh.world:
             raise ValueError(f"{path}: taken by {len(position['ranks'])} ranks, this run has {self.mesh.world}")
         if self.is_logger:
@@ -209,7 +214,8 @@ class Trainer:
         ranks = self._gather_objects({"readers": [p.as_list() for p in self.train_data.position(done)],
                                       "rng": resume.rng_state(self.batches.lighting_generator),
                                       "sums": [*sums.tolist(), seen]})
-        position = {"epoch": epoch, "steps_done": done, "layout": resume.layout(self.cfg), "ranks": ranks}
+        position = {"epoch": epoch, "steps_done": done, "layout": resume.layout(self.cfg), "ranks": ranks,
+                    "shards": resume.shards_fingerprint(self.train_data.manifest)}
         metrics = {"epoch": epoch, "mid_epoch": True, "step_in_epoch": done, "steps": steps, "global_step": self.step}
         meta = {"epoch": epoch, "step": self.step, "mid_epoch": True, "layout": position["layout"], "metrics": metrics}
         self._checkpoint(metrics, {**self.state(epoch - 1), "position": position}, meta, report)

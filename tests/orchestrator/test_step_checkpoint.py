@@ -91,3 +91,26 @@ def test_another_layout_is_refused_in_one_line(uneven, tmp_path):
     assert line.startswith("runs/x/checkpoint_1: a mid-epoch checkpoint resumes only at the layout it was taken at")
     assert "data.loader_workers 2 -> 3" in line and "data.batch_size 128 -> 64" in line and "\n" not in line
     assert resume.refusal(saved, resolve("demo-fashion", None, ["data.loader_workers=2"]), "x") is None
+
+
+@pytest.mark.timeout(300)
+def test_checkpoint_minutes_asks_the_clock_every_20_steps(uneven, tmp_path):
+    """run.checkpoint_minutes alone, so short that every look at the clock finds it due."""
+    kept = train(uneven, tmp_path, "minutes", ["run.checkpoint_every_steps=null", "run.checkpoint_minutes=1e-9", "schedule.epochs=1"])
+    assert [m["step_in_epoch"] for m, _ in kept if m.get("mid_epoch")] == [20, 40, 60]
+    assert [m.get("mid_epoch") for m, _ in kept][-1] is None  # then the end-of-epoch checkpoint
+
+
+@pytest.mark.timeout(300)
+def test_a_step_checkpoint_over_other_shards_is_refused(uneven, tmp_path):
+    """The same images packed into other shards: the saved positions would name other samples."""
+    from conftest import pack_request
+    from orchestrator.sharding import run_pack
+
+    kept = train(uneven, tmp_path, "first", ["schedule.epochs=1", "data.limit=320"])
+    step = next(path for m, path in kept if m.get("mid_epoch"))
+    other = tmp_path / "repacked"
+    run_pack(pack_request("fashion-mnist", str(other), splits=["train"], per_class_limit=60, shard_size=200))
+    run_pack(pack_request("fashion-mnist", str(other), splits=["test"], per_class_limit=10, shard_size=100))
+    with pytest.raises(ValueError, match="the training split's shards are not those this mid-epoch checkpoint read"):
+        train(str(other), tmp_path, "second", ["schedule.epochs=1", "data.limit=320"], resume_from=str(step))
