@@ -37,6 +37,16 @@ def fmnist_root(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def uneven_fmnist_root(tmp_path_factory) -> str:
+    """Fashion-MNIST in uneven shards: 600 train images in shards of 170, 170, 170 and 90 (readers run
+    out of their part at different steps and wrap round), 100 test images."""
+    root = tmp_path_factory.mktemp("uneven")
+    run_pack(pack_request("fashion-mnist", str(root), splits=["train"], per_class_limit=60, shard_size=170))
+    run_pack(pack_request("fashion-mnist", str(root), splits=["test"], per_class_limit=10, shard_size=100))
+    return str(root)
+
+
+@pytest.fixture(scope="session")
 def image_tree(tmp_path_factory) -> Path:
     """root/<class>/*.{JPEG,png}: real Fashion-MNIST pixels written as RGB JPEGs and grayscale PNGs."""
     root = tmp_path_factory.mktemp("tree")

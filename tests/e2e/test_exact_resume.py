@@ -24,8 +24,6 @@ import torch
 
 from orchestrator import checkpoint as ckpt
 from orchestrator.metrics import read
-from orchestrator.sharding import run_pack
-from conftest import pack_request
 from cnnctl_cli import cli, sets
 
 pytestmark = pytest.mark.timeout(900)
@@ -36,26 +34,18 @@ SETTINGS = ["data.batch_size=8", "model.width=0.5", "data.loader_workers=2", "ru
 LAYOUTS = {"dp2": ["parallel.workers_per_node=2"], "mp2": ["parallel.workers_per_node=2", "parallel.mp=2"]}
 
 
-@pytest.fixture(scope="module")
-def uneven_root(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("uneven")
-    run_pack(pack_request("fashion-mnist", str(root), splits=["train"], per_class_limit=60, shard_size=170))
-    run_pack(pack_request("fashion-mnist", str(root), splits=["test"], per_class_limit=10, shard_size=100))
-    return str(root)
-
-
 def train_args(ray_cluster, root: str, storage: Path, name: str, layout: str) -> list[str]:
     return ["train", "--preset", "demo-fashion", "--data", root, "--name", name, "--epochs", "3",
             "--address", ray_cluster.address, *sets(f"run.storage={storage}", *SETTINGS, *LAYOUTS[layout])]
 
 
 @pytest.fixture(scope="module")
-def reference(ray_cluster, uneven_root, tmp_path_factory):
+def reference(ray_cluster, uneven_fmnist_root, tmp_path_factory):
     """layout -> the run folder of the uninterrupted run."""
     storage = tmp_path_factory.mktemp("reference")
     out = {}
     for layout in LAYOUTS:
-        cli(*train_args(ray_cluster, uneven_root, storage, layout, layout))
+        cli(*train_args(ray_cluster, uneven_fmnist_root, storage, layout, layout))
         out[layout] = storage / layout
     return out
 
@@ -98,7 +88,7 @@ def same_as_reference(run: Path, ref: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_a_worker_killed_mid_epoch_ends_with_the_uninterrupted_weights(ray_cluster, uneven_root, reference, tmp_path, layout):
+def test_a_worker_killed_mid_epoch_ends_with_the_uninterrupted_weights(ray_cluster, uneven_fmnist_root, reference, tmp_path, layout):
     run = tmp_path / "worker-loss"
     seen = {}
 
@@ -110,7 +100,7 @@ def test_a_worker_killed_mid_epoch_ends_with_the_uninterrupted_weights(ray_clust
 
     killer = threading.Thread(target=kill_rank1, daemon=True)
     killer.start()
-    cli(*train_args(ray_cluster, uneven_root, tmp_path, "worker-loss", layout))
+    cli(*train_args(ray_cluster, uneven_fmnist_root, tmp_path, "worker-loss", layout))
     killer.join(5)
     assert "pid" in seen, "the worker was never killed"
     rows = same_as_reference(run, reference[layout])
@@ -120,14 +110,14 @@ def test_a_worker_killed_mid_epoch_ends_with_the_uninterrupted_weights(ray_clust
     assert seen["pid"] not in rows[1]["pid_of_rank"]  # in new worker processes
 
 
-def test_a_killed_driver_rerun_skips_a_torn_checkpoint_and_ends_with_the_uninterrupted_weights(ray_cluster, uneven_root, reference, tmp_path):
+def test_a_killed_driver_rerun_skips_a_torn_checkpoint_and_ends_with_the_uninterrupted_weights(ray_cluster, uneven_fmnist_root, reference, tmp_path):
     """The driver SIGKILLed mid-epoch, its newest step checkpoint then torn (as an upload cut short
     leaves it: no COMPLETE marker), a rerun at another loader-worker count refused, then the same
     command again: it resumes from the step checkpoint before the torn one."""
     exe = str(Path(sys.executable).with_name("cnnctl"))
     env = {**os.environ, "CNNCTL_CLUSTER_DIR": str(Path(ray_cluster.token_path).parent)}
     run = tmp_path / "driver-loss"
-    args = train_args(ray_cluster, uneven_root, tmp_path, "driver-loss", "dp2")
+    args = train_args(ray_cluster, uneven_fmnist_root, tmp_path, "driver-loss", "dp2")
     proc = subprocess.Popen([exe, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: len(step_checkpoints(run, 1)) >= 2, 300, proc)

@@ -48,33 +48,21 @@ def rows(out: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def uneven(tmp_path_factory) -> str:
-    """Fashion-MNIST in shards of 170, 170, 170 and 90 images."""
-    from conftest import pack_request
-    from orchestrator.sharding import run_pack
-
-    root = tmp_path_factory.mktemp("uneven-local")
-    run_pack(pack_request("fashion-mnist", str(root), splits=["train"], per_class_limit=60, shard_size=170))
-    run_pack(pack_request("fashion-mnist", str(root), splits=["test"], per_class_limit=10, shard_size=100))
-    return str(root)
-
-
 AUGMENT = {"crop-flip": [], "alexnet-lighting": ["data.augment=alexnet", "data.image_size=24"]}
 
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("augment", AUGMENT)
-def test_a_trainer_started_from_a_step_checkpoint_ends_bitwise_equal(uneven, tmp_path, augment):
+def test_a_trainer_started_from_a_step_checkpoint_ends_bitwise_equal(uneven_fmnist_root, tmp_path, augment):
     sets = AUGMENT[augment]
-    reference = train(uneven, tmp_path, "reference", sets)
+    reference = train(uneven_fmnist_root, tmp_path, "reference", sets)
     mids = [(m, path) for m, path in reference if m.get("mid_epoch")]
     # every 10 global steps: an epoch is 75, so the second epoch's fall at its steps 5, 15, ...
     assert [m["step_in_epoch"] for m, _ in mids] == [10, 20, 30, 40, 50, 60, 70, 5, 15, 25, 35, 45, 55, 65]
     expected = ckpt.load_weights(str(reference[-1][1]))
     for k, (metrics, path) in enumerate((mids[2], mids[9])):  # epoch 1 step 30; epoch 2 step 25 (a persistent loader's second epoch)
         name = f"resumed{k}"
-        out = train(uneven, tmp_path, name, sets, resume_from=str(path))
+        out = train(uneven_fmnist_root, tmp_path, name, sets, resume_from=str(path))
         final = ckpt.load_weights(str(out[-1][1]))
         assert all(torch.equal(final[key], expected[key]) for key in expected), f"from {metrics}: other weights"
         resumed = next(r for r in rows(tmp_path, name) if r["epoch"] == metrics["epoch"])
@@ -84,7 +72,7 @@ def test_a_trainer_started_from_a_step_checkpoint_ends_bitwise_equal(uneven, tmp
             (ref["train_loss"], ref["samples_trained"], ref["samples_digest"])
 
 
-def test_another_layout_is_refused_in_one_line(uneven, tmp_path):
+def test_another_layout_is_refused_in_one_line():
     saved = resume.layout(resolve("demo-fashion", None, ["data.loader_workers=2"]))
     now = resolve("demo-fashion", None, ["data.loader_workers=3", "data.batch_size=64"])
     line = resume.refusal(saved, now, "runs/x/checkpoint_1")
@@ -94,23 +82,24 @@ def test_another_layout_is_refused_in_one_line(uneven, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_checkpoint_minutes_asks_the_clock_every_20_steps(uneven, tmp_path):
+def test_checkpoint_minutes_asks_the_clock_every_20_steps(uneven_fmnist_root, tmp_path):
     """run.checkpoint_minutes alone, so short that every look at the clock finds it due."""
-    kept = train(uneven, tmp_path, "minutes", ["run.checkpoint_every_steps=null", "run.checkpoint_minutes=1e-9", "schedule.epochs=1"])
+    kept = train(uneven_fmnist_root, tmp_path, "minutes", ["run.checkpoint_every_steps=null", "run.checkpoint_minutes=1e-9", "schedule.epochs=1"])
     assert [m["step_in_epoch"] for m, _ in kept if m.get("mid_epoch")] == [20, 40, 60]
     assert [m.get("mid_epoch") for m, _ in kept][-1] is None  # then the end-of-epoch checkpoint
 
 
 @pytest.mark.timeout(300)
-def test_a_step_checkpoint_over_other_shards_is_refused(uneven, tmp_path):
+def test_a_step_checkpoint_over_other_shards_is_refused(uneven_fmnist_root, tmp_path):
     """The same images packed into other shards: the saved positions would name other samples."""
-    from conftest import pack_request
-    from orchestrator.sharding import run_pack
+    from orchestrator.sharding import PackRequest, run_pack
 
-    kept = train(uneven, tmp_path, "first", ["schedule.epochs=1", "data.limit=320"])
+    kept = train(uneven_fmnist_root, tmp_path, "first", ["schedule.epochs=1", "data.limit=320"])
     step = next(path for m, path in kept if m.get("mid_epoch"))
     other = tmp_path / "repacked"
-    run_pack(pack_request("fashion-mnist", str(other), splits=["train"], per_class_limit=60, shard_size=200))
-    run_pack(pack_request("fashion-mnist", str(other), splits=["test"], per_class_limit=10, shard_size=100))
+    for split, per_class, size in (("train", 60, 200), ("test", 10, 100)):
+        run_pack(PackRequest("fashion-mnist", str(other), splits=[split], prefix=None, image_format=None, resize=None,
+                             center_crop=False, quality=90, shard_size=size, seed=0, workers=1, overwrite=False,
+                             max_errors=0, per_class_limit=per_class))
     with pytest.raises(ValueError, match="the training split's shards are not those this mid-epoch checkpoint read"):
         train(str(other), tmp_path, "second", ["schedule.epochs=1", "data.limit=320"], resume_from=str(step))
