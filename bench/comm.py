@@ -9,6 +9,8 @@ layout at K = 2, 4, 8 processes:
     towers      alexnet (two towers), mp=2: K=2 is one tower pair, K=4 and 8 the hybrid dp=K/2 x mp=2
     owt         alexnet-owt, parallel.fc=model: one OWT group of K ranks
     owt+bf16    the same, the conv part's gradients through bf16_compress_hook
+    owt+amp     owt+bf16 under parallel.precision=bf16 (autocast, as the README's H100 figures ran):
+                the activations the group exchanges are bf16 too
     owt2xdp     alexnet-owt, two OWT groups of K/2, data parallel to each other (K >= 4)
 
 Every call of torch.distributed's all_reduce, all_gather, reduce_scatter, all_to_all and broadcast
@@ -50,17 +52,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
-from models.parallel import Mesh, apply_data_parallel, apply_fc_split, apply_tower_split  # noqa: E402
+from models.parallel import Mesh, apply_data_parallel, apply_fc_split, apply_tower_split, unwrap  # noqa: E402
 from orchestrator.cluster import run_local  # noqa: E402
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast")
-LAYOUTS = {  # name: (model, mp, OWT groups (0: none), grad_compression)
-    "dp": ("alexnet-owt", 1, 0, "none"),
-    "dp+bf16": ("alexnet-owt", 1, 0, "bf16"),
-    "towers": ("alexnet", 2, 0, "none"),
-    "owt": ("alexnet-owt", 1, 1, "none"),
-    "owt+bf16": ("alexnet-owt", 1, 1, "bf16"),
-    "owt2xdp": ("alexnet-owt", 1, 2, "none"),
+LAYOUTS = {  # name: (model, mp, OWT groups (0: none), grad_compression, bf16 autocast)
+    "dp": ("alexnet-owt", 1, 0, "none", False),
+    "dp+bf16": ("alexnet-owt", 1, 0, "bf16", False),
+    "towers": ("alexnet", 2, 0, "none", False),
+    "owt": ("alexnet-owt", 1, 1, "none", False),
+    "owt+bf16": ("alexnet-owt", 1, 1, "bf16", False),
+    "owt+amp": ("alexnet-owt", 1, 1, "bf16", True),
+    "owt2xdp": ("alexnet-owt", 1, 2, "none", False),
 }
 
 
@@ -122,7 +125,7 @@ class Counter:
 
 
 def _rank(rank: int, world: int, layout: str, batch: int, out: str) -> None:
-    name, mp, groups, compression = LAYOUTS[layout]
+    name, mp, groups, compression, amp = LAYOUTS[layout]
     counter = Counter()
     mesh = Mesh.init(mp, world // groups if groups else 1)
     torch.manual_seed(0)
@@ -130,13 +133,16 @@ def _rank(rank: int, world: int, layout: str, batch: int, out: str) -> None:
     model = apply_data_parallel(apply_fc_split(apply_tower_split(canonical, mesh), mesh), mesh, compression)
     del canonical
     g = torch.Generator().manual_seed(mesh.dp_rank)
-    x = torch.randn(batch, 3, model.input_size, model.input_size, generator=g)
+    side = unwrap(model).input_size
+    x = torch.randn(batch, 3, side, side, generator=g)
     y = torch.randint(0, 1000, (batch,), generator=g)
     seconds = []
     for step in range(2):  # the first step builds DDP's buckets; the second is counted
         counter.on = step == 1
         t0 = time.perf_counter()
-        F.cross_entropy(model(x), y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
         seconds.append(time.perf_counter() - t0)
         model.zero_grad(set_to_none=True)
     counter.on = False
@@ -192,7 +198,7 @@ def main() -> None:
                 try:
                     rows.append(run(layout, k, args.batch, tmp))
                 except Exception as exc:  # noqa: BLE001 - a K that does not fit in memory: say so, go on
-                    print(f"{layout} K={k}: did not run ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", flush=True)
+                    print(f"{layout} K={k}: did not run ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]})", flush=True)
                     continue
                 r = rows[-1]
                 print(f"{layout} K={k}: {max(r['sent_per_rank']) / 1e6:,.1f} MB sent per rank per step "
