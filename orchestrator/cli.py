@@ -202,7 +202,8 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and cluster shape, start nothing.")] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Train a model with Ray Train workers (data parallel; tower parallel with parallel.mp=2).
+    """Train a model with Ray Train workers (data parallel; tower parallel with parallel.mp=2; the FC
+    layers model parallel with parallel.fc=model, --parallel owt).
 
     Shows one progress bar per epoch and a row of metrics when it ends (on a non-terminal, a line
     every run.log_every steps instead of the bar)."""
