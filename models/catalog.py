@@ -19,6 +19,8 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
 }
 # Each AlexNet's own tower count (models/alexnet.py's presets): parallel.mp=2 splits two towers.
 TOWERS = {"alexnet": 2, "alexnet-owt": 1, "alexnet-small": 2}
+# Each AlexNet's hidden FC width (fc6, fc7) at width 1; parallel.fc=model slices it over K ranks.
+FC = {"alexnet": 4096, "alexnet-owt": 4096, "alexnet-small": 512}
 # The `init` values each family knows, its own paper's first.
 INITS = {"alexnet": ("paper", "kaiming", "torch"), "vgg": ("paper", "glorot", "kaiming")}
 
@@ -56,3 +58,8 @@ def check_overrides(name: str, overrides: dict) -> list[str]:
 def towers(name: str, override: int | None = None) -> int:
     """The towers a model is built with (VGG: 1, one column)."""
     return override if override is not None else TOWERS.get(resolve(name), 1)
+
+
+def fc_width(name: str, width: float | None = None) -> int:
+    """A one-tower AlexNet's fc6/fc7 width at a `width` multiplier (as models/alexnet.py rounds it)."""
+    return max(1, round(FC[resolve(name)] * (width or 1.0)))

@@ -195,21 +195,22 @@ def train(
     workers_per_node: Annotated[Optional[int], typer.Option("--workers-per-node", help="Ray Train workers per node (parallel.workers_per_node).")] = None,
     gpus: Annotated[Optional[bool], typer.Option("--gpus/--cpu", help="One GPU per worker with NCCL, or CPU with gloo (parallel.gpus).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster address ('auto', 'ray://host:10001', ...). Default: start a local Ray.")] = None,
-    parallel: Annotated[Optional[str], typer.Option("--parallel", help="dp: data parallel (mp=1); mp: AlexNet's two towers on a rank pair (mp=2, dp=1); hybrid: both (mp=2, dp=world/2).")] = None,
+    parallel: Annotated[Optional[str], typer.Option("--parallel", help="dp: data parallel (mp=1); mp: AlexNet's two towers on a rank pair (mp=2, dp=1); hybrid: both (mp=2, dp=world/2); owt: one weird trick, data-parallel convs and the FC layers sliced over each group of parallel.fc_group ranks (mp=1, fc=model).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (schedule.epochs).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name; rerunning the same name resumes it (run.name).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Folder or URL holding the shards (data.root).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and cluster shape, start nothing.")] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Train a model with Ray Train workers (data parallel; tower parallel with parallel.mp=2).
+    """Train a model with Ray Train workers (data parallel; tower parallel with parallel.mp=2; the FC
+    layers model parallel with parallel.fc=model, --parallel owt).
 
     Shows one progress bar per epoch and a row of metrics when it ends (on a non-terminal, a line
     every run.log_every steps instead of the bar)."""
-    mp = {None: None, "dp": 1, "mp": 2, "hybrid": 2}.get(parallel, -1)
+    mp, fc = {None: (None, None), "dp": (1, "data"), "mp": (2, "data"), "hybrid": (2, "data"), "owt": (1, "model")}.get(parallel, (-1, None))
     if mp == -1:
-        raise fail(f"--parallel {parallel!r}: dp, mp or hybrid")
-    flags = {"parallel.mp": mp, "parallel.nodes": nodes, "parallel.workers_per_node": workers_per_node, "parallel.gpus": gpus,
+        raise fail(f"--parallel {parallel!r}: dp, mp, hybrid or owt")
+    flags = {"parallel.mp": mp, "parallel.fc": fc, "parallel.nodes": nodes, "parallel.workers_per_node": workers_per_node, "parallel.gpus": gpus,
              "parallel.address": address, "schedule.epochs": epochs, "run.name": name, "data.root": data}
     cfg = _config(preset, config, set_, flags)
     p = cfg.parallel

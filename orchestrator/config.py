@@ -115,6 +115,10 @@ class ParallelConfig(_Section):
     nodes: int = Field(1, ge=1, description="Ray nodes the workers spread across.")
     workers_per_node: int = Field(2, ge=1, description="Ray Train workers per node.")
     mp: int = Field(1, ge=1, le=2, description="Tower (model) parallel degree: 2 splits AlexNet's towers over a rank pair.")
+    fc: Literal["data", "model"] = Field("data", description="The FC layers: data (replicated on every rank, like the convs) or model (Krizhevsky 2014's one weird trick: each rank of a group of fc_group ranks holds a slice of fc6/fc7/fc8 and computes it for the whole group's batch; the convs stay data parallel). model needs a one-tower AlexNet and mp=1.")
+    fc_group: int | None = Field(None, ge=1, description="fc=model: the ranks K of one group (a slice of the FC layers each; groups are data parallel to each other). None: workers_per_node, one group per node. K must divide the world and the FC width.")
+    grad_compression: Literal["none", "bf16"] = Field("none", description="Gradient all-reduce through torch's DDP communication hooks: none (fp32) or bf16 (bf16_compress_hook: half the bytes, gradients rounded to bf16 on the wire).")
+    bucket_mb: float = Field(25.0, gt=0, description="DDP bucket size in MB (bucket_cap_mb): gradients are all-reduced in buckets of this size as backward produces them.")
     gpus: bool = Field(False, description="One GPU per worker and the NCCL backend; otherwise CPU and gloo.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved for each worker.")
     threads_per_worker: int = Field(1, ge=1, description="torch intra-op threads in each worker.")
@@ -132,9 +136,15 @@ class ParallelConfig(_Section):
         mesh (models.parallel.Mesh) holds the same number, from the process group it joined."""
         return max(self.world // self.mp, 1)
 
+    @property
+    def fc_ranks(self) -> int:
+        """K, the ranks that share one model's FC layers (1 unless fc=model)."""
+        return (self.fc_group or self.workers_per_node) if self.fc == "model" else 1
+
     def shape(self) -> str:
         """The cluster shape in one line, as `cnnctl train` and `cnnctl tune` print it."""
-        return (f"{self.nodes} node(s) x {self.workers_per_node} worker(s) = world {self.world} (dp={self.dp} x mp={self.mp}), "
+        owt = f", FC split over {self.world // self.fc_ranks} group(s) of K={self.fc_ranks}" if self.fc == "model" else ""
+        return (f"{self.nodes} node(s) x {self.workers_per_node} worker(s) = world {self.world} (dp={self.dp} x mp={self.mp}{owt}), "
                 f"{self.cpus_per_worker:g} CPU{' + 1 GPU' if self.gpus else ''} per worker")
 
 
@@ -339,6 +349,7 @@ def check(cfg: RunConfig) -> list[str]:
         if (n := catalog.towers(cfg.model.name, cfg.model.towers)) != 2:
             problems.append(f"parallel.mp: 2 splits a model's two towers over a rank pair; {catalog.resolve(cfg.model.name)} "
                             f"is built with {n} (set model.towers=2 for an AlexNet, or parallel.mp=1)")
+    problems += fc_problems(cfg)
     t = cfg.tune
     if t.scheduler == "pbt" and t.pbt_lrn and not model_problems(cfg.model):
         from models import catalog
@@ -355,6 +366,25 @@ def check(cfg: RunConfig) -> list[str]:
         except ConfigError as exc:
             problems += exc.lines
     return problems
+
+
+def fc_problems(cfg: RunConfig) -> list[str]:
+    """parallel.fc=model: a one-tower AlexNet, mp=1, and a group size K that divides the world and the FC width."""
+    p = cfg.parallel
+    if p.fc != "model" or model_problems(cfg.model):
+        return []
+    from models import catalog
+
+    name, k = catalog.resolve(cfg.model.name), p.fc_ranks
+    if p.mp != 1:
+        return ["parallel.fc: model slices a one-tower AlexNet's FC layers; mp=2 splits two towers (use one: --parallel owt sets mp=1)"]
+    if catalog.family(name) != "alexnet" or (n := catalog.towers(name, cfg.model.towers)) != 1:
+        built = "not an AlexNet" if catalog.family(name) != "alexnet" else f"built with {n} towers (set model.towers=1, or use alexnet-owt)"
+        return [f"parallel.fc: model slices the FC layers of a one-tower AlexNet; {name} is {built}"]
+    width = catalog.fc_width(name, cfg.model.width)
+    if k < 2 or p.world % k or width % k:
+        return [f"parallel.fc_group: K={k} must be at least 2 and divide the world size {p.world} and {name}'s FC width {width}"]
+    return []
 
 
 def model_problems(m: ModelConfig) -> list[str]:

@@ -6,7 +6,7 @@ for every world rank its loader workers' reader positions (shards/position.py), 
 layout it was taken at (``layout``) is in meta.json too, so the driver can refuse a resume that
 cannot be exact before any worker starts, without reading the weights.
 
-Resuming mid-epoch needs the same dp x mp layout, loader workers, per-rank batch and seed: each
+Resuming mid-epoch needs the same dp x mp layout and OWT group, loader workers, batch and seed: each
 reader's part of the shards and each rank's RNG streams depend on them. Anything else is refused; an
 end-of-epoch checkpoint resumes at any layout.
 """
@@ -21,13 +21,13 @@ import torch
 from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig
 
-LAYOUT_FIELDS = {"dp": "parallel (dp)", "mp": "parallel.mp", "loader_workers": "data.loader_workers",
+LAYOUT_FIELDS = {"dp": "parallel (dp)", "mp": "parallel.mp", "fc": "parallel.fc_group (OWT)", "loader_workers": "data.loader_workers",
                  "batch_size": "data.batch_size", "seed": "run.seed", "limit": "data.limit"}
 
 
 def layout(cfg: RunConfig) -> dict:
     """What a mid-epoch position depends on."""
-    return {"dp": cfg.parallel.dp, "mp": cfg.parallel.mp, "loader_workers": cfg.data.loader_workers,
+    return {"dp": cfg.parallel.dp, "mp": cfg.parallel.mp, "fc": cfg.parallel.fc_ranks, "loader_workers": cfg.data.loader_workers,
             "batch_size": cfg.data.batch_size, "seed": cfg.run.seed, "limit": cfg.data.limit}
 
 

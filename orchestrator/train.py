@@ -16,10 +16,9 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
-from models.parallel import (Mesh, apply_tower_split, canonical_optimizer_state, canonical_state_dict,
-                             load_canonical_optimizer, unwrap)
+from models.parallel import (Mesh, apply_data_parallel, apply_fc_split, apply_tower_split, canonical_optimizer_state,
+                             canonical_state_dict, load_canonical_optimizer, unwrap)
 from orchestrator import checkpoint as ckpt
 from orchestrator import resume
 from orchestrator.config import RunConfig, to_yaml
@@ -49,17 +48,17 @@ class Trainer:
         self.cfg = cfg
         self.console = console or WorkerConsole()  # rank 0's progress to the driver's console
         torch.set_num_threads(cfg.parallel.threads_per_worker)
-        self.mesh = Mesh.init(cfg.parallel.mp)
+        self.mesh = Mesh.init(cfg.parallel.mp, cfg.parallel.fc_ranks)
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if cfg.parallel.gpus else torch.device("cpu")
         self.is_logger = self.mesh.rank == 0
         torch.manual_seed(cfg.run.seed)  # identical init on every rank
         model = build_model(cfg, cfg.model.num_classes)
         state = self._load_canonical(model, resume_from)
-        # Ordered steps: tower split (mp) -> device -> optimizer over the local halves -> DDP (dp).
+        # Ordered steps: tower split (mp) / FC split (fc) -> device -> optimizer over the local parts -> DDP.
         memory_format = torch.channels_last if cfg.parallel.channels_last else torch.contiguous_format
         # bf16 autocast covers forward and loss; weights, gradients and SGD stay fp32.
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.parallel.precision == "bf16")
-        model = apply_tower_split(model, self.mesh).to(self.device, memory_format=memory_format)
+        model = apply_fc_split(apply_tower_split(model, self.mesh), self.mesh).to(self.device, memory_format=memory_format)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
         self.start_epoch, self.step = 0, 0
@@ -71,12 +70,14 @@ class Trainer:
                 self.resume = state["position"]
                 self.start_epoch = self.resume["epoch"]
         self.plateau = Plateau(cfg.schedule.patience, cfg.schedule.max_drops, state and state.get("plateau"))
-        # Gradients are averaged within the dp group only (a tower pair holds different weights).
-        self.model = DistributedDataParallel(model, process_group=self.mesh.dp_group) if self.mesh.dp > 1 else model
+        # Gradients are averaged within the dp group only (a tower pair holds different weights; an FC
+        # slice only with its copies in the other OWT groups).
+        self.model = apply_data_parallel(model, self.mesh, cfg.parallel.grad_compression, cfg.parallel.bucket_mb)
         self.mean_image = mean_image(cfg)  # data.mean_image: it goes into every checkpoint too
         side = None if self.mean_image is None else self.mean_image.shape[0]
         self.train_data = train_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp), side)
-        self.val_data = eval_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp), side=side)
+        # Split by replica: the ranks of a tower pair or an OWT group evaluate the same batches together.
+        self.val_data = eval_stream(cfg, Split(self.mesh.replica, self.mesh.replicas), side=side)
         if self.resume:
             self.resume = self._position(self.resume, resume_from)
         # uint8 batches -> normalised, lit (training) floats on the device, in the model's memory format.
@@ -114,11 +115,11 @@ class Trainer:
             self.console.note(f"resuming epoch {position['epoch'] + 1} after its step {position['steps_done']}")
         return {**position, **position["ranks"][self.mesh.rank]}
 
-    def _all_sum(self, values: list[float]) -> list[float]:
+    def _all_sum(self, values: list[float], group=None) -> list[float]:
         if self.mesh.world == 1:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
-        dist.all_reduce(t, group=self.mesh.dp_group)  # each dp group sees every sample exactly once
+        dist.all_reduce(t, group=self.mesh.dp_group if group is None else group)  # each dp group sees every sample exactly once
         return t.tolist()
 
     def _gather_objects(self, value) -> list:
@@ -141,10 +142,10 @@ class Trainer:
         data = make_loader(cfg, self.train_data)  # first: positions are per loader worker
         self.train_data.set_epoch(epoch)
         self.batches.set_epoch(epoch)
-        # Dropout draws from a stream per (seed, epoch, dp rank): a tower pair shares it (the split
-        # model draws full-width masks and keeps its half), dp replicas differ, and a resumed epoch
-        # draws what it would have drawn (a step checkpoint holds the stream's state mid-epoch).
-        torch.manual_seed(cfg.run.seed * 1_000_003 + epoch * 1009 + self.mesh.dp_rank)
+        # Dropout draws from a stream per (seed, epoch, replica): a tower pair or OWT group shares it
+        # (the split model draws full-width masks and keeps its part), replicas differ, and a resumed
+        # epoch draws what it would have drawn (a step checkpoint holds the stream's state mid-epoch).
+        torch.manual_seed(cfg.run.seed * 1_000_003 + epoch * 1009 + self.mesh.replica)
         steps = len(self.train_data)
         model.train()
         # Loss and top-1 sums stay on the device: no host sync per step, only at log lines.
@@ -238,7 +239,7 @@ class Trainer:
 
         sums = evaluate(forward, make_loader(self.cfg, self.val_data), self.device)
         model.train()
-        loss, top1, top5, count = self._all_sum([sums["loss_sum"], sums["top1"], sums["top5"], sums["count"]])
+        loss, top1, top5, count = self._all_sum([sums["loss_sum"], sums["top1"], sums["top5"], sums["count"]], self.mesh.replica_group)
         s = summarize({"loss_sum": loss, "top1": top1, "top5": top5, "count": int(count)})
         return {"val_loss": s["loss"], "val_top1": s["top1"], "val_top5": s["top5"], "val_count": s["count"]}
 
@@ -256,7 +257,7 @@ class Trainer:
             metrics = {"epoch": epoch, **self.train_epoch(epoch, report), **self.validate()}
             self.plateau.update(metrics["val_top1"])
             metrics["epoch_time_s"] = time.perf_counter() - t0
-            metrics.update(world_rank=self.mesh.rank, dp=self.mesh.dp, mp=self.mesh.mp, node_of_rank=list(self.node_of_rank), pid_of_rank=list(self.pid_of_rank))
+            metrics.update(world_rank=self.mesh.rank, dp=self.mesh.dp, mp=self.mesh.mp, fc=self.mesh.fc, node_of_rank=list(self.node_of_rank), pid_of_rank=list(self.pid_of_rank))
             self.log.write(metrics)
             self._checkpoint(metrics, self.state(epoch), {"epoch": epoch, "step": self.step, "metrics": metrics}, report)
         self.close()

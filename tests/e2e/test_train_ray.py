@@ -108,3 +108,28 @@ def test_hybrid_on_two_nodes_and_the_checkpoint_evaluates_at_mp1(ray_cluster, fm
     res = CliRunner().invoke(app, ["eval", run_dir(cfg), "--split", "test", "--out", str(tmp_path / "e.json")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "e.json").read_text())["top1"] == pytest.approx(row["val_top1"], abs=1.5 / 200)
+
+
+def test_owt_on_two_nodes_and_the_checkpoint_evaluates_at_mp1(ray_cluster, fmnist_root, tmp_path):
+    """`cnnctl train --parallel owt`: 2 nodes x 2 workers, one OWT group of K=2 per node (each holds
+    half of fc6/fc7/fc8), the groups data parallel to each other, bf16 gradient compression; the
+    canonical checkpoint then evaluates in one process (mp=1) to the accuracy the run reported."""
+    args = ["train", "--preset", "demo-fashion", "--parallel", "owt", "--nodes", "2", "--workers-per-node", "2",
+            "--data", fmnist_root, "--name", "owt", "--epochs", "1", "--address", ray_cluster.address]
+    sets = [f"run.storage={tmp_path}", "data.batch_size=64", "model.width=0.5", "model.towers=1",
+            "parallel.grad_compression=bf16"]
+    res = CliRunner().invoke(app, args + [a for s in sets for a in ("--set", s)])
+    assert res.exit_code == 0, res.output
+    assert "FC split over 2 group(s) of K=2" in res.output
+    cfg = resolve("demo-fashion", None, sets + [f"data.root={fmnist_root}", "run.name=owt"])
+    (row,) = read(run_dir(cfg))
+    nodes = row["node_of_rank"]
+    assert (row["dp"], row["mp"], row["fc"]) == (4, 1, 2) and len(set(nodes)) == 2
+    assert nodes[0] == nodes[1] and nodes[2] == nodes[3]  # OWT groups (2g, 2g+1) share a node
+    assert row["steps_per_rank"] == [9, 9, 9, 9]  # every rank reads its own 16 images a step
+    assert row["val_count"] == 200  # each test image once, though both ranks of a group evaluate it
+    weights = ckpt.load_weights(ckpt.find(run_dir(cfg)))
+    assert weights["classifier.0.weight"].shape == (256, 32 * 2 * 2)  # canonical fc6, both slices (width 0.5)
+    res = CliRunner().invoke(app, ["eval", run_dir(cfg), "--split", "test", "--out", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e.json").read_text())["top1"] == pytest.approx(row["val_top1"], abs=1.5 / 200)

@@ -93,7 +93,33 @@ def test_parallel_modes_set_mp_and_check_the_world():
     res = runner.invoke(app, ["train", "--parallel", "hybrid", "--dry-run"])
     assert res.exit_code == 1 and "hybrid" in res.output
     res = runner.invoke(app, ["train", "--parallel", "tp", "--dry-run"])
-    assert res.exit_code == 1 and "dp, mp or hybrid" in res.output
+    assert res.exit_code == 1 and "dp, mp, hybrid or owt" in res.output
+
+
+def test_parallel_owt_sets_the_fc_split_and_its_groups():
+    res = runner.invoke(app, ["train", "--preset", "imagenet-alexnet-owt", "--parallel", "owt", "--nodes", "2", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "world 16 (dp=16 x mp=1, FC split over 2 group(s) of K=8)" in res.output
+    assert "fc: model" in res.output
+
+
+@pytest.mark.parametrize("args, line", [
+    # the two-tower net: its FC layers are split by tower already
+    (["--preset", "demo-fashion", "--parallel", "owt"],
+     "error: parallel.fc: model slices the FC layers of a one-tower AlexNet; alexnet-small is built with 2 towers"),
+    # K = 3 does not divide alexnet-owt's 4096
+    (["--preset", "imagenet-alexnet-owt", "--parallel", "owt", "--workers-per-node", "3", "--cpu", "--set", "data.batch_size=258"],
+     "error: parallel.fc_group: K=3 must be at least 2 and divide the world size 3 and alexnet-owt's FC width 4096"),
+])
+def test_owt_that_cannot_apply_is_refused_in_one_line_before_ray(monkeypatch, args, line):
+    def no_ray(*a, **kw):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr("orchestrator.cli.connect", no_ray)
+    res = runner.invoke(app, ["train", *args])
+    assert res.exit_code == 1
+    (only,) = [l for l in res.output.splitlines() if l.strip()]
+    assert only.startswith(line), only
 
 
 def test_cluster_commands_without_a_cluster(tmp_path):

@@ -46,6 +46,13 @@ def test_set_parses_yaml_scalars():
     (["model.lrn.n=4"], "model.lrn.n: must be odd"),
     (["parallel.mp=2", "parallel.workers_per_node=3"], "parallel.mp"),
     (["data.batch_size=127"], "data.batch_size"),
+    (["model.name=alexnet-owt", "parallel.fc=model", "parallel.mp=2"], "parallel.fc: model slices a one-tower"),
+    (["model.name=vgg-a", "parallel.fc=model"], "parallel.fc: model slices the FC layers of a one-tower AlexNet; vgg-a is not"),
+    (["model.name=alexnet-owt", "model.width=0.5", "parallel.fc=model", "parallel.fc_group=1"], "parallel.fc_group: K=1"),
+    (["model.name=alexnet-small", "model.towers=1", "model.width=0.3", "parallel.fc=model", "parallel.workers_per_node=4",
+      "data.batch_size=128"], "parallel.fc_group: K=4 must be at least 2 and divide the world size 4 and alexnet-small's FC width 154"),
+    (["parallel.grad_compression=fp16"], "parallel.grad_compression:"),
+    (["parallel.bucket_mb=0"], "parallel.bucket_mb:"),
 ])
 def test_bad_values_name_the_field(sets, field):
     with pytest.raises(ConfigError) as exc:
