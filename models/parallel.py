@@ -19,7 +19,6 @@ the mesh (DESIGN.md §5). (A gloo group on loopback without Ray, for tests and b
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 

@@ -1,6 +1,5 @@
 """Checkpoint folders: canonical weights, safe loading, torn checkpoints ignored."""
 
-import json
 import os
 import pickle
 

@@ -2,7 +2,6 @@
 windows that say which patch of it each crop subtracts."""
 
 import io
-import random
 import tarfile
 
 import numpy as np
