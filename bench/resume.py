@@ -50,13 +50,20 @@ def spread(values: list[float], unit: str, scale: float = 1.0) -> str:
 
 # -- 1. restart to first batch ------------------------------------------------------------------
 
+def reader(url: str):
+    """The one training reader every figure-1 contender uses: AlexNet crops, batches of 128."""
+    from shards.reader import ShardStream, Split
+    from shards.transforms import AlexNetCrop
+
+    return ShardStream(url, Split(), 128, AlexNetCrop(227), train=True, seed=1)
+
+
 def first_batch(url: str, cut: int, positions) -> tuple[float, float, object]:
     """(wall s, CPU s, first batch) of a fresh reader to the batch after ``cut`` steps: resumed at
     ``positions``, or (None) reading and decoding its way there."""
-    from shards.reader import ShardStream, Split, loader
-    from shards.transforms import AlexNetCrop
+    from shards.reader import loader
 
-    stream = ShardStream(url, Split(), 128, AlexNetCrop(227), train=True, seed=1)
+    stream = reader(url)
     with CpuTimer() as t:
         data = loader(stream, workers=0)
         stream.set_epoch(0)
@@ -70,10 +77,9 @@ def first_batch(url: str, cut: int, positions) -> tuple[float, float, object]:
 
 
 def restart(args, url: str) -> None:
-    from shards.reader import ShardStream, Split, loader
-    from shards.transforms import AlexNetCrop
+    from shards.reader import loader
 
-    stream = ShardStream(url, Split(), 128, AlexNetCrop(227), train=True, seed=1)
+    stream = reader(url)
     cut = int(len(stream) * args.cut)
     data = loader(stream, workers=0)
     stream.set_epoch(0)

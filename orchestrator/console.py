@@ -188,7 +188,7 @@ class TrainConsole:
             elif kind == "step-checkpoint" and rest[1]:
                 m = rest[0]
                 self.print(f"{'':>7}  step checkpoint: epoch {m['epoch'] + 1} step {m['step_in_epoch']}/{m['steps']} "
-                           f"{short(loc.join(self.run_dir, loc.name(rest[1])))}")
+                           f"{self._where(rest[1])}")
 
     def _step(self, epoch, epochs, step, steps, loss, lr, rate, elapsed) -> None:
         if epoch in self.done_epochs:
@@ -216,8 +216,11 @@ class TrainConsole:
             self.header_shown = True
         self.print(epoch_row(metrics, self.epochs))
         if checkpoint:
-            # Ray's Checkpoint.path is the path inside its filesystem (no scheme): name it in the run's store
-            self.print(f"{'':>7}  checkpoint {short(loc.join(self.run_dir, loc.name(checkpoint)))}")
+            self.print(f"{'':>7}  checkpoint {self._where(checkpoint)}")
+
+    def _where(self, checkpoint: str) -> str:
+        # Ray's Checkpoint.path is the path inside its filesystem (no scheme): name it in the run's store
+        return short(loc.join(self.run_dir, loc.name(checkpoint)))
 
 
 def _clock(seconds: float) -> str:

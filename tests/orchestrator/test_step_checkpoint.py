@@ -92,14 +92,11 @@ def test_checkpoint_minutes_asks_the_clock_every_20_steps(uneven_fmnist_root, tm
 @pytest.mark.timeout(300)
 def test_a_step_checkpoint_over_other_shards_is_refused(uneven_fmnist_root, tmp_path):
     """The same images packed into other shards: the saved positions would name other samples."""
-    from orchestrator.sharding import PackRequest, run_pack
+    from tests.e2e.cnnctl_cli import cli
 
     kept = train(uneven_fmnist_root, tmp_path, "first", ["schedule.epochs=1", "data.limit=320"])
     step = next(path for m, path in kept if m.get("mid_epoch"))
     other = tmp_path / "repacked"
-    for split, per_class, size in (("train", 60, 200), ("test", 10, 100)):
-        run_pack(PackRequest("fashion-mnist", str(other), splits=[split], prefix=None, image_format=None, resize=None,
-                             center_crop=False, quality=90, shard_size=size, seed=0, workers=1, overwrite=False,
-                             max_errors=0, per_class_limit=per_class))
+    cli("shard", "fashion-mnist", str(other), "--per-class-limit", "60", "--shard-size", "200")
     with pytest.raises(ValueError, match="the training split's shards are not those this mid-epoch checkpoint read"):
         train(str(other), tmp_path, "second", ["schedule.epochs=1", "data.limit=320"], resume_from=str(step))
