@@ -385,7 +385,8 @@ def cluster_up(
         c = cluster.up_local(nodes, cpus_per_node, state_dir or cluster.DEFAULT_STATE)
     except cluster.ClusterError as exc:
         raise fail(str(exc)) from None
-    typer.echo(f"cluster up: {c.nodes} nodes x {c.cpus_per_node:g} CPUs at {c.address} (token auth on)")
+    typer.echo(f"cluster up: {c.nodes} nodes x {c.cpus_per_node:g} CPUs at {c.address} "
+               f"(token auth on, token {c.token_path} mode 0600; every node listens on {cluster.LOOPBACK} only)")
     typer.echo(f"  cnnctl train --address {c.address} --nodes {c.nodes} ...")
     typer.echo(f"  other Ray clients: export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={c.token_path}")
 
@@ -398,7 +399,7 @@ def cluster_status(*, state_dir: StateDir = None) -> None:
     c = cluster.load(state_dir or cluster.DEFAULT_STATE)
     if c is None:
         raise fail("no local cluster is up (cnnctl cluster up --local)")
-    alive = [cluster.alive(p) for p in c.pids]
+    alive = [cluster.node_alive(p, t) for p, t in c.processes()]
     typer.echo(f"address {c.address}; nodes {sum(alive)}/{len(alive)} alive; token {c.token_path}")
     if not all(alive):
         raise typer.Exit(1)

@@ -1,9 +1,9 @@
 """Connecting to Ray, and `cnnctl cluster up --local`: a real multi-node Ray cluster on one machine.
 
 A local cluster is a head plus worker raylets, each started as `ray start --block` in its own
-process session whose pid cnnctl records, so `cluster down` stops exactly the processes it started.
-Token authentication is on (RAY_AUTH_MODE=token, one token file shared by every node and client) and
-every node uses a loopback address.
+process session whose pid (and start time) cnnctl records, so `cluster down` stops exactly the
+processes it started. Token authentication is on (RAY_AUTH_MODE=token, one 0600 token file shared by
+every node and client) and every node, with all its servers, listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 DEFAULT_STATE = Path(os.environ.get("CNNCTL_CLUSTER_DIR", Path.home() / ".cnnctl" / "cluster"))
-# Ray replaces 127.0.0.1 with the machine's routable address when multi-node support is on;
-# another loopback address keeps every node and worker on loopback.
-LOOPBACK = "127.0.0.2"
+# Ray's GCS, raylets and agents listen on loopback only when the node's address is exactly 127.0.0.1
+# (any other address, 127.0.0.2 included, binds 0.0.0.0); `keep_loopback` stops Ray from swapping it.
+LOOPBACK = "127.0.0.1"
+_LOCALHOST = {"127.0.0.1", "localhost", "::1"}
 NODE_RESOURCE = "cnnctl_node_{}"  # one custom resource per node, so tests can tell the nodes apart
 
 
@@ -40,19 +41,21 @@ class LocalCluster:
     pids: list[int]
     nodes: int
     cpus_per_node: float
+    # each pid's start time (`_start_time`): `down` signals a pid only while it is still that process
+    started: list[int] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
+
+    def processes(self) -> list[tuple[int, int | None]]:
+        """(pid, start time) of each node; a state file without start times names no process of ours."""
+        return list(zip(self.pids, self.started + [None] * (len(self.pids) - len(self.started))))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _ray_bin() -> str:
-    return str(Path(sys.executable).with_name("ray"))
 
 
 def _state_file(state_dir: Path) -> Path:
@@ -62,6 +65,81 @@ def _state_file(state_dir: Path) -> Path:
 def load(state_dir: Path = DEFAULT_STATE) -> LocalCluster | None:
     f = _state_file(state_dir)
     return LocalCluster(**json.loads(f.read_text())) if f.exists() else None
+
+
+def write_private(path: Path, data: str) -> None:
+    """Publish ``data`` at ``path`` readable by its owner only (0600 from the first byte, never a
+    moment at the umask's mode) and atomically: a reader sees the old file or the new one whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner can enter (created 0700, or tightened to it)."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def ensure_private_token() -> None:
+    """Give a local Ray a token file only its owner can read, before Ray writes one itself.
+
+    A new local `ray.init()` with token auth (Ray 2.60's default) writes ``~/.ray/auth_token`` with the
+    umask's mode (0644 in a 0755 folder), so anyone on a shared machine could read it and run code on
+    the cluster. cnnctl writes it first, 0600 in a 0700 folder, and tightens an existing one. A token
+    the user points Ray at (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH) is theirs to keep, and left as it is.
+    """
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    token = private_dir(Path.home() / ".ray") / "auth_token"
+    if token.exists():
+        if token.stat().st_mode & 0o077:
+            token.chmod(0o600)
+    else:
+        write_private(token, secrets.token_hex(32))
+
+
+def keep_loopback() -> None:
+    """Stop Ray from swapping a loopback node address for the machine's routable one.
+
+    Ray (multi-node support on, as on Linux) resolves 127.0.0.1 to the routable address whenever it is
+    given as a node or bootstrap address, and its GCS, raylets and agents then listen on 0.0.0.0. With
+    the address kept, a node started at 127.0.0.1 listens on 127.0.0.1 only, and drivers reach it there.
+    Every other address resolves as Ray resolves it. Applied in each process that starts or joins a
+    cnnctl-started Ray (the driver, each `cluster up` node); idempotent.
+    """
+    import ray._private.services as services
+
+    resolve = services.resolve_ip_for_localhost
+    if getattr(resolve, "keeps_loopback", False):
+        return
+
+    def keep(host: str) -> str:
+        return host if host in _LOCALHOST else resolve(host)
+
+    keep.keeps_loopback = True
+    services.resolve_ip_for_localhost = keep
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def alive(pid: int) -> bool:
@@ -76,15 +154,19 @@ def alive(pid: int) -> bool:
     return True
 
 
+# `ray start` and a driver's probe, each in a process of its own that keeps loopback addresses as given.
+_RAY_CLI = "from orchestrator.cluster import keep_loopback; keep_loopback(); from ray.scripts.scripts import main; main()"
+_PROBE = ("from orchestrator.cluster import keep_loopback; keep_loopback(); import ray, sys;"
+          "ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2], logging_level='ERROR');"
+          "print(sum(n['Alive'] for n in ray.nodes()))")
+
+
 def _wait_for_nodes(address: str, env: dict, count: int, timeout: float) -> None:
     """Poll `ray status`-like information until ``count`` nodes are alive."""
-    probe = (
-        "import ray, sys; ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2], logging_level='ERROR');"
-        "print(sum(n['Alive'] for n in ray.nodes()))"
-    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run([sys.executable, "-c", probe, address, LOOPBACK], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run([sys.executable, "-c", _PROBE, address, LOOPBACK], env={**os.environ, **env},
+                             capture_output=True, text=True, timeout=timeout)
         if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
             return
         time.sleep(1)
@@ -92,14 +174,14 @@ def _wait_for_nodes(address: str, env: dict, count: int, timeout: float) -> None
 
 
 def up_local(nodes: int, cpus_per_node: float, state_dir: Path = DEFAULT_STATE, timeout: float = 90) -> LocalCluster:
+    """Start ``nodes`` Ray nodes on 127.0.0.1, each listening there only, with one 0600 token."""
     state_dir = Path(state_dir)
     existing = load(state_dir)
-    if existing and any(alive(p) for p in existing.pids):
+    if existing and any(node_alive(p, t) for p, t in existing.processes()):
         raise ClusterError(f"a local cluster is already up at {existing.address} (state in {state_dir}); run `cnnctl cluster down` first")
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     token_path = state_dir / "auth_token"
-    token_path.write_text(secrets.token_hex(32))
-    token_path.chmod(0o600)
+    write_private(token_path, secrets.token_hex(32))
     temp_dir = Path("/tmp") / f"cnnctl-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
     port = free_port(LOOPBACK)
     cluster = LocalCluster(f"{LOOPBACK}:{port}", str(token_path), str(temp_dir), [], nodes, cpus_per_node)
@@ -112,11 +194,12 @@ def up_local(nodes: int, cpus_per_node: float, state_dir: Path = DEFAULT_STATE, 
     try:
         for i in range(nodes):
             role = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"] if i == 0 else [f"--address={cluster.address}"]
-            cmd = [_ray_bin(), "start", *role, *common, f"--resources={json.dumps({NODE_RESOURCE.format(i): 1})}"]
+            cmd = [sys.executable, "-c", _RAY_CLI, "start", *role, *common, f"--resources={json.dumps({NODE_RESOURCE.format(i): 1})}"]
             with open(logs / f"node-{i}.log", "w") as log:
                 proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             cluster.pids.append(proc.pid)
-            _state_file(state_dir).write_text(json.dumps(asdict(cluster), indent=1))
+            cluster.started.append(_start_time(proc.pid))
+            write_private(_state_file(state_dir), json.dumps(asdict(cluster), indent=1))
             _wait_for_nodes(cluster.address, cluster.env(), i + 1, timeout)
     except Exception:
         down(state_dir)
@@ -124,26 +207,38 @@ def up_local(nodes: int, cpus_per_node: float, state_dir: Path = DEFAULT_STATE, 
     return cluster
 
 
+def node_alive(pid: int, started: int | None) -> bool:
+    """Whether ``pid`` is still the node process `up_local` started: alive, and started when it was
+    (a pid the kernel handed to another process since is never signalled)."""
+    return alive(pid) and started is not None and _start_time(pid) == started
+
+
 def down(state_dir: Path = DEFAULT_STATE, grace: float = 10) -> list[int]:
-    """Stop the processes `up_local` started (by their recorded pids and their own sessions)."""
+    """Stop the processes `up_local` started (by their recorded pids and their own sessions); returns
+    the pids stopped. A recorded pid that is no longer that node (it exited; the pid was reused) is
+    left alone."""
     cluster = load(state_dir)
     if cluster is None:
         return []
+    stopped = []
     # Workers first, head last; each `ray start --block` stops its node's processes on SIGTERM.
-    for pid in reversed(cluster.pids):
+    for pid, started in reversed(cluster.processes()):
+        if node_alive(pid, started):
+            stopped.insert(0, pid)
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
-            if not alive(pid):
+            if not node_alive(pid, started):
                 break
             os.killpg(pid, sig)  # the node's own session: its raylet, gcs and workers
             deadline = time.monotonic() + wait
             while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
-        try:  # anything of that session the leader left behind
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if started is not None and _start_time(pid) in (started, None):
+            try:  # anything of that session the leader left behind
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     _state_file(state_dir).unlink(missing_ok=True)
-    return cluster.pids
+    return stopped
 
 
 def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAULT_STATE, verbose: bool = False) -> None:
@@ -163,6 +258,7 @@ def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAU
             from ray._raylet import Config
 
             Config.initialize("")
+    keep_loopback()  # imports ray
     import ray
 
     if ray.is_initialized():
@@ -182,11 +278,11 @@ def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAU
                                "otherwise export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH") from None
         return
     cpus = max(len(os.sched_getaffinity(0)), int(-(-cpus_needed // 1)))  # the cores this process may use
-    local_only()
+    ensure_private_token()
     # Nothing preempts a Ray that lives and dies with this process: Train's preemption watcher (one
     # actor process per run) only costs start-up time. The local raylet's workers inherit this env.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, logging_level=level)
+    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address=LOOPBACK, log_to_driver=True, logging_level=level)
 
 
 class _TokenNotice(logging.Filter):
@@ -249,15 +345,6 @@ def torch_trainer():
             return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
 
     return Trainer
-
-
-def local_only() -> None:
-    """Keep a single-node local Ray on loopback.
-
-    Ray otherwise swaps 127.0.0.1 for the machine's routable address; with multi-node support off
-    (a local Ray for one run is one node) it keeps the loopback address for the node and its workers.
-    """
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def place_workers(nodes: int, workers_per_node: int, cpus_per_worker: float, gpus: bool) -> list[dict] | None:

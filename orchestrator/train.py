@@ -349,14 +349,15 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool
 
     p = prepare_run(cfg).parallel
     import ray.train
-    from ray.train.torch import TorchConfig
+
+    from orchestrator.rendezvous import LoopbackTorchConfig
 
     resources = {"CPU": p.cpus_per_worker, **({"GPU": 1} if p.gpus else {})}
     selectors = place_workers(p.nodes, p.workers_per_node, p.cpus_per_worker, p.gpus) if pin_nodes or p.nodes > 1 else None
     return torch_trainer()(
         train_loop,
         train_loop_config=cfg.model_dump(mode="json"),
-        torch_config=TorchConfig(backend="nccl" if p.gpus else "gloo"),
+        torch_config=LoopbackTorchConfig(backend="nccl" if p.gpus else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=p.world, use_gpu=p.gpus, resources_per_worker=resources,
                                                label_selector=selectors),
         run_config=ray.train.RunConfig(

@@ -17,16 +17,37 @@ def sets(*items: str) -> list[str]:
     return [a for item in items for a in ("--set", item)]
 
 
-def run_cnnctl(*args: str, env: dict | None = None, timeout: float = 300) -> tuple[int, list[str]]:
+def run_cnnctl(*args: str, env: dict | None = None, timeout: float = 300,
+               sockets: set | None = None) -> tuple[int, list[str]]:
     """`cnnctl ARGS...` as a user runs it: its own process, stdout and stderr into one pipe (not a
-    terminal). ``env`` replaces the environment; returns the exit code and the lines printed."""
+    terminal). ``env`` replaces the environment; returns the exit code and the lines printed. With a
+    ``sockets`` set, every TCP socket that the command's processes (its local Ray's included) listen on
+    while it runs is added to it, as (address, port, process name)."""
     import subprocess
     import sys
+    import tempfile
+    import time
     from pathlib import Path
 
+    from tests.sockets import descendants, listening
+
     exe = Path(sys.executable).with_name("cnnctl")
-    proc = subprocess.run([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=timeout)
-    return proc.returncode, proc.stdout.splitlines()
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([str(exe), *args], stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(proc.args, timeout)
+                if sockets is not None:
+                    sockets |= listening(descendants([proc.pid]))
+                time.sleep(0.25)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        return proc.returncode, out.read().splitlines()
 
 
 def clean_env(**extra: str) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cnnctl_cli import clean_env, run_cnnctl, sets
+from tests.sockets import beyond_loopback
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -25,10 +26,17 @@ def train_args(fmnist_root: str, storage: Path, name: str) -> list[str]:
 
 
 def test_the_demo_preset_to_a_pipe_prints_a_short_readable_log(fmnist_root, tmp_path):
-    """With a local Ray, as `make demo` runs it."""
-    rc, lines = run_cnnctl(*train_args(fmnist_root, tmp_path, "pipe"), env=clean_env())
+    """With a local Ray, as `make demo` runs it: a short log, its Ray on loopback, its token 0600."""
+    sockets, home = set(), tmp_path / "home"
+    rc, lines = run_cnnctl(*train_args(fmnist_root, tmp_path, "pipe"), env=clean_env(HOME=str(home)), sockets=sockets)
     text = "\n".join(lines)
     assert rc == 0, text
+    # The token of its local Ray is its user's alone.
+    assert (home / ".ray" / "auth_token").stat().st_mode & 0o777 == 0o600
+    assert (home / ".ray").stat().st_mode & 0o777 == 0o700
+    # Its local Ray (GCS, raylet, agents, workers) listened, and on loopback only.
+    assert {"gcs_server", "raylet"} <= {name for _, _, name in sockets}, sockets
+    assert not beyond_loopback(sockets), beyond_loopback(sockets)
     assert len(lines) <= BOUND, f"{len(lines)} lines, bound {BOUND}:\n{text}"
     repeats = [a for a, b in zip(lines, lines[1:]) if a == b]
     assert not repeats, f"lines repeated:\n{text}"
