@@ -26,8 +26,13 @@ With --augment vgg it measures VGG's scale jitter instead (S in [256, 512], rand
 rescaled image, flip): the loader decoding only the pixels the crop's resize reads, against the same
 loader decoding whole images, interleaved.
 
-Usage: python bench/loader.py [--images 4000] [--workers 2] [--rounds 3] [--batch 128] [--augment alexnet|vgg]
-                              [--decoder auto|windowed|whole]
+With a list of worker counts (--workers 1,2,6,14) it measures only the loader, as the trainer takes
+its batches (pinned and copied to --device cuda; the same loop without either on the CPU), at each
+count, interleaved, and prints each count's CPU-seconds per image over the first count's (goal: within
+1.1x at 14 workers, where the batch rings must still be on).
+
+Usage: python bench/loader.py [--images 4000] [--workers 2|1,2,6,14] [--rounds 3] [--batch 128]
+                              [--augment alexnet|vgg] [--decoder auto|windowed|whole] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from shards import codec, decoders
 from shards import manifest as mf
+from shards.batching import shared_memory_bytes
 from shards.reader import ShardStream, Split, loader
 from shards.sources import class_folders
 from shards.transforms import AlexNetCrop, ScaleJitter
@@ -126,6 +132,41 @@ def run_loader(stream: ShardStream, workers: int, epoch: int) -> int:
     return sum(len(images) for images, _ in loader(stream, workers=workers, recycle=True))  # as make_loader does
 
 
+def run_to_device(stream: ShardStream, workers: int, epoch: int, device: torch.device) -> int:
+    """One epoch as the trainer takes it (orchestrator/data.py make_loader): pinned batches on CUDA,
+    each copied to the device; on the CPU the same loop, with nothing to pin or copy."""
+    stream.set_epoch(epoch)
+    n = 0
+    for images, labels in loader(stream, workers=workers, pin_memory=device.type == "cuda", recycle=True):
+        images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        n += len(images)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return n
+
+
+def compare_workers(url: str, transform, windowed: bool, args: argparse.Namespace) -> None:
+    """The loader's CPU-seconds per image at each worker count, against 1 worker's, interleaved."""
+    device, counts = torch.device(args.device), args.workers
+    streams = {w: ShardStream(url, Split(), args.batch, transform, seed=0, windowed=windowed) for w in counts}
+    for w, stream in streams.items():
+        run_to_device(stream, w, 0, device)  # start its persistent workers, untimed
+    rounds = Rounds()
+    for r in range(args.rounds):
+        for w, stream in streams.items():
+            rounds.run(f"w{w}", run_to_device, stream, w, r + 1, device)
+    print(f"medians and [min-max] over {args.rounds} interleaved rounds; CPU-s: user + sys of every process involved; "
+          f"batches to {device}{' (pinned)' if device.type == 'cuda' else ' (no pinning or copy on the CPU)'}; "
+          f"shared memory {shared_memory_bytes() / 1e9:.1f} GB")
+    for w, stream in streams.items():
+        rings = f"rings of {len(stream.rings[0].buffers)}" if stream.rings else "rings off"
+        print(rounds.line(f"w{w}", f"loader, {w:2d} workers ({rings})"))
+    for w in counts[1:]:
+        print(rounds.ratio(f"w{counts[0]}", f"w{w}", f"{w} workers / {counts[0]}") + "  (goal <= 1.1x)")
+    for stream in streams.values():
+        stream.close()
+
+
 def run_codec(pool: ProcessPoolExecutor, jpegs: list[bytes], workers: int, loop=codec_loop) -> int:
     """W simultaneous bare loops over a W-th of the images each."""
     return sum(pool.map(loop, [jpegs[i::workers] for i in range(workers)]))
@@ -141,12 +182,12 @@ def compare_vgg(url: str, args: argparse.Namespace) -> None:
     streams = {way: ShardStream(url, Split(), args.batch, ScaleJitter(224, 256, 512), seed=0, windowed=way == "windowed")
                for way in ("whole", "windowed")}
     for stream in streams.values():
-        run_loader(stream, args.workers, 0)  # start the persistent workers, untimed
+        run_loader(stream, args.workers[0], 0)  # start the persistent workers, untimed
     load0 = os.getloadavg()[0]
     rounds = Rounds()
     for r in range(args.rounds):
         for way, stream in streams.items():
-            rounds.run(way, run_loader, stream, args.workers, r + 1)
+            rounds.run(way, run_loader, stream, args.workers[0], r + 1)
     print(rounds.line("whole", "loader, VGG scale jitter, whole-image decode"))
     print(rounds.line("windowed", "loader, VGG scale jitter, windowed decode"))
     print(rounds.ratio("windowed", "whole", "windowed / whole"))
@@ -156,7 +197,10 @@ def compare_vgg(url: str, args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=4000, help="corpus size")
-    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (and bare codec processes)")
+    ap.add_argument("--workers", type=lambda v: [int(w) for w in v.split(",")], default=[2],
+                    help="DataLoader workers (and bare codec processes); a list (1,2,6,14) compares the loader's "
+                         "CPU-s per image at each count with the first's")
+    ap.add_argument("--device", default="cpu", help="with a list of --workers: where batches go (cuda: pinned, copied)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     ap.add_argument("--batch", type=int, default=128, help="batch size")
     ap.add_argument("--augment", choices=("alexnet", "vgg"), default="alexnet", help="the train transform measured")
@@ -167,7 +211,8 @@ def main() -> None:
         root, dest = Path(tmp, "corpus"), Path(tmp, "shards")
         t0 = time.perf_counter()
         build_corpus(root, args.images)
-        manifest, _ = pack(class_folders(root, "train"), str(dest), "bench", PackOptions(resize=256, quality=90, shard_size=250, workers=args.workers))
+        manifest, _ = pack(class_folders(root, "train"), str(dest), "bench",
+                           PackOptions(resize=256, quality=90, shard_size=250, workers=min(max(args.workers), os.cpu_count() or 1)))
         url = mf.manifest_url(str(dest), "bench", "train")
         jpegs = tar_jpegs(sorted(dest.glob("bench-train-*.tar")))
         sizes = [simplejpeg.decode_jpeg_header(j)[:2] for j in jpegs[:200]]
@@ -180,7 +225,11 @@ def main() -> None:
         print(f"loader decoder: {'windowed' if windowed else 'whole image'} (data.decoder={args.decoder}; "
               f"cache {decoders.cache_file()})")
         load0 = os.getloadavg()[0]  # other jobs on the machine skew wall-clock ratios: say how busy it was
-        rounds, w = Rounds(), args.workers
+        if len(args.workers) > 1:
+            compare_workers(url, transform, windowed, args)
+            print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+            return
+        rounds, w = Rounds(), args.workers[0]
         with ProcessPoolExecutor(w) as pool:
             run_codec(pool, jpegs[:50], w)  # start the processes, warm imports and the page cache
             run_codec(pool, jpegs[:50], w, window_loop)

@@ -5,6 +5,7 @@ of buffers per worker when the consumer lets go of batches soon (`reader.loader(
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -13,8 +14,42 @@ import torch
 from shards.tarwalk import BadSample
 from shards.transforms import Placed
 
-PREFETCH = 4  # batches in flight per DataLoader worker
-RING_LIMIT = 1 << 30  # bytes of recycled buffers per stream at most (a ten-crop batch is 10x a training one)
+PREFETCH = 4  # batches in flight per DataLoader worker, with few workers
+MANY_WORKERS = 4  # from here on, 2 per worker: W x 2 batches in flight are still plenty, in half the memory
+RING_SHARE = 16  # a stream's rings take at most this fraction of the shared memory: 8 ranks' in half of it
+SHM = "/dev/shm"
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def prefetch(workers: int) -> int:
+    """Batches in flight per DataLoader worker."""
+    return PREFETCH if workers < MANY_WORKERS else 2
+
+
+def ring_size(workers: int) -> int:
+    """Buffers in one worker's ring: its batches in flight, plus the consumer's current batch and the
+    two before it (which may all be this worker's, when the others have run out)."""
+    return prefetch(workers) + 3
+
+
+def shared_memory_bytes() -> int:
+    """The shared memory this machine really gives: /dev/shm's size, or the container's memory limit
+    where that is smaller (shared pages count against it)."""
+    st = os.statvfs(SHM)
+    size = st.f_blocks * st.f_frsize
+    for path in CGROUP_LIMITS:
+        try:
+            limit = open(path).read().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            size = min(size, int(limit))
+    return size
+
+
+def ring_budget() -> int:
+    """Bytes of recycled batch buffers one stream may hold."""
+    return shared_memory_bytes() // RING_SHARE
 
 
 class Ring:
@@ -22,10 +57,10 @@ class Ring:
 
     Fresh shared memory costs ~110 us per 227-px image on first touch here (page faults), a third of
     a JPEG decode; so a worker cycles through these instead. That is safe only for a consumer that
-    lets go of each batch soon: the DataLoader keeps at most PREFETCH batches per worker in flight,
-    so a ring of PREFETCH + 3 leaves the consumer the current batch and the two before it. ``turn``
+    lets go of each batch soon: the DataLoader keeps at most `prefetch` batches per worker in flight,
+    so a ring of that + 3 leaves the consumer the current batch and the two before it. ``turn``
     lives in the worker's copy, so a persistent worker goes on round the ring across epochs and the
-    guarantee holds over an epoch's boundary too.
+    guarantee holds over an epoch's boundary too. (`ring_size`: PREFETCH is 2 with many workers.)
     """
 
     def __init__(self, shape: tuple, size: int):

@@ -18,6 +18,7 @@ training device (orchestrator/device_batch.py), which this module knows nothing 
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import random
 from typing import Iterator
@@ -27,11 +28,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards import manifest as mf
 from shards import stages
-from shards.batching import PREFETCH, RING_LIMIT, Batch, Ring
+from shards.batching import RING_SHARE, Batch, Ring, prefetch, ring_budget, ring_size
 from shards.position import DIGEST_MOD, Progress, ReaderPosition, key_hash, sample_seed
 from shards.stages import BadSampleHandler, Split, Unit, raise_bad
 from shards.tarwalk import BadSample, Sample
 from shards.transforms import Transform
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BadSample", "ShardStream", "Split", "loader"]
 
@@ -232,14 +235,20 @@ def loader(stream: ShardStream, workers: int = 0, pin_memory: bool = False, recy
     if recycle and key in stream._loaders:
         return stream._loaders[key]
     shape = stream.transform.sample_shape()
-    ring_bytes = workers * (PREFETCH + 3) * stream.batch_size * int(np.prod(shape or (0,)))
-    if recycle and workers and 0 < ring_bytes <= RING_LIMIT:
-        stream.rings = [Ring((stream.batch_size, *shape), PREFETCH + 3) for _ in range(workers)]
+    ring_bytes = workers * ring_size(workers) * stream.batch_size * int(np.prod(shape or (0,)))
+    if recycle and workers and ring_bytes:
+        if ring_bytes <= (budget := ring_budget()):
+            stream.rings = [Ring((stream.batch_size, *shape), ring_size(workers)) for _ in range(workers)]
+        else:  # each batch then takes fresh shared memory (bench/loader.py measures what that costs)
+            stream.rings = None
+            log.warning("batch rings off: %d workers x %d batches of %d need %.2f GB of shared memory, over this "
+                        "stream's share (1/%d of %.1f GB)", workers, ring_size(workers), stream.batch_size,
+                        ring_bytes / 1e9, RING_SHARE, budget * RING_SHARE / 1e9)
     elif not recycle:
         stream.rings = None
     persistent = bool(recycle and workers)
     data = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=persistent, prefetch_factor=PREFETCH if workers else None)
+                      persistent_workers=persistent, prefetch_factor=prefetch(workers) if workers else None)
     if persistent:
         stream._loaders[key] = data
     return data

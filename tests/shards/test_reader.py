@@ -298,3 +298,51 @@ def test_whole_images_of_several_sizes_batch_by_size_and_cover_the_split_once(tm
             assert 1 <= len(images) <= 4 and images.shape[1] == 3
             seen += [int(x[2, 0, 0]) for x in images]
     assert sorted(seen) == list(range(45))
+
+
+def test_fourteen_workers_recycle_rings_and_give_the_same_batches_to_a_consumer_holding_three(seven_shards):
+    """With many workers each keeps 2 batches in flight (ring of 5): a consumer that still holds the
+    batch before last and the one before that sees them unchanged, as without rings."""
+    url = mf.manifest_url(str(seven_shards), "seven", "test")
+    held = {}
+    for recycle in (False, True):
+        stream = ShardStream(url, Split(0, 1), 8, CropFlip(28, 2), seed=5)
+        batches, last = [], []
+        for images, _ in loader(stream, workers=14, recycle=recycle):
+            last = [*last[-2:], images]  # the current batch and the two before it, as the train loop may
+            batches.append(images.contiguous().numpy().tobytes() if not recycle else None)
+            if recycle:
+                batches[-1] = [b.contiguous().numpy().tobytes() for b in last]
+        held[recycle] = batches
+        assert (stream.rings is not None) == recycle and (not recycle or len(stream.rings[0].buffers) == 5)
+        stream.close()
+    plain = held[False]
+    assert len(plain) == 700 // 8
+    for i, window in enumerate(held[True]):  # each step, the three held batches are still those batches
+        assert window == plain[max(i - 2, 0): i + 1]
+
+
+def test_rings_follow_the_shared_memory_the_machine_has(seven_shards, monkeypatch, tmp_path, caplog):
+    """A container's 64 MB /dev/shm (Docker's default) cannot hold them: rings off, said once."""
+    from shards import batching
+
+    url = mf.manifest_url(str(seven_shards), "seven", "test")
+    limit = tmp_path / "memory.max"
+    limit.write_text(str(64 << 20))
+    monkeypatch.setattr(batching, "CGROUP_LIMITS", (str(tmp_path / "absent"), str(limit)))
+    assert batching.shared_memory_bytes() == 64 << 20  # the cgroup's limit, smaller than /dev/shm here
+    stream = ShardStream(url, Split(0, 1), 256, CropFlip(28, 2), seed=5)  # 2 x 7 x 256 x 28 x 28 x 3 = 8.4 MB
+    with caplog.at_level("WARNING", logger="shards.reader"):
+        data = loader(stream, workers=2, recycle=True)
+    assert stream.rings is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "batch rings off: 2 workers x 7 batches of 256 need 0.01 GB of shared memory, over this stream's share "
+        "(1/16 of 0.1 GB)"]
+    assert sum(len(x) for x, _ in data) == 700 // 256 * 256
+    stream.close()
+    limit.write_text("max")  # cgroup v2's "no limit": /dev/shm's size rules
+    assert batching.shared_memory_bytes() > 64 << 20
+    stream = ShardStream(url, Split(0, 1), 256, CropFlip(28, 2), seed=5)
+    loader(stream, workers=2, recycle=True)
+    assert stream.rings is not None
+    stream.close()
