@@ -177,3 +177,21 @@ def test_tune_resume_dry_run_prints_the_saved_sweep_and_starts_nothing(tmp_path)
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == before  # no Tune state, no trial folders
     missing = CliRunner().invoke(app, ["tune", "--resume", "nothing", "--dry-run", "--set", f"run.storage={tmp_path}"])
     assert missing.exit_code == 1 and "no sweep nothing at" in missing.output
+
+
+@pytest.mark.parametrize("bad", ["..", ".", "...", "a/b", "", "tab\there", "new\nline", "nul\x00"])
+def test_train_and_tune_refuse_run_and_sweep_names_outside_their_folder(bad, tmp_path):
+    """A run named `..` would write beside the runs folder: refused at validation, one line naming the field."""
+    res = runner.invoke(app, ["train", "--set", f"run.name={bad}", "--dry-run"])
+    assert res.exit_code == 1, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: run.name:"), res.output
+    res = runner.invoke(app, ["tune", "run", "--name", bad, "--dry-run"])
+    assert res.exit_code == 1, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: tune.name:"), res.output
+
+
+def test_ordinary_names_with_dots_still_pass():
+    res = runner.invoke(app, ["train", "--set", "run.name=vgg-a.v2", "--dry-run"])
+    assert res.exit_code == 0, res.output
