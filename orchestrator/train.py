@@ -159,6 +159,9 @@ class Trainer:
         if at:  # so the RNG streams are set after it, where the checkpoint found them
             resume.set_rng_state(at["rng"], self.batches.lighting_generator)
         t0, cpu0, seen0, stall = time.perf_counter(), tree_cpu_seconds(), seen, 0.0
+        # an epoch without a step (a split smaller than one global batch; the CLI refuses it) ends
+        # with NaN training metrics instead of names never bound
+        i, lr = done - 1, lr_at(cfg, self.step, max(steps, 1), self.plateau.drops)
         for i, (images, labels, *windows) in enumerate(batches, start=done):
             lr = lr_at(cfg, self.step, steps, self.plateau.drops)
             for group in self.optimizer.param_groups:
@@ -188,6 +191,7 @@ class Trainer:
         readers = self._gather_objects([p.as_list() for p in self.train_data.position(steps)])
         mine = [r for rank, rs in enumerate(readers) if rank % self.mesh.mp == 0 for r in rs]
         loss_sum, hits, total, bad = self._all_sum([*sums.tolist(), seen, self.train_data.bad_samples])
+        total = total or float("nan")
         return {"train_loss": loss_sum / total, "train_top1": hits / total, "lr": lr,
                 "images_per_sec": (seen - seen0) * self.mesh.dp / elapsed, "steps_per_rank": steps_per_rank, "bad_samples": int(bad),
                 "train_cpu_s_per_image": cpu_per_image, "resumed_at_step": done if at else None,
