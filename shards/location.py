@@ -93,7 +93,9 @@ def write_bytes(loc: str, data: bytes) -> str:
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+    # <name>.tmp-<random>: unique (a worker orphaned by a killed run may write the same name), and
+    # what the shard writer's tidy-up removes after a killed run (shards/writer.py)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to open(path, "w")
     try:
         with os.fdopen(fd, "wb") as f:
