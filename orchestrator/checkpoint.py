@@ -146,6 +146,17 @@ def find(path: str | Path) -> str:
     return max(candidates, key=lambda p: (_order(p), loc.name(p)))
 
 
+def _check_stored(fs, path: str, size: int) -> None:
+    """pyarrow's copy to S3 can return without an error when the store refused the upload (the error
+    is printed, "ignored when destroying" the output stream): look that the file is there, whole."""
+    from pyarrow import fs as pafs
+
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File or info.size != size:
+        got = "missing" if info.type == pafs.FileType.NotFound else f"{info.size} of {size} bytes"
+        raise OSError(5, f"not stored whole after the copy ({got})", path)
+
+
 def upload_marker_last(source: str, fs, dest: str, tries: int = UPLOAD_TRIES, backoff_s: float = 1.0) -> None:
     """Copy a local checkpoint folder into ``dest`` on the pyarrow filesystem ``fs``, one file after
     another and the COMPLETE marker last: an upload cut short (the process killed, the link lost)
@@ -166,6 +177,7 @@ def upload_marker_last(source: str, fs, dest: str, tries: int = UPLOAD_TRIES, ba
             for attempt in range(tries):
                 try:
                     pafs.copy_files(os.path.join(source, name), f"{dest}/{name}", source_filesystem=local, destination_filesystem=fs)
+                    _check_stored(fs, f"{dest}/{name}", os.path.getsize(os.path.join(source, name)))
                     break
                 except OSError as exc:
                     if attempt + 1 == tries:
