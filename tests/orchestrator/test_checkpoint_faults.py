@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
-import torch
 from pyarrow import fs as pafs
 
 import models

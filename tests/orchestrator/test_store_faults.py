@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import http.server
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -140,7 +139,8 @@ def proxy(s3_server, monkeypatch):
     import s3fs
 
     upstream = os.environ["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
-    s3_server.mkdir("faults", exist_ok=True) if not s3_server.exists("faults") else None
+    if not s3_server.exists("faults"):
+        s3_server.mkdir("faults")
     with FaultProxy((upstream[0], int(upstream[1]))) as p:
         monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")

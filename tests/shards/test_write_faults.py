@@ -19,7 +19,8 @@ runner = CliRunner()
 
 @pytest.fixture
 def disk_full_at_third_shard(monkeypatch):
-    """Every write into a third shard's file (its final name or a temporary one) writes half, then fails."""
+    """Every write into a third shard's file (its final name or a temporary one, through fsspec's
+    local files or os.fdopen) writes half of its bytes, then fails."""
     real_open = open
     opener_write = fsspec_local.LocalFileOpener.write
 
@@ -44,21 +45,19 @@ def disk_full_at_third_shard(monkeypatch):
         def __exit__(self, *exc):
             self.f.close()
 
-    def open_(file, mode="r", *args, **kwargs):
-        f = real_open(file, mode, *args, **kwargs)
-        return Half(f) if "w" in mode and full(file) else f
-
     def write(self, data):
         if full(self.path):
             opener_write(self, bytes(data)[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
         return opener_write(self, data)
 
-    import builtins
-
-    monkeypatch.setattr(builtins, "open", open_)
     monkeypatch.setattr(fsspec_local.LocalFileOpener, "write", write)
-    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: Half(real_open(fd, mode, *a, **k)) if "w" in mode and full(os.readlink(f"/proc/self/fd/{fd}")) else real_open(fd, mode, *a, **k))
+
+    def fdopen(fd, mode="r", *args, **kwargs):  # location.write_bytes writes through os.fdopen
+        f = real_open(fd, mode, *args, **kwargs)
+        return Half(f) if "w" in mode and full(os.readlink(f"/proc/self/fd/{fd}")) else f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
 
 
 def test_enospc_while_packing_publishes_nothing_torn_and_a_rerun_finishes(image_tree, tmp_path, monkeypatch, disk_full_at_third_shard):
