@@ -155,3 +155,15 @@ def test_async_uploads_are_one_at_a_time(tmpdir_only, tmp_path, monkeypatch):
     assert _staged(tmpdir_only) == []
     assert len([p for p in os.listdir(tmp_path / "run") if ckpt.is_complete(tmp_path / "run" / p)]) == 5
     assert time.perf_counter() - t0 >= 0.8  # the loop waited for four of the five uploads
+
+
+def test_a_full_disk_while_rewriting_metrics_keeps_the_old_rows_and_no_temp(tmp_path, monkeypatch):
+    from orchestrator.metrics import MetricsLog, read
+
+    log = MetricsLog(str(tmp_path / "run"))
+    log.write({"epoch": 0, "train_loss": 1.0})
+    monkeypatch.setattr(os, "fsync", _full_disk("metrics.jsonl"))
+    with pytest.raises(OSError):
+        log.write({"epoch": 1, "train_loss": 0.5})
+    assert [r["epoch"] for r in read(str(tmp_path / "run"))] == [0]
+    assert sorted(os.listdir(tmp_path / "run")) == ["metrics.jsonl", "tensorboard"]
