@@ -14,8 +14,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 import pickle
 import re
+import shutil
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +34,9 @@ from shards import location as loc
 
 MARKER = "COMPLETE"
 MEAN_IMAGE = "mean_image.npy"
+STAGING_PREFIX = "cnnctl-checkpoint-"
+UPLOAD_TRIES = 3  # whole-file attempts per checkpoint file, on top of the filesystem's own retries
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -47,6 +56,57 @@ def save(path: str | Path, weights: dict[str, torch.Tensor], cfg: RunConfig, sta
     (path / "meta.json").write_text(json.dumps(meta, indent=1))
     (path / MARKER).write_text("ok\n")
     return path
+
+
+def _why(exc: BaseException) -> str:
+    """An OS or store error in one line: its words and the file it names."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def stage(weights: dict[str, torch.Tensor], cfg: RunConfig, state: dict, meta: dict,
+          mean_image: np.ndarray | None = None) -> str:
+    """Write a checkpoint into a fresh local staging folder (the upload owns it from here). A write
+    that fails (a full disk) removes the folder, publishes nothing, and raises one line."""
+    folder = tempfile.mkdtemp(prefix=STAGING_PREFIX)
+    try:
+        save(folder, weights, cfg, state, meta, mean_image)
+    except BaseException as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"checkpoint not written ({_why(exc)}); its staging folder was removed and nothing "
+                                  f"was published: a rerun resumes from the last complete checkpoint") from None
+        raise
+    return folder
+
+
+class UploadSlot:
+    """At most one checkpoint upload in flight (async uploads): `wait` returns once the checkpoint
+    handed over last (`take`) has finished uploading or failed (`free`); the loop calls it before
+    staging the next one, so one staged copy at most sits on the local disk. Returns the seconds
+    waited."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._busy: str | None = None
+
+    def wait(self) -> float:
+        t0 = time.perf_counter()
+        with self._cv:
+            self._cv.wait_for(lambda: self._busy is None)
+        return time.perf_counter() - t0
+
+    def take(self, folder: str) -> None:
+        with self._cv:
+            self._busy = folder
+
+    def free(self, folder: str) -> None:
+        with self._cv:
+            if self._busy == folder:
+                self._busy = None
+                self._cv.notify_all()
 
 
 FILES = ("model.safetensors", "state.pt", "config.yaml", "meta.json", MARKER)
@@ -86,19 +146,55 @@ def find(path: str | Path) -> str:
     return max(candidates, key=lambda p: (_order(p), loc.name(p)))
 
 
-def upload_marker_last(source: str, fs, dest: str) -> None:
+def _check_stored(fs, path: str, size: int) -> None:
+    """pyarrow's copy to S3 can return without an error when the store refused the upload (the error
+    is printed, "ignored when destroying" the output stream): look that the file is there, whole."""
+    from pyarrow import fs as pafs
+
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File or info.size != size:
+        got = "missing" if info.type == pafs.FileType.NotFound else f"{info.size} of {size} bytes"
+        raise OSError(5, f"not stored whole after the copy ({got})", path)
+
+
+def upload_marker_last(source: str, fs, dest: str, tries: int = UPLOAD_TRIES, backoff_s: float = 1.0) -> None:
     """Copy a local checkpoint folder into ``dest`` on the pyarrow filesystem ``fs``, one file after
     another and the COMPLETE marker last: an upload cut short (the process killed, the link lost)
     leaves a folder without it, which `find` and `resume_point` pass over. (pyarrow's copy of a whole
-    folder lands files in any order.)"""
-    import os
+    folder lands files in any order.)
 
+    Each file is tried ``tries`` times (backoff doubling from ``backoff_s``). The local folder is
+    removed in every case; when the upload fails, so is what landed of it (best effort: it has no
+    marker either way), and one line is raised, worded so that Ray Train does not retry it again
+    with the local folder gone."""
     from pyarrow import fs as pafs
 
-    fs.create_dir(dest, recursive=True)
     local = pafs.LocalFileSystem()
-    for name in sorted(os.listdir(source), key=lambda n: n == MARKER):
-        pafs.copy_files(os.path.join(source, name), f"{dest}/{name}", source_filesystem=local, destination_filesystem=fs)
+    name = ""
+    try:
+        fs.create_dir(dest, recursive=True)
+        for name in sorted(os.listdir(source), key=lambda n: n == MARKER):
+            for attempt in range(tries):
+                try:
+                    pafs.copy_files(os.path.join(source, name), f"{dest}/{name}", source_filesystem=local, destination_filesystem=fs)
+                    _check_stored(fs, f"{dest}/{name}", os.path.getsize(os.path.join(source, name)))
+                    break
+                except OSError as exc:
+                    if attempt + 1 == tries:
+                        raise
+                    log.warning("checkpoint upload %s/%s: %s; retrying", dest, name, _why(exc))
+                    time.sleep(backoff_s * 2 ** attempt)
+    except OSError as exc:
+        log.warning("checkpoint upload to %s failed", dest, exc_info=True)  # the whole cause, in the worker's log
+        try:
+            fs.delete_dir(dest)
+        except OSError:
+            pass
+        why = _why(exc).replace("AWS Error", "S3 error")  # Ray Train retries on "AWS Error ...": not once more
+        raise CheckpointError(f"checkpoint upload to {dest} failed after {tries} tries at {name} ({why}); "
+                              f"no {MARKER} marker was written: a rerun resumes from the last complete checkpoint") from None
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -48,6 +48,8 @@ def check_data(cfg: RunConfig) -> list[str]:
     if unreachable:
         return unreachable
     problems = check_splits(cfg.data.root, cfg.data.prefix, [cfg.data.train_split, cfg.data.val_split])
+    if not problems and (line := _epoch_has_steps(cfg)):
+        problems.append(line)
     if cfg.model.init_from:  # a source that cannot initialise this model is refused before Ray starts
         from orchestrator.modeling import init_source
 
@@ -56,6 +58,21 @@ def check_data(cfg: RunConfig) -> list[str]:
         except ValueError as exc:
             problems.append(str(exc))
     return problems
+
+
+def _epoch_has_steps(cfg: RunConfig) -> str | None:
+    """One line when the training split holds less than one global batch: every dp rank takes
+    (samples // dp) // (batch_size // dp) steps an epoch (shards/reader.py), here none."""
+    from shards import manifest as mf
+
+    d, dp = cfg.data, cfg.parallel.dp
+    samples = mf.load(mf.manifest_url(d.root, d.prefix, d.train_split))["num_samples"]
+    samples = samples if d.limit is None else min(d.limit, samples)
+    if (samples // dp) // max(d.batch_size // dp, 1) == 0:
+        limited = " (data.limit)" if d.limit is not None and d.limit <= samples else ""
+        return (f"data ({d.train_split}): {samples} samples{limited}, fewer than one global batch of {d.batch_size} "
+                f"(data.batch_size, over dp={dp}): an epoch would have no step; lower data.batch_size or use a larger split")
+    return None
 
 
 def _config(preset, config_file, sets, flags) -> RunConfig:

@@ -148,6 +148,15 @@ class ParallelConfig(_Section):
                 f"{self.cpus_per_worker:g} CPU{' + 1 GPU' if self.gpus else ''} per worker")
 
 
+def _folder_name(v: str) -> str:
+    """A run or sweep name is one folder under run.storage: the pattern keeps out `/`, control
+    characters and the empty name; `.` and `..` (any name of dots only) would be the storage folder
+    itself or the one above it."""
+    if not v.strip("."):
+        raise ValueError("a name of dots only is the storage folder itself (.) or the one above it (..); use letters, digits, _ . -")
+    return v
+
+
 class RunSection(_Section):
     name: str = Field("demo-fashion", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; rerunning the same name resumes it.")
     storage: str = Field("runs", description="fsspec URL (or local folder) under which runs are stored.")
@@ -158,6 +167,8 @@ class RunSection(_Section):
     checkpoint_minutes: float | None = Field(None, gt=0, description="Also checkpoint mid-epoch once this many minutes have passed since the last checkpoint (checked every 20 steps). Combines with checkpoint_every_steps.")
     checkpoint_upload: Literal["async", "sync"] = Field("async", description="async: rank 0 writes the checkpoint locally, then trains on while Ray Train uploads it to run.storage in the background; sync: training waits for the upload.")
     log_every: int = Field(50, ge=1, description="Print the training loss every this many steps (rank 0).")
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _folder_name(v)))
 
 
 class TuneConfig(_Section):
@@ -177,6 +188,8 @@ class TuneConfig(_Section):
     seeds: int = Field(1, ge=1, description="Seeds each configuration trains with; the results give each configuration's mean, standard deviation and 95 % confidence interval.")
     search_alg: Literal["random", "optuna"] = Field("random", description="random: draw tune.num_samples samples of the space (grids enumerated); optuna: Tree-structured Parzen Estimator (Ray Tune's OptunaSearch) over the conditional space, tune.num_samples suggestions, each informed by the configurations finished so far.")
     baseline: str | None = Field(None, description="The configuration every other is compared with (Welch's t-test over seeds): path=value[,path=value...], e.g. model.lrn.enabled=false; None: the best configuration is compared with the rest.")
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _folder_name(v)))
 
 
 class EvalConfig(_Section):

@@ -7,7 +7,7 @@ import os
 
 import fsspec
 
-from shards.manifest import publish_bytes
+from shards import location as loc
 
 NUMERIC = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec", "epoch_time_s",
            "train_cpu_s_per_image")
@@ -67,7 +67,7 @@ class MetricsLog:
         if not self.enabled:
             return
         self.rows.append(metrics)
-        publish_bytes(f"{self.run_dir}/metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows).encode())
+        loc.write_bytes(f"{self.run_dir}/metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows).encode())
         if self.tb is None and "://" not in self.run_dir:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
+import shutil
 import time
 from contextlib import nullcontext
 from typing import Callable
@@ -159,6 +159,9 @@ class Trainer:
         if at:  # so the RNG streams are set after it, where the checkpoint found them
             resume.set_rng_state(at["rng"], self.batches.lighting_generator)
         t0, cpu0, seen0, stall = time.perf_counter(), tree_cpu_seconds(), seen, 0.0
+        # an epoch without a step (a split smaller than one global batch; the CLI refuses it) ends
+        # with NaN training metrics instead of names never bound
+        i, lr = done - 1, lr_at(cfg, self.step, max(steps, 1), self.plateau.drops)
         for i, (images, labels, *windows) in enumerate(batches, start=done):
             lr = lr_at(cfg, self.step, steps, self.plateau.drops)
             for group in self.optimizer.param_groups:
@@ -188,6 +191,7 @@ class Trainer:
         readers = self._gather_objects([p.as_list() for p in self.train_data.position(steps)])
         mine = [r for rank, rs in enumerate(readers) if rank % self.mesh.mp == 0 for r in rs]
         loss_sum, hits, total, bad = self._all_sum([*sums.tolist(), seen, self.train_data.bad_samples])
+        total = total or float("nan")
         return {"train_loss": loss_sum / total, "train_top1": hits / total, "lr": lr,
                 "images_per_sec": (seen - seen0) * self.mesh.dp / elapsed, "steps_per_rank": steps_per_rank, "bad_samples": int(bad),
                 "train_cpu_s_per_image": cpu_per_image, "resumed_at_step": done if at else None,
@@ -224,10 +228,15 @@ class Trainer:
 
     def _checkpoint(self, metrics: dict, state: dict, meta: dict, report: Report) -> None:
         weights = canonical_state_dict(self.model)  # a collective: every rank
+        folder = None
         if self.is_logger:
-            folder = tempfile.mkdtemp(prefix="cnnctl-checkpoint-")  # the report owns it from here
-            ckpt.save(folder, weights, self.cfg, state, meta, self.mean_image)
-        report(metrics, folder if self.is_logger else None)
+            # async uploads: at most one in flight, so the previous one ends (or fails) before this
+            # one is staged; a backlog would hold a staged copy per checkpoint on the local disk
+            if (slot := getattr(report, "slot", None)) is not None:
+                slot.wait()
+            # a full disk: the staging folder is removed and one line raised (checkpoint.stage)
+            folder = ckpt.stage(weights, self.cfg, state, meta, self.mean_image)  # the report owns it from here
+        report(metrics, folder)
         self.last_checkpoint = time.monotonic()
 
     def validate(self) -> dict:
@@ -291,25 +300,42 @@ def train_loop(config: dict) -> None:
 def ray_report(upload: str = "async") -> Report:
     """A Ray Train worker's report: every rank reports each epoch and step checkpoint (Ray Train
     synchronises on it); rank 0 attaches the checkpoint folder, which Ray Train uploads to the run's
-    storage (marker last, `checkpoint.upload_marker_last`) and then deletes. ``upload`` async: Ray
-    Train's own background upload (CheckpointUploadMode.ASYNC), so the report returns once the
-    folder is handed over; sync: once it is uploaded."""
+    storage (marker last, `checkpoint.upload_marker_last`, which removes the local folder whether the
+    upload succeeds or fails). ``upload`` async: Ray Train's own background upload
+    (CheckpointUploadMode.ASYNC), so the report returns once the folder is handed over, and at most
+    one upload is in flight (``report.slot``: the loop waits for it before staging the next
+    checkpoint; Ray's upload queue itself is unbounded); sync: once it is uploaded."""
     import ray.train
 
     world_rank = ray.train.get_context().get_world_rank()
     storage = ray.train.get_context().get_storage()
     mode = ray.train.CheckpointUploadMode.ASYNC if upload == "async" else ray.train.CheckpointUploadMode.SYNC
+    slot = ckpt.UploadSlot() if upload == "async" else None
 
     def upload_marker_last(checkpoint, dir_name: str):
-        dest = storage.build_checkpoint_path_from_name(dir_name)
-        ckpt.upload_marker_last(checkpoint.path, storage.storage_filesystem, dest)
-        return ray.train.Checkpoint(dest, filesystem=storage.storage_filesystem)
+        try:
+            dest = storage.build_checkpoint_path_from_name(dir_name)
+            ckpt.upload_marker_last(checkpoint.path, storage.storage_filesystem, dest)
+            return ray.train.Checkpoint(dest, filesystem=storage.storage_filesystem)
+        finally:
+            if slot is not None:
+                slot.free(checkpoint.path)
 
     def report(metrics: dict, folder: str | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
-        ray.train.report({**metrics, "world_rank": world_rank}, checkpoint=checkpoint, checkpoint_upload_mode=mode,
-                         delete_local_checkpoint_after_upload=True, checkpoint_upload_fn=upload_marker_last)
+        if slot is not None and checkpoint is not None:
+            slot.take(checkpoint.path)
+        try:
+            ray.train.report({**metrics, "world_rank": world_rank}, checkpoint=checkpoint, checkpoint_upload_mode=mode,
+                             delete_local_checkpoint_after_upload=False, checkpoint_upload_fn=upload_marker_last)
+        except BaseException:
+            if checkpoint is not None:
+                if slot is not None:
+                    slot.free(checkpoint.path)
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
 
+    report.slot = slot
     return report
 
 

@@ -475,6 +475,9 @@ def resume(name: str, storage: str, address: str | None, say=print):
     (its folder, Tune's ResultGrid)."""
     folder, base, space = saved(name, storage, address)
     say(f"resuming sweep {folder} | cluster {base.parallel.address or 'a local Ray'}")
+    # Ray Tune's experiment and searcher state are pickles: whoever can write the sweep's folder can
+    # run code here. It cannot be avoided (Ray's format); it is said, once.
+    say(f"note: --resume unpickles Ray Tune's saved state from {folder}: resume only sweeps in a store that only you can write")
     return folder, search(base, space, resume=True)
 
 

@@ -17,6 +17,7 @@ from ray.tune.search import Searcher
 from orchestrator.config import RunConfig
 from orchestrator.search_space import SearchSpace, effective_key
 from orchestrator.tune_plan import CELL, SEED, trial_seed
+from shards import location as loc
 
 MAX_REPEATS = 50  # optuna: draws in a row that repeat a configuration before the search is called done
 
@@ -96,8 +97,7 @@ class OptunaCells(Searcher):
         self._tell(cell)
 
     def save(self, checkpoint_path: str) -> None:  # Tune saves it with the experiment; --resume restores it
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+        loc.write_bytes(checkpoint_path, pickle.dumps(self.__dict__))  # whole or not at all
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:

@@ -14,8 +14,10 @@ every protocol it has a filesystem for (s3fs, gcsfs, ...) works the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import uuid
 
 import fsspec
 
@@ -70,13 +72,47 @@ def read_text(loc: str) -> str:
     return read_bytes(loc).decode()
 
 
+def _is_local(fs) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols or "local" in protocols
+
+
 def write_bytes(loc: str, data: bytes) -> str:
-    """Write a whole file (a local folder is made if needed; object stores have no folders, and
-    asking for one there would ask to create the bucket); returns ``loc``."""
+    """Publish a whole file: a reader (a later command, a concurrent `cnnctl runs`) sees the old
+    content or the new, never a prefix; a write that fails (a full disk) leaves the old file and no
+    temporary one. Returns ``loc``.
+
+    Local disk: a temporary file in the same folder, fsync'd, then `os.replace` over the name (a
+    folder is made if needed). Object stores: one PUT, which the store makes visible only once it
+    completes, so it is atomic already (and they have no folders: asking for one there would ask to
+    create the bucket)."""
     fs, path = _fs(loc)
-    if not is_url(loc):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fs.pipe_file(path, data)
+    if not _is_local(fs):
+        fs.pipe_file(path, data)
+        return str(loc)
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    # <name>.tmp-<random>: unique (a worker orphaned by a killed run may write the same name), and
+    # what the shard writer's tidy-up removes after a killed run (shards/writer.py)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to open(path, "w")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # a full disk with delayed allocation fails here, not at close
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself durable (best effort: not every filesystem allows it)
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
     return str(loc)
 
 

@@ -24,6 +24,7 @@ import fsspec
 import numpy as np
 
 from shards import codec
+from shards import location as loc
 from shards import manifest as mf
 from shards import tarwalk
 from shards.sources import Listing, Record
@@ -207,7 +208,10 @@ def write_shard(job: ShardJob) -> ShardResult:
     if done is not None:
         return done
     data, rejected, stats = build_shard(job)
-    mf.publish_bytes(job.url, data)
+    try:  # whole or not at all: a temp file beside it, removed when the write fails (a full disk)
+        loc.write_bytes(mf.check_url(job.url), data)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), job.url) from None  # one line naming the shard
     name = job.url.rsplit("/", 1)[-1]
     return ShardResult(name, len(job.records) - len(rejected), len(data), hashlib.sha256(data).hexdigest(), rejected, False, stats)
 

@@ -177,3 +177,34 @@ def test_tune_resume_dry_run_prints_the_saved_sweep_and_starts_nothing(tmp_path)
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == before  # no Tune state, no trial folders
     missing = CliRunner().invoke(app, ["tune", "--resume", "nothing", "--dry-run", "--set", f"run.storage={tmp_path}"])
     assert missing.exit_code == 1 and "no sweep nothing at" in missing.output
+
+
+@pytest.mark.parametrize("bad", ["..", ".", "...", "a/b", "", "tab\there", "new\nline", "nul\x00"])
+def test_train_and_tune_refuse_run_and_sweep_names_outside_their_folder(bad, tmp_path):
+    """A run named `..` would write beside the runs folder: refused at validation, one line naming the field."""
+    res = runner.invoke(app, ["train", "--set", f"run.name={bad}", "--dry-run"])
+    assert res.exit_code == 1, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: run.name:"), res.output
+    res = runner.invoke(app, ["tune", "run", "--name", bad, "--dry-run"])
+    assert res.exit_code == 1, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: tune.name:"), res.output
+
+
+def test_ordinary_names_with_dots_still_pass():
+    res = runner.invoke(app, ["train", "--set", "run.name=vgg-a.v2", "--dry-run"])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_split_smaller_than_one_global_batch_is_refused_before_ray(uneven_fmnist_root):
+    """600 training samples, a global batch of 1024: an epoch would have no step. One line naming the
+    split, its size and the batch, before Ray starts (train and tune share the check)."""
+    res = runner.invoke(app, ["train", "--data", uneven_fmnist_root, "--set", "data.batch_size=1024"])
+    assert res.exit_code == 1, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "train" in lines[0] and "600" in lines[0] and "1024" in lines[0], res.output
+    res = runner.invoke(app, ["train", "--data", uneven_fmnist_root, "--set", "data.limit=100", "--set", "data.batch_size=128"])
+    assert res.exit_code == 1 and "100" in res.output and "128" in res.output, res.output
+    res = runner.invoke(app, ["tune", "run", "--data", uneven_fmnist_root, "--set", "data.batch_size=1024", "--num-samples", "1"])
+    assert res.exit_code == 1 and "600" in res.output and "1024" in res.output, res.output

@@ -100,3 +100,12 @@ def test_a_step_checkpoint_over_other_shards_is_refused(uneven_fmnist_root, tmp_
     cli("shard", "fashion-mnist", str(other), "--per-class-limit", "60", "--shard-size", "200")
     with pytest.raises(ValueError, match="the training split's shards are not those this mid-epoch checkpoint read"):
         train(str(other), tmp_path, "second", ["schedule.epochs=1", "data.limit=320"], resume_from=str(step))
+
+
+def test_an_epoch_without_a_step_ends_without_a_crash(uneven_fmnist_root, tmp_path):
+    """A split smaller than one global batch (the CLI refuses it; a Trainer built directly must not
+    crash with names unbound): the epoch reports no step and NaN training metrics."""
+    kept = train(uneven_fmnist_root, tmp_path, "empty", ["schedule.epochs=1", "data.batch_size=1024", "run.checkpoint_every_steps=null"])
+    [(metrics, _)] = kept
+    assert metrics["steps_per_rank"] == [0] and metrics["train_loss"] != metrics["train_loss"]  # NaN
+    assert metrics["lr"] > 0 and metrics["val_count"] > 0
