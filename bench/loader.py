@@ -54,7 +54,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from shards import codec, decoders
+from shards import codec, decoders, reader
 from shards import manifest as mf
 from shards.batching import shared_memory_bytes
 from shards.reader import ShardStream, Split, loader
@@ -151,19 +151,28 @@ def compare_workers(url: str, transform, windowed: bool, args: argparse.Namespac
     streams = {w: ShardStream(url, Split(), args.batch, transform, seed=0, windowed=windowed) for w in counts}
     for w, stream in streams.items():
         run_to_device(stream, w, 0, device)  # start its persistent workers, untimed
+    # The fallback: the most workers without rings (each batch in fresh shared memory), as a stream
+    # whose rings exceed its share of the shared memory runs.
+    top, no_rings = counts[-1], ShardStream(url, Split(), args.batch, transform, seed=0, windowed=windowed)
+    budget, reader.ring_budget = reader.ring_budget, lambda: 0
+    run_to_device(no_rings, top, 0, device)
+    reader.ring_budget = budget
     rounds = Rounds()
     for r in range(args.rounds):
         for w, stream in streams.items():
             rounds.run(f"w{w}", run_to_device, stream, w, r + 1, device)
+        rounds.run("off", run_to_device, no_rings, top, r + 1, device)
     print(f"medians and [min-max] over {args.rounds} interleaved rounds; CPU-s: user + sys of every process involved; "
           f"batches to {device}{' (pinned)' if device.type == 'cuda' else ' (no pinning or copy on the CPU)'}; "
           f"shared memory {shared_memory_bytes() / 1e9:.1f} GB")
     for w, stream in streams.items():
         rings = f"rings of {len(stream.rings[0].buffers)}" if stream.rings else "rings off"
         print(rounds.line(f"w{w}", f"loader, {w:2d} workers ({rings})"))
+    print(rounds.line("off", f"loader, {top:2d} workers (rings off)"))
     for w in counts[1:]:
         print(rounds.ratio(f"w{counts[0]}", f"w{w}", f"{w} workers / {counts[0]}") + "  (goal <= 1.1x)")
-    for stream in streams.values():
+    print(rounds.ratio(f"w{top}", "off", f"{top} workers, rings off / on"))
+    for stream in [*streams.values(), no_rings]:
         stream.close()
 
 
