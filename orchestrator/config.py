@@ -9,13 +9,31 @@ Precedence (lowest first): field defaults < preset YAML in ``configs/`` < ``--co
 from __future__ import annotations
 
 import copy
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _configs_dir() -> Traversable:
+    """The presets folder: the package data ``orchestrator.configs`` where cnnctl is installed from a
+    wheel (pyproject.toml maps the repository's configs/ there), else configs/ beside the packages in a
+    source checkout (editable installs, PYTHONPATH)."""
+    try:
+        return resources.files("orchestrator.configs")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIGS_DIR = _configs_dir()
+
+
+def yaml_names(folder: Traversable) -> list[str]:
+    """The names (without .yaml) of the YAML files in a presets folder, sorted."""
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.is_file() and p.name.endswith(".yaml"))
 
 
 class _Section(BaseModel):
@@ -292,10 +310,10 @@ def parse_set(items: list[str]) -> dict:
 
 def preset_path(name: str) -> Path:
     path = CONFIGS_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+    if not path.is_file():
+        known = ", ".join(yaml_names(CONFIGS_DIR))
         raise ConfigError([f"preset {name!r}: not found in configs/ (known: {known})"])
-    return path
+    return Path(str(path))
 
 
 def _format_errors(exc: ValidationError) -> list[str]:

@@ -1,0 +1,91 @@
+"""cnnctl as `pip install` (not editable) leaves it: a wheel built from the repository, installed into a
+fresh virtual environment, run from a folder that is not the repository. The presets and search spaces
+travel in the wheel as package data (pyproject.toml maps configs/ to orchestrator.configs).
+
+Lean on purpose: the wheel goes in with --no-deps, and the new environment sees the test interpreter's
+site-packages through a .pth line for the dependencies only (no .pth file of theirs is run, so the
+test environment's editable cnnctl is not on the path): cnnctl itself comes only from the wheel."""
+
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.cnnctl_cli import sets
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCES = ["pyproject.toml", "README.md", "orchestrator", "models", "shards", "configs"]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, dict, Path]:
+    """(the new environment's bin/, the environment to run it with, a folder outside the repository)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of the sources, so the repository gets no build/ or egg-info.
+    src = tmp / "src"
+    src.mkdir()
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
+        else:
+            shutil.copy2(REPO / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)], check=True)
+    wheel, = (tmp / "dist").glob("cnnctl-*.whl")
+
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([*pip, "--python", str(py), "install", "--no-deps", str(wheel)], check=True)
+    target = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 check=True, capture_output=True, text=True).stdout.strip())
+    deps = dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (target / "_cnnctl_test_deps.pth").write_text("".join(f"{d}\n" for d in deps))
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "RAY_ADDRESS", "VIRTUAL_ENV") and not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(tmp / "home")
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([str(py), "-c", "import models, orchestrator, orchestrator.config as c, shards.reader as r; "
+                            "print(*orchestrator.__path__, c.__file__, r.__file__, models.__file__, c.CONFIGS_DIR, sep='\\n')"],
+                           cwd=elsewhere, env=env, check=True, capture_output=True, text=True).stdout.split()
+    assert all(Path(p).is_relative_to(target) for p in where), (target, where)
+    assert Path(where[-1]) == target / "orchestrator" / "configs", where
+    return venv / "bin", env, elsewhere
+
+
+def _cnnctl(installed, *args: str, timeout: float = 120) -> tuple[int, str]:
+    bin_dir, env, cwd = installed
+    res = subprocess.run([str(bin_dir / "cnnctl"), *args], cwd=cwd, env=env, timeout=timeout,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return res.returncode, res.stdout
+
+
+def test_the_installed_wheel_lists_models_and_finds_the_presets(installed):
+    rc, out = _cnnctl(installed, "models")
+    assert rc == 0 and "alexnet" in out and "vgg-e" in out, out
+    rc, out = _cnnctl(installed, "train", "--preset", "demo-fashion", "--dry-run")
+    assert rc == 0 and "not found" not in out, out
+    assert "fashion-mnist" in out, out
+    # the search spaces travel too
+    rc, out = _cnnctl(installed, "tune", "--preset", "demo-fashion", "--search", "lrn", "--dry-run")
+    assert rc == 0 and "not found" not in out, out
+    rc, out = _cnnctl(installed, "train", "--preset", "no-such-preset", "--dry-run")
+    assert rc == 1 and "known: demo-fashion, imagenet-alexnet" in out, out
+
+
+def test_the_installed_wheel_trains(installed, fmnist_root, tmp_path):
+    """One short real run on a local Ray, from the installed wheel alone (its Ray workers too)."""
+    rc, out = _cnnctl(installed, "train", "--preset", "demo-fashion", "--data", fmnist_root, "--name", "wheel", "--epochs", "1",
+                      *sets(f"run.storage={tmp_path}", "data.limit=128", "data.batch_size=32", "model.width=0.25"), timeout=300)
+    assert rc == 0, out
+    assert out.splitlines()[-1].startswith("done: epoch 0 val_top1"), out
+    assert (tmp_path / "wheel").is_dir(), out
