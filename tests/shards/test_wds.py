@@ -63,6 +63,33 @@ def test_ray_data_reads_a_split(ray_cluster, fmnist_root):
     assert np.asarray(first["png"]).shape[:2] == (28, 28)
 
 
+def test_nvidia_dali_reads_a_split_on_cpu(fmnist_root):
+    """DALI's webdataset reader, on the CPU (no GPU, no index files): not a dependency of cnnctl (its
+    wheel is ~0.4 GB), so this runs where `nvidia-dali-cuda120` is installed and skips elsewhere."""
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali-cuda120 is not installed (optional, not a cnnctl dependency)")
+    from nvidia.dali import fn, pipeline_def, types
+
+    url, manifest, truth = _split(fmnist_root)
+    batch = 50
+
+    @pipeline_def(batch_size=batch, num_threads=2, device_id=None)
+    def read():
+        image, cls = fn.readers.webdataset(paths=mf.shard_urls(url, manifest), ext=["png", "cls"], name="shards",
+                                           missing_component_behavior="error")
+        return fn.decoders.image(image, device="cpu", output_type=types.RGB), cls
+
+    pipe = read()
+    pipe.build()
+    assert pipe.epoch_size("shards") == manifest["num_samples"]
+    labels, shapes = [], set()
+    for _ in range(manifest["num_samples"] // batch):
+        images, cls = pipe.run()
+        labels += [int(bytes(np.asarray(cls.at(i))).decode()) for i in range(len(cls))]
+        shapes |= {images.at(i).shape for i in range(len(images))}
+    assert shapes == {(28, 28, 3)}
+    assert Counter(labels) == Counter(truth.values())
+
+
 def test_pipeline_over_2_ranks_and_2_workers_yields_each_sample_once(fmnist_root):
     url, manifest, truth = _split(fmnist_root)
     seen: list[tuple[str, int]] = []
