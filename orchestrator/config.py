@@ -19,13 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 
 def _configs_dir() -> Traversable:
-    """The presets folder: the package data ``orchestrator.configs`` where cnnctl is installed from a
-    wheel (pyproject.toml maps the repository's configs/ there), else configs/ beside the packages in a
-    source checkout (editable installs, PYTHONPATH)."""
-    try:
-        return resources.files("orchestrator.configs")
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "configs"
+    """The presets folder: configs/ of the source checkout these modules run from (PYTHONPATH, an
+    editable install), else the package data ``orchestrator.configs`` that a wheel installs
+    (pyproject.toml maps configs/ there), through importlib.resources."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs").is_dir():
+        return checkout / "configs"
+    return resources.files("orchestrator.configs")
 
 
 CONFIGS_DIR = _configs_dir()
