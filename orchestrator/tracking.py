@@ -35,7 +35,7 @@ def check(cfg) -> list[str]:
     return []
 
 
-def _warn(line: str) -> None:
+def warn(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
@@ -59,12 +59,12 @@ def flat(tree: dict, prefix: str = "") -> dict[str, str]:
 class MlflowTracker:
     """One MLflow run, created on the driver; the Ray Train callback logs into it by its id."""
 
-    def __init__(self, uri: str | None, experiment: str, say: Callable[[str], None] = _warn):
+    def __init__(self, uri: str | None, experiment: str, say: Callable[[str], None] = warn):
         self.uri, self.experiment, self.run_id, self.say, self.broken = uri, experiment, None, say, False
         self._client = None
 
     def __getstate__(self):  # pickled into Ray Train's controller: no client, no console
-        return {**self.__dict__, "_client": None, "say": _warn}
+        return {**self.__dict__, "_client": None, "say": warn}
 
     def client(self):
         if self._client is None:
@@ -139,7 +139,7 @@ class MlflowTracker:
         return [EpochToMlflow()]
 
 
-def start(cfg, run_dir: str, say: Callable[[str], None] = _warn) -> MlflowTracker | None:
+def start(cfg, run_dir: str, say: Callable[[str], None] = warn) -> MlflowTracker | None:
     """The run's tracker, its run created, or None (tracking off, or the tracker unreachable: warned)."""
     if cfg.run.tracker != "mlflow":
         return None

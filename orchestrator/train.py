@@ -348,7 +348,7 @@ def fit(cfg: RunConfig, console=None, verbose: bool = False):
     warm_up_train()
     from orchestrator import tracking
 
-    tracker = tracking.start(cfg, run_dir(cfg), say=console.print if console else tracking._warn)  # run.tracker
+    tracker = tracking.start(cfg, run_dir(cfg), say=console.print if console else tracking.warn)  # run.tracker
     callbacks = [*(console.callbacks() if console else []), *(tracker.callbacks() if tracker else [])]
     status, where = "KILLED", None
     try:
