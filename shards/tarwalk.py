@@ -158,7 +158,7 @@ def _samples(blob: bytes, url: str) -> Iterator[Sample]:
         if not sample:
             sample = {"__key__": key, "__url__": url}
         elif ext in sample:
-            raise BadSample(f"sample {key!r} has two .{ext} members")
+            raise BadSample(f"sample {key!r} has two {'.' + ext!r} members")
         sample[ext] = data
     if sample:
         yield sample

@@ -36,3 +36,40 @@ def test_fuzz_search_space_yaml(data):
 @given(fz.yaml_inputs(fz.sweep_spec()))
 def test_fuzz_sweep_spec(data):
     fz.run_one(fz.check_sweep, data)
+
+
+# Found by the fuzz harness ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, problem", [(b'{"epoch": 3', "not JSON"), (b"\xfb{}", "not JSON"), (b'{"epoch": "3"}', "epoch"),
+                                           (b"[]", "not an object"), (b'{"epoch": 2, "mid_epoch": true}', "layout")])
+def test_a_bad_meta_json_is_one_line_naming_it_and_sorts_last(tmp_path, text, problem):
+    from orchestrator import checkpoint as ckpt
+
+    (tmp_path / "meta.json").write_bytes(text)
+    with pytest.raises(ckpt.CheckpointError, match=f"meta.json: .*{problem}") as err:
+        ckpt.load_meta(tmp_path)
+    assert "\n" not in str(err.value)
+    assert ckpt._order(str(tmp_path)) == (-1, -1)  # a run folder's newest checkpoint passes over it
+
+
+def test_a_yaml_error_in_a_config_file_is_one_line(tmp_path):
+    from orchestrator.config import ConfigError, resolve
+
+    (tmp_path / "run.yaml").write_text("model:\n  name: alexnet\n   lrn: [\n")
+    with pytest.raises(ConfigError) as err:
+        resolve(config_file=tmp_path / "run.yaml")
+    assert len(err.value.lines) == 1 and "\n" not in err.value.lines[0] and "line 3" in err.value.lines[0]
+
+
+@pytest.mark.parametrize("text", [b"base: {}\nsearch: [\n", b"- 1\n", b"search: {}\n", b"\xff", b"base: {model: {name: 3}}\nsearch: {space: {}}\n",
+                                  b"base: {}\nsearch: {space: {optim.lr: {choice: [0.1]}}}\nplan: {draws: x}\n"])
+def test_a_damaged_sweep_spec_is_one_line_naming_it(tmp_path, text):
+    from orchestrator import tune
+    from orchestrator.config import ConfigError
+
+    (tmp_path / tune.SPEC).write_bytes(text)
+    with pytest.raises(ConfigError) as err:
+        tune.load_spec(str(tmp_path))
+        tune.load_draws(str(tmp_path))
+    assert len(err.value.lines) == 1 and str(tmp_path / tune.SPEC) in err.value.lines[0] and "\n" not in err.value.lines[0]

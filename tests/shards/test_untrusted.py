@@ -283,3 +283,39 @@ def test_a_manifest_that_is_not_a_json_object_is_one_line(tmp_path, text):
 def test_a_sound_manifest_loads(small_split):
     m = mf.load(mf.manifest_url(str(small_split), "s", "test"))
     assert m["num_samples"] == 60 and len(m["shards"]) == 3
+
+
+# Found by the fuzz harness (tests/fuzzing.py) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, text", [
+    ("LOC_val_solution.csv", b"\xc9mageId,PredictionString\nILSVRC2012_val_00000001,n01484850 1 2 3 4\n"),  # not UTF-8
+    ("ILSVRC2012_validation_ground_truth.txt", "449\n\u00b2\n".encode()),  # '²'.isdigit(), int('²') raises
+    ("synsets.txt", "449 n01440764\n\u0663 n01443537\n".encode()),  # '٣' (Arabic-Indic 3)
+    ("LOC_synset_mapping.txt", "n0144076\u0664 tench\n".encode()),  # a wnid of non-ASCII digits
+    ("LOC_val_solution.csv", b"ImageId,PredictionString\nk," + b"x" * 200_000 + b"\n"),  # a field over csv's limit
+])
+def test_label_files_that_are_not_what_they_claim_are_one_line(tmp_path, name, text):
+    from shards import labels
+
+    path = tmp_path / name
+    path.write_bytes(text)
+    ids = {449: "n01440764", 450: "n01443537"}
+    read = {"LOC_val_solution.csv": lambda: labels.kaggle_solution(path), "synsets.txt": lambda: labels.id_map(path),
+            "ILSVRC2012_validation_ground_truth.txt": lambda: labels.ground_truth(path, ids, tmp_path / "synsets.txt"),
+            "LOC_synset_mapping.txt": lambda: labels.synset_names(path)}[name]
+    with pytest.raises(labels.LabelError, match=re.escape(str(path))) as err:
+        read()
+    assert "\n" not in str(err.value)
+
+
+def test_a_member_extension_with_a_newline_stays_one_line():
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for _ in range(2):
+            info = tarfile.TarInfo("k.x\ny")
+            info.size = 1
+            t.addfile(info, io.BytesIO(b"1"))
+    with pytest.raises(BadSample, match="two '.x\\\\ny' members") as err:
+        list(tarwalk.samples(out.getvalue(), "s.tar"))
+    assert "\n" not in str(err.value) and str(err.value).startswith("s.tar: ")
