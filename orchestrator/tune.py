@@ -18,7 +18,6 @@ import json
 import math
 import os
 import tempfile
-from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
@@ -313,7 +312,7 @@ def seed_from(checkpoint, dest: str) -> dict:
         return {}
     with tempfile.TemporaryDirectory() as staging:
         checkpoint.to_directory(staging)
-        meta = json.loads(Path(staging, "meta.json").read_text())
+        meta = ckpt.load_meta(staging)  # checked: a bad meta.json is one line naming it
         source = ckpt.load_config(staging)
         loc.put_dir(staging, loc.join(dest, f"checkpoint_seed_{meta['epoch']:06d}"), last=ckpt.MARKER)
     rows = [r for r in read(run_dir(source)) if r.get("epoch", -1) <= meta["epoch"]]
@@ -356,7 +355,7 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
         # Nothing left to train (PBT cloned a finished trial, or a trial is restarted from its last
         # epoch): that checkpoint's result stands as this trial's final one; no Train run starts.
         seed = loc.join(runs, cfg.run.name, f"checkpoint_seed_{origin['resumed_from_epoch']:06d}")
-        metrics = json.loads(loc.read_text(loc.join(seed, "meta.json")))["metrics"]
+        metrics = ckpt.load_meta(seed).get("metrics", {})
         tune.report({**_scalars(metrics), **origin, "run": cfg.run.name, "carried_over": True})
         return
     if cfg.parallel.world == 1:
