@@ -14,25 +14,25 @@ settings.load_profile("cnnctl-ci")
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(120)]
 
 
-@settings(max_examples=80)
+@settings(max_examples=300)
 @given(fz.meta_inputs())
 def test_fuzz_checkpoint_meta(data):
     fz.run_one(fz.check_meta, data)
 
 
-@settings(max_examples=40)
+@settings(max_examples=200)
 @given(fz.yaml_inputs(fz.CONFIG))
 def test_fuzz_config_yaml(data):
     fz.run_one(fz.check_config, data)
 
 
-@settings(max_examples=40)
+@settings(max_examples=200)
 @given(fz.yaml_inputs(fz.SEARCH))
 def test_fuzz_search_space_yaml(data):
     fz.run_one(fz.check_search, data)
 
 
-@settings(max_examples=25)
+@settings(max_examples=150)
 @given(fz.yaml_inputs(fz.sweep_spec()))
 def test_fuzz_sweep_spec(data):
     fz.run_one(fz.check_sweep, data)

@@ -16,37 +16,37 @@ settings.load_profile("cnnctl-ci")
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(120)]
 
 
-@settings(max_examples=30)
+@settings(max_examples=250)
 @given(fz.tar_inputs())
 def test_fuzz_tar_headers_and_members(case):
     fz.run_one(fz.check_shard, case)
 
 
-@settings(max_examples=60)
+@settings(max_examples=300)
 @given(fz.member_inputs())
 def test_fuzz_sample_keys_and_member_kinds(case):
     fz.run_one(fz.check_members, case)
 
 
-@settings(max_examples=200)
+@settings(max_examples=500)
 @given(fz.family_table()["cls"][0])
 def test_fuzz_cls_payloads(payload):
     fz.run_one(fz.check_cls, payload)
 
 
-@settings(max_examples=60)
+@settings(max_examples=300)
 @given(fz.image_inputs())
 def test_fuzz_jpeg_and_png(case):
     fz.run_one(fz.check_image, case)
 
 
-@settings(max_examples=60)
+@settings(max_examples=300)
 @given(fz.manifest_inputs())
 def test_fuzz_manifests(case):
     fz.run_one(fz.check_manifest, case)
 
 
-@settings(max_examples=80)
+@settings(max_examples=300)
 @given(fz.label_inputs())
 def test_fuzz_label_files(case):
     fz.run_one(fz.check_labels, case)
