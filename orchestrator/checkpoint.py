@@ -59,17 +59,21 @@ def is_complete(path: str | Path) -> bool:
     return all(f in present for f in FILES)
 
 
+class BadMeta(CheckpointError, ValueError):
+    """A meta.json that is not what save wrote (a ValueError too, as json.loads raised before)."""
+
+
 def load_meta(path: str | Path) -> dict:
     """meta.json, its fields checked (epoch, step, mid_epoch, layout, metrics): a file that is not
-    what save wrote is a CheckpointError naming it, one line."""
+    what save wrote is a BadMeta naming it, one line."""
     file = loc.join(str(path), "meta.json")
     try:
         meta = json.loads(loc.read_text(file))
     except (ValueError, RecursionError) as exc:  # JSON, UTF-8, nesting
-        raise CheckpointError(f"{file}: not JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise BadMeta(f"{file}: not JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
     problem = _meta_problem(meta)
     if problem:
-        raise CheckpointError(f"{file}: {problem}")
+        raise BadMeta(f"{file}: {problem}")
     return meta
 
 
@@ -98,7 +102,7 @@ def _order(path: str) -> tuple[int, int]:
     try:
         meta = load_meta(path)
         return meta["epoch"] + (0 if meta.get("mid_epoch") else 1), meta.get("step", -1)
-    except (OSError, ValueError, KeyError, CheckpointError):
+    except (OSError, ValueError, KeyError):  # BadMeta is a ValueError
         return -1, -1
 
 

@@ -73,3 +73,11 @@ def test_a_damaged_sweep_spec_is_one_line_naming_it(tmp_path, text):
         tune.load_spec(str(tmp_path))
         tune.load_draws(str(tmp_path))
     assert len(err.value.lines) == 1 and str(tmp_path / tune.SPEC) in err.value.lines[0] and "\n" not in err.value.lines[0]
+
+
+def test_a_bad_meta_json_is_still_a_value_error_for_callers_that_pass_over_torn_ones(tmp_path):
+    from orchestrator import checkpoint as ckpt
+
+    (tmp_path / "meta.json").write_text('{"epoch": 1, "st')  # torn mid-write
+    with pytest.raises(ValueError):
+        ckpt.load_meta(tmp_path)
