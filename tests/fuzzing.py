@@ -58,15 +58,16 @@ def guard(seconds: int = HANG_S):
 
 
 def kind(message: str) -> str:
-    """A message's kind: its words up to the first parenthesis (plus the exception type named in it),
-    names, quoted parts and numbers taken out."""
-    head, _, rest = message.partition("(")
+    """A message's kind: its words up to the first parenthesis (plus the exception type named in
+    it), with quoted parts (names, payloads), paths and numbers taken out."""
+    text = re.sub(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)|[^\x20-\x7e]", "?", message)
+    text = re.sub(r"b?'[^']*'|b?\"[^\"]*\"", "Q", text)
+    head, _, rest = text.partition("(")
     exc = re.match(r"(\w+(Error|Exception))\b", rest)
-    text = re.sub(r"'[^']*'|\"[^\"]*\"|b'[^']*'", "Q", head)
-    text = re.sub(r"(\S*/)+\S*", "F", text)
-    text = re.sub(r"\d+", "N", text)
-    text = re.sub(r"\s+", " ", text).strip(" :")
-    return (text[:60] + (f" ({exc.group(1)})" if exc else "")) or "(empty)"
+    head = re.sub(r"(\S*/)+\S*", "F", head)
+    head = re.sub(r"\d+", "N", head)
+    head = re.sub(r"\s+", " ", head).strip(" :")
+    return (head[:60] + (f" ({exc.group(1)})" if exc else "")) or "(empty)"
 
 
 def one_line(exc: BaseException, names: str) -> str:
@@ -333,7 +334,7 @@ def check_members(case, tmp: Path) -> str:
                     assert 0 <= label < 10
                     outcomes.append("ok")
                 except tarwalk.BadSample as exc:
-                    outcomes.append("sample " + kind(one_line(exc, url).split(": ", 2)[-1]))
+                    outcomes.append("bad sample: " + kind(one_line(exc, url).split(": ", 2)[-1]))
         except tarwalk.BadSample as exc:
             outcomes.append("error:" + kind(one_line(exc, url).removeprefix(url + ": ")))
     assert files_under(tmp) == before
