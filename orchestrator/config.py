@@ -234,6 +234,14 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+def yaml_problem(exc: BaseException) -> str:
+    """A YAML (or decoding) error in one line: its problem and where (PyYAML's own text spans lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    lines = str(exc).strip().splitlines()
+    what = getattr(exc, "problem", None) or (lines[0] if lines else type(exc).__name__)
+    return f"{what}, line {mark.line + 1} column {mark.column + 1}" if mark is not None else what[:160]
+
+
 def _load_yaml(path: str | Path, what: str) -> dict:
     """A YAML mapping from a local path or a URL (`--config s3://.../config.yaml`)."""
     from shards import location as loc
@@ -246,8 +254,8 @@ def _load_yaml(path: str | Path, what: str) -> dict:
         raise ConfigError([f"{what} {path}: no such file"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{what} {path}: cannot read it ({type(exc).__name__}: {exc})"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{what} {path}: not valid YAML ({exc})"]) from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError([f"{what} {path}: not valid YAML ({yaml_problem(exc)})"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
