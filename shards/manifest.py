@@ -8,10 +8,11 @@ from __future__ import annotations
 import io
 import json
 import re
-import uuid
 
 import fsspec
 import numpy as np
+
+from shards import location
 
 FORMAT = "cnnctl-shards/1"
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -218,24 +219,10 @@ def save(url: str, manifest: dict) -> None:
 
 
 def publish_bytes(url: str, data: bytes) -> None:
-    """Make ``url`` hold ``data`` all at once, never a prefix of it.
-
-    Local files are written to a temporary name and renamed; object stores make a single PUT
-    visible only when it completes.
-    """
+    """Make ``url`` hold ``data`` all at once, never a prefix of it (`location.write_bytes`: a local
+    temporary file, fsync'd and renamed, removed if the write fails; one PUT on an object store)."""
     check_url(url)
-    fs, path = fsspec.core.url_to_fs(url)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if "file" in fs.protocol or "local" in fs.protocol:
-        # A unique name: a worker orphaned by a killed run may still be writing the same shard.
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    location.write_bytes(url, data)
 
 
 def find(url: str) -> list[str]:
