@@ -123,6 +123,7 @@ class ParallelConfig(_Section):
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved for each worker.")
     threads_per_worker: int = Field(1, ge=1, description="torch intra-op threads in each worker.")
     channels_last: bool = Field(True, description="Run the model and its inputs in channels_last memory format (faster convolutions and pooling on CPU and GPU).")
+    compile: bool = Field(False, description="torch.compile the model (inductor) after the tower/FC split: a plain model whole, a tower pair between its crossings, OWT's conv part; the exchanges stay eager, checkpoints canonical, dropout as uncompiled. The first steps pay the compilation (a minute or more).")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="fp32, or bf16 autocast for the forward pass and loss (weights, gradients and the optimizer stay fp32; LRN computes in fp32). Meant for GPUs: on CPU, bf16 convolutions are slower.")
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray for the run.")
 
