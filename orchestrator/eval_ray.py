@@ -117,7 +117,7 @@ def merge(parts: list[dict]) -> dict:
 def run(plan: EvalPlan, lay: Layout, threads: int, gpus: bool,
         progress: Callable[[int, int, float], None] | None = None) -> tuple[dict, dict]:
     """Evaluate ``plan`` on ``lay.workers`` Ray workers (Ray connected). Returns the merged sums and
-    what the result records of the run: workers, nodes used, seconds, merge_s (from the last
+    what the result records of the run: workers, nodes used, each worker's image count, seconds, merge_s (from the last
     worker's finish to the merged summary). ``progress(done, total, seconds)`` is called while it
     waits. A cluster that cannot hold the workers is a ClusterError before any starts."""
     import ray
@@ -132,9 +132,9 @@ def run(plan: EvalPlan, lay: Layout, threads: int, gpus: bool,
         selectors = [None] * lay.workers
     t0 = time.perf_counter()
     tally = ray.remote(Tally).options(num_cpus=0).remote()
-    task = ray.remote(_evaluate_part).options(num_cpus=threads, num_gpus=1 if gpus else 0, max_retries=0)
-    refs = [task.options(**({"label_selector": s} if s else {})).remote(plan, r, lay.workers, threads, gpus, tally)
-            for r, s in enumerate(selectors)]
+    task, plan_ref = ray.remote(_evaluate_part), ray.put(plan)
+    refs = [task.options(num_cpus=threads, num_gpus=1 if gpus else 0, max_retries=0, **({"label_selector": s} if s else {}))
+            .remote(plan_ref, r, lay.workers, threads, gpus, tally) for r, s in enumerate(selectors)]
     rank_of = {ref: r for r, ref in enumerate(refs)}
     pending, parts = list(refs), []
     try:
@@ -156,5 +156,7 @@ def run(plan: EvalPlan, lay: Layout, threads: int, gpus: bool,
         ray.kill(tally)
     if progress is not None:
         progress(sums["count"], plan.total, time.perf_counter() - t0)
-    return sums, {"workers": lay.workers, "nodes": len({p["node"] for p in parts}), "seconds": time.perf_counter() - t0,
+    parts.sort(key=lambda p: p["rank"])
+    return sums, {"workers": lay.workers, "nodes": len({p["node"] for p in parts}), "worker_counts": [p["count"] for p in parts],
+                  "seconds": time.perf_counter() - t0,
                   "merge_s": round(merged - max(p["finished"] for p in parts), 4)}
