@@ -169,8 +169,9 @@ def _counted(batches, report: Callable[[int], None] | None):
 def eval_part(plan: EvalPlan, split: Split = Split(), threads: int = 2, device: str = "cpu",
               report: Callable[[int], None] | None = None) -> dict:
     """Evaluate ``split``'s part of the plan's split here (one process, or one Ray worker): the
-    sums of modeling.evaluate (float64 loss sum, top-1 and top-5 hits, count) and ``seconds``,
-    the evaluation's wall time after the models are loaded. ``report(n)`` hears of each batch."""
+    sums of modeling.evaluate (float64 loss sum, top-1 and top-5 hits, count), and ``seconds`` and
+    ``cpu_s``, the evaluation's wall time and this process's CPU time after the models are loaded
+    (loader workers' not counted). ``report(n)`` hears of each batch."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
     loaded = [load_model(p) for p in plan.paths]
@@ -183,9 +184,9 @@ def eval_part(plan: EvalPlan, split: Split = Split(), threads: int = 2, device: 
     prepares = [device_batch(c, stream.manifest, m, dev) for (_, c), m in zip(loaded, plan.means)]
     predict = make_predict([m.to(dev) for m, _ in loaded], prepares, plan.tta, plan.scales, plan.flip,
                            [c.data.image_size for _, c in loaded])
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     sums = evaluate(predict, _counted(make_loader(cfg, stream), report), dev)
-    return {**sums, "seconds": time.perf_counter() - t0}
+    return {**sums, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0}
 
 
 def result_of(plan: EvalPlan, sums: dict, seconds: float, out: str | Path | None, **extra) -> dict:
