@@ -17,7 +17,7 @@ included), as the median and spread [min-max] over rounds. Also printed: the rat
 Ray run's merge overhead (from the last worker's finish to the merged summary, `merge_s`). The goal: ray-2 >= 1.8x ray-1 in
 img/s where the machine has 2 free cores (a shared machine gives less), merge overhead << 1 s.
 
-Usage: python bench/eval.py [--images 3000] [--workers 2] [--rounds 3] [--tta ten-crop|center|dense]
+Usage: python bench/eval.py [--images 4000] [--workers 2] [--rounds 3] [--tta center|ten-crop|dense]
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ def setup(tmp: Path, images: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=3000)
+    ap.add_argument("--images", type=int, default=4000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--tta", default="ten-crop")
+    ap.add_argument("--tta", default="center")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         plan = plan_eval([setup(Path(tmp), args.images)], split="test", tta=args.tta)
@@ -89,9 +89,10 @@ def main() -> None:
             fn()
         merge.clear()
         rounds = Rounds()
-        for _ in range(args.rounds):
+        for i in range(args.rounds):
             for name, fn in contenders.items():
                 rounds.run(name, fn)
+            print(f"round {i + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         n = plan.total
         print(f"cnnctl eval, {n} Fashion-MNIST test images, --tta {plan.tta}, demo-fashion model (random weights), "
               f"{args.rounds} rounds, torch {torch.__version__}, {len(__import__('os').sched_getaffinity(0))} cores")

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from orchestrator.cluster import ClusterError
-from orchestrator.evaluate import EvalPlan, eval_part
-from shards.reader import Split
+
+if TYPE_CHECKING:  # torch is imported by the workers only: the tally actor's process stays small
+    from orchestrator.evaluate import EvalPlan
 
 SEND_EVERY_S = 0.25  # a worker's count updates: smooth enough for a bar, one small message each
 POLL_S = 0.2
@@ -93,6 +94,9 @@ def _evaluate_part(plan: EvalPlan, rank: int, world: int, threads: int, gpus: bo
     """One worker: its part's sums, the node it ran on and when it finished (the driver's merge clock)."""
     import ray
 
+    from orchestrator.evaluate import eval_part
+    from shards.reader import Split
+
     pending, last = 0, time.monotonic()
 
     def report(n: int) -> None:
@@ -119,7 +123,8 @@ def run(plan: EvalPlan, lay: Layout, threads: int, gpus: bool,
     """Evaluate ``plan`` on ``lay.workers`` Ray workers (Ray connected). Returns the merged sums and
     what the result records of the run: workers, nodes used, each worker's image count, seconds, merge_s (from the last
     worker's finish to the merged summary). ``progress(done, total, seconds)`` is called while it
-    waits. A cluster that cannot hold the workers is a ClusterError before any starts."""
+    waits. A cluster that cannot hold the workers is a ClusterError before any starts. merge_s compares
+    the workers' wall clocks with the driver's: across machines it includes their clock offset."""
     import ray
 
     from orchestrator.cluster import place_workers
@@ -136,17 +141,20 @@ def run(plan: EvalPlan, lay: Layout, threads: int, gpus: bool,
     refs = [task.options(num_cpus=threads, num_gpus=1 if gpus else 0, max_retries=0, **({"label_selector": s} if s else {}))
             .remote(plan_ref, r, lay.workers, threads, gpus, tally) for r, s in enumerate(selectors)]
     rank_of = {ref: r for r, ref in enumerate(refs)}
-    pending, parts = list(refs), []
+    pending, parts, asked = list(refs), [], None
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
             for ref in ready:
                 try:
                     parts.append(ray.get(ref))
-                except ray.exceptions.RayTaskError as exc:
+                except ray.exceptions.RayError as exc:  # the task raised, or its process died
                     raise EvalFailed(rank_of[ref], exc) from None
-            if progress is not None and pending:
-                progress(ray.get(tally.get.remote()), plan.total, time.perf_counter() - t0)
+            if progress is not None and pending:  # never waits for the tally: the results come first
+                asked = asked or tally.get.remote()
+                if ray.wait([asked], timeout=0)[0]:
+                    progress(ray.get(asked), plan.total, time.perf_counter() - t0)
+                    asked = None
         sums = merge(parts)
         summarize(sums)
         merged = time.time()

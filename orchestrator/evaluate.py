@@ -103,7 +103,6 @@ class EvalPlan:
     read): every worker, and the one in-process evaluation, build their models and stream from it."""
 
     paths: list[str]
-    configs: list  # each checkpoint's RunConfig
     means: list  # each checkpoint's mean image (data.mean_image runs), else None
     tta: str
     scales: list[int | None]
@@ -155,7 +154,7 @@ def plan_eval(checkpoints: list[str], data: str | None = None, split: str = "tes
         raise ValueError(f"the checkpoints subtract mean images of different sizes ({', '.join(map(str, sides))} px): "
                          "their crops cannot share one frame")
     total = mf.load(url)["num_samples"]
-    return EvalPlan(paths, configs, means, tta, scales, flip, url, split, batch_size, total)
+    return EvalPlan(paths, means, tta, scales, flip, url, split, batch_size, total)
 
 
 def _counted(batches, report: Callable[[int], None] | None):
