@@ -48,6 +48,7 @@ bench: setup
 	$(PY) bench/lrn.py
 	$(PY) bench/shard.py
 	$(PY) bench/loader.py
+	$(PY) bench/eval.py
 	$(VENV)/bin/cnnctl shard fashion-mnist data/fashion-mnist --shard-size 5000 --workers 2
 	$(PY) bench/train_step.py
 
