@@ -6,7 +6,7 @@ FMNIST    := /usr/share/datasets/fashion-mnist
 STAMP     := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup data jpeg-headers demo test bench clean
+.PHONY: setup data jpeg-headers demo test bench fuzz clean
 
 setup: $(STAMP) data
 
@@ -48,8 +48,14 @@ bench: setup
 	$(PY) bench/lrn.py
 	$(PY) bench/shard.py
 	$(PY) bench/loader.py
+	$(PY) bench/eval.py
 	$(VENV)/bin/cnnctl shard fashion-mnist data/fashion-mnist --shard-size 5000 --workers 2
 	$(PY) bench/train_step.py
+
+# The fuzz properties of tests/fuzzing.py run long: per family, inputs tried and what each got.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	$(PY) bench/fuzz.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf runs data/fashion-mnist .pytest_cache

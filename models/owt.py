@@ -178,6 +178,11 @@ class OneWeirdTrickAlexNet(nn.Module):
                 out.append(copy.deepcopy(m))
         return nn.Sequential(*out), slices
 
+    def compile(self, **kw) -> None:
+        """torch.compile the conv part (in place: its parameters keep their names). The FC slices and
+        their exchanges stay eager: matrix products, which compiling barely speeds up."""
+        self.dp_part.compile(**kw)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Evaluation runs the parts unwrapped: no DDP forward, which the groups would take unevenly.
         conv, fc = (self.dp_part, self.classifier) if torch.is_grad_enabled() else (_inner(self.dp_part), _inner(self.classifier))

@@ -154,6 +154,19 @@ def apply_fc_split(model: nn.Module, mesh: Mesh) -> nn.Module:
     return OneWeirdTrickAlexNet.from_canonical(model, mesh)
 
 
+def apply_compile(model: nn.Module) -> nn.Module:
+    """torch.compile the model's computation, in place, after the split and the move to the device and
+    before DDP: a plain model whole (`nn.Module.compile`, which keeps the state-dict keys canonical,
+    no `_orig_mod.`), a tower-split model between its crossings, an FC-split model's conv part. The
+    parallel wrappers' exchanges stay eager. Random ops run as in eager mode (inductor's
+    `fallback_random`), so dropout draws the masks it draws uncompiled, and exact resume holds."""
+    import torch._inductor.config as inductor
+
+    inductor.fallback_random = True
+    model.compile()
+    return model
+
+
 def _gloo_bf16_hook(group, bucket):  # no annotations: DDP checks them, and this module's are strings
     """torch's bf16_compress_hook, under another name: DDP accepts that name only with CUDA and NCCL,
     though gloo all-reduces bf16 as well (CPU runs, tests and bench/comm.py)."""

@@ -29,6 +29,13 @@ from .alexnet import AlexNet
 from .lrn import LRN
 
 
+def compile_runs(seq: nn.Sequential, cuts: set[int], **kw) -> list[tuple[int, nn.Module]]:
+    """(first index, compiled layers) for each run of ``seq``'s layers that starts at 0 or at a cut.
+    The runs are not registered as submodules: they hold the same layers, not copies."""
+    bounds = sorted({0, len(seq), *cuts})
+    return [(a, torch.compile(seq[a:b], **kw)) for a, b in zip(bounds, bounds[1:])]
+
+
 def _gather(x: torch.Tensor, group) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, x.contiguous(), group=group)
@@ -160,11 +167,19 @@ class TowerParallelAlexNet(nn.Module):
         return nn.utils.skip_init(nn.Conv2d, m.weight.shape[1], out, m.kernel_size, m.stride, m.padding,
                                   m.dilation, **kw)
 
+    def compile(self, **kw) -> None:
+        """torch.compile each run of local layers between two crossings; the crossings (collectives
+        in autograd Functions) stay eager. The compiled runs share this module's layers, so the
+        parameters and their state-dict keys are unchanged."""
+        self.compiled = {"features": compile_runs(self.features, set(self.cross_features), **kw),
+                         "classifier": compile_runs(self.classifier, set(self.cross_classifier), **kw)}
+
     def _run(self, seq: nn.Sequential, cross: dict, x: torch.Tensor) -> torch.Tensor:
-        for i, m in enumerate(seq):
-            if i in cross:
-                x = cross[i].apply(x, self.group)
-            x = m(x)
+        runs = getattr(self, "compiled", {}).get("features" if seq is self.features else "classifier")
+        for start, run in runs or enumerate(seq):
+            if start in cross:
+                x = cross[start].apply(x, self.group)
+            x = run(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -119,8 +119,41 @@ def is_complete(path: str | Path) -> bool:
     return all(f in present for f in FILES)
 
 
+class BadMeta(CheckpointError, ValueError):
+    """A meta.json that is not what save wrote (a ValueError too, as json.loads raised before)."""
+
+
 def load_meta(path: str | Path) -> dict:
-    return json.loads(loc.read_text(loc.join(path, "meta.json")))
+    """meta.json, its fields checked (epoch, step, mid_epoch, layout, metrics): a file that is not
+    what save wrote is a BadMeta naming it, one line."""
+    file = loc.join(str(path), "meta.json")
+    try:
+        meta = json.loads(loc.read_text(file))
+    except (ValueError, RecursionError) as exc:  # JSON, UTF-8, nesting
+        raise BadMeta(f"{file}: not JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise BadMeta(f"{file}: {problem}")
+    return meta
+
+
+def _meta_problem(meta) -> str | None:
+    def integer(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(meta, dict):
+        return f"not an object but {type(meta).__name__}"
+    if not integer(meta.get("epoch")) or meta["epoch"] < 0:
+        return f"epoch {str(meta.get('epoch'))[:40]!r} is not an epoch number"
+    if "step" in meta and (not integer(meta["step"]) or meta["step"] < 0):
+        return f"step {str(meta['step'])[:40]!r} is not a step number"
+    if not isinstance(meta.get("mid_epoch", False), bool):
+        return "mid_epoch is not true or false"
+    if meta.get("mid_epoch") and not isinstance(meta.get("layout"), dict):
+        return "a mid-epoch checkpoint without its layout"
+    if not isinstance(meta.get("metrics", {}), dict):
+        return "metrics is not an object"
+    return None
 
 
 def _order(path: str) -> tuple[int, int]:
@@ -129,7 +162,7 @@ def _order(path: str) -> tuple[int, int]:
     try:
         meta = load_meta(path)
         return meta["epoch"] + (0 if meta.get("mid_epoch") else 1), meta.get("step", -1)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError):  # BadMeta is a ValueError
         return -1, -1
 
 

@@ -6,6 +6,7 @@ import importlib
 import json
 import sys
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -280,15 +281,26 @@ def eval_(
     data: Annotated[Optional[str], typer.Option(help="Folder or URL holding the shards (default: the checkpoint's data.root).")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     out: Annotated[Optional[str], typer.Option(help="Where to write the JSON result, a local path or a URL (default: eval-<split>.json in the checkpoint folder, in its store).")] = None,
-    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads of the evaluating process; with Ray workers, of each worker, which reserves as many CPUs.")] = 2,
     tta: Annotated[Optional[str], typer.Option(help="Test views: center (the centre crop), ten-crop (AlexNet: 4 corners + centre, and their flips), dense (VGG: the fully-convolutional net on the whole image at each of --scales). Default: the run's eval.tta, which the imagenet-* presets set to their paper's.")] = None,
     scales: Annotated[Optional[str], typer.Option(help="dense: comma-separated shorter sides Q the image is rescaled to, e.g. 224,256,288 (default: the run's eval.scales, else as stored).")] = None,
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Also average the softmax of the horizontally flipped views (center, dense). Default: the run's eval.flip.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per forward (default: the run's data.batch_size; dense: 8 images of one size, which share a batch).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (what --out holds) instead of a table.")] = False,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Ray workers sharing the split, each evaluating its own exact part (every image once); the driver adds their sums. Default: one evaluation in this process, without Ray (or --nodes x --workers-per-node).")] = None,
+    nodes: Annotated[Optional[int], typer.Option(min=1, help="Ray nodes to pin the workers to, --workers-per-node on each (as `cnnctl train`). Default: wherever the workers fit.")] = None,
+    workers_per_node: Annotated[Optional[int], typer.Option("--workers-per-node", min=1, help="Ray workers on each of --nodes.")] = None,
+    gpus: Annotated[bool, typer.Option("--gpus/--cpu", help="One GPU per Ray worker, evaluating there (implies Ray, one worker unless --workers).")] = False,
+    address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster address ('auto', 'host:6379', ...) to run the workers on. Default with --workers/--gpus: start a local Ray.")] = None,
+    verbose: Verbose = False,
 ) -> None:
-    """Top-1/top-5 of a checkpoint on a split; several checkpoints average their softmax (with every TTA view)."""
-    from orchestrator.evaluate import run_eval
+    """Top-1/top-5 of a checkpoint on a split; several checkpoints average their softmax (with every TTA view).
+
+    With --workers N (or --nodes/--workers-per-node, --gpus, --address) N Ray workers each evaluate
+    an exact part of the split and the driver adds their sums: the same top-1 and top-5 as one
+    process, the loss to rounding, with a progress bar (images, img/s, time left)."""
+    from orchestrator.eval_ray import layout
+    from orchestrator.evaluate import plan_eval, run_eval
 
     try:
         qs = [int(q) for q in scales.split(",") if q.strip()] if scales else None
@@ -300,8 +312,13 @@ def eval_(
     if unreachable:
         raise fail(unreachable)
     try:
-        result = run_eval(checkpoints, data=data, split=split, out=out, threads=threads, tta=tta, scales=qs, flip=flip,
-                          batch_size=batch_size)
+        lay = layout(workers, nodes, workers_per_node)
+        if lay.workers == 1 and not (lay.nodes or gpus or address):
+            result = run_eval(checkpoints, data=data, split=split, out=out, threads=threads, tta=tta, scales=qs, flip=flip,
+                              batch_size=batch_size)
+        else:  # everything checked here, before Ray starts
+            plan = plan_eval(checkpoints, data=data, split=split, tta=tta, scales=qs, flip=flip, batch_size=batch_size)
+            result = _eval_on_ray(plan, lay, threads, gpus, address, out, verbose, show=not as_json)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -314,6 +331,21 @@ def eval_(
     out = Console(highlight=False, soft_wrap=True)
     out.print(eval_table(result))
     out.print(f"wrote {result['written_to']}", markup=False)
+
+
+def _eval_on_ray(plan, lay, threads: int, gpus: bool, address: str | None, out: str | None, verbose: bool, show: bool) -> dict:
+    from orchestrator import eval_ray
+    from orchestrator.console import EvalProgress
+    from orchestrator.evaluate import result_of
+
+    connect(address, cpus_needed=lay.workers * threads, verbose=verbose)
+    with EvalProgress(f"eval {plan.split}") if show else nullcontext() as bar:  # --json: nothing but the JSON
+        try:
+            sums, run = eval_ray.run(plan, lay, threads, gpus, bar.update if show else None)
+        except eval_ray.EvalFailed as exc:  # the worker's traceback, then one error line
+            typer.echo(exc.trace, err=True)
+            raise
+    return result_of(plan, sums, run.pop("seconds"), out, **run)
 
 
 @app.command("models")

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from shards import location as loc
+
 DEFAULT_STATE = Path(os.environ.get("CNNCTL_CLUSTER_DIR", Path.home() / ".cnnctl" / "cluster"))
 # Ray's GCS, raylets and agents listen on loopback only when the node's address is exactly 127.0.0.1
 # (any other address, 127.0.0.2 included, binds 0.0.0.0); `keep_loopback` stops Ray from swapping it.
@@ -70,18 +72,7 @@ def load(state_dir: Path = DEFAULT_STATE) -> LocalCluster | None:
 def write_private(path: Path, data: str) -> None:
     """Publish ``data`` at ``path`` readable by its owner only (0600 from the first byte, never a
     moment at the umask's mode) and atomically: a reader sees the old file or the new one whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    loc.write_bytes(str(path), data.encode(), mode=0o600)
 
 
 def private_dir(path: Path) -> Path:

@@ -141,6 +141,7 @@ class ParallelConfig(_Section):
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved for each worker.")
     threads_per_worker: int = Field(1, ge=1, description="torch intra-op threads in each worker.")
     channels_last: bool = Field(True, description="Run the model and its inputs in channels_last memory format (faster convolutions and pooling on CPU and GPU).")
+    compile: bool = Field(False, description="torch.compile the model (inductor) after the tower/FC split: a plain model whole, a tower pair between its crossings, OWT's conv part; the exchanges stay eager, checkpoints canonical, dropout as uncompiled. The first steps pay the compilation (a minute or more).")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="fp32, or bf16 autocast for the forward pass and loss (weights, gradients and the optimizer stay fp32; LRN computes in fp32). Meant for GPUs: on CPU, bf16 convolutions are slower.")
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray for the run.")
 
@@ -255,6 +256,14 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+def yaml_problem(exc: BaseException) -> str:
+    """A YAML (or decoding) error in one line: its problem and where (PyYAML's own text spans lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    lines = str(exc).strip().splitlines()
+    what = getattr(exc, "problem", None) or (lines[0] if lines else type(exc).__name__)
+    return f"{what}, line {mark.line + 1} column {mark.column + 1}" if mark is not None else what[:160]
+
+
 def _load_yaml(path: str | Path, what: str) -> dict:
     """A YAML mapping from a local path or a URL (`--config s3://.../config.yaml`)."""
     from shards import location as loc
@@ -267,8 +276,8 @@ def _load_yaml(path: str | Path, what: str) -> dict:
         raise ConfigError([f"{what} {path}: no such file"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{what} {path}: cannot read it ({type(exc).__name__}: {exc})"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{what} {path}: not valid YAML ({exc})"]) from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError([f"{what} {path}: not valid YAML ({yaml_problem(exc)})"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

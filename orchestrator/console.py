@@ -228,6 +228,45 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
+class EvalProgress:
+    """`cnnctl eval --workers N`'s progress on the driver: images done of the split's, img/s and the
+    time left, as a bar on a terminal (gone when it ends) or a line every LINE_EVERY_S otherwise.
+    ``update(done, total, seconds)`` is what orchestrator/eval_ray.py calls while it waits."""
+
+    LINE_EVERY_S = 10.0
+
+    def __init__(self, what: str, console: Console | None = None):
+        self.what, self.out = what, console or Console(highlight=False, soft_wrap=True)
+        self.bar = self.task = None
+        self.first: tuple[int, float] | None = None  # (images, seconds) when the first count came
+        self.last_line = 0.0
+
+    def __enter__(self) -> "EvalProgress":
+        if self.out.is_terminal:
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=self.out, transient=True)
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, done: int, total: int, seconds: float) -> None:
+        if done and self.first is None:
+            self.first = (done, seconds)
+        rate = (done - self.first[0]) / (seconds - self.first[1]) if self.first and seconds > self.first[1] else 0.0
+        stats = f"{rate:,.0f} img/s" if rate else "starting"
+        if self.bar is not None:
+            if self.task is None:
+                self.task = self.bar.add_task(self.what, total=total, stats=stats)
+            self.bar.update(self.task, completed=done, stats=stats)
+        elif seconds - self.last_line >= self.LINE_EVERY_S and done < total:
+            self.last_line = seconds
+            eta = f"  eta {_clock((total - done) / rate)}" if rate else ""
+            self.out.print(f"{self.what} {done:,}/{total:,} images  {stats}{eta}", markup=False)
+
+
 def eval_table(result: dict) -> Table:
     """`cnnctl eval`'s result as one table row (several checkpoints: their fused softmax)."""
     views = {"center": "centre crop", "ten-crop": "10 crops", "dense": "dense"}[result["tta"]]
@@ -236,6 +275,8 @@ def eval_table(result: dict) -> Table:
     if result["flip"] and result["tta"] != "ten-crop":
         views += " + flips"
     fused = " (softmax averaged)" if len(result["checkpoints"]) > 1 else ""
+    if result.get("merge_s") is not None:  # on Ray workers
+        fused += f" on {result['workers']} Ray worker(s), {result['nodes']} node(s)"
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, title_justify="left",
                   title=" + ".join(short(c) for c in result["checkpoints"]) + fused)
     for col in ("split", "images", "views", "top-1", "top-5", "loss", "time"):

@@ -53,7 +53,8 @@ def train_stream(cfg: RunConfig, split: Split, side: int | None = None) -> Shard
     url = manifest_url(cfg, d.train_split)
     stream = ShardStream(url, split, d.batch_size // split.dp_size, transform,
                          train=True, seed=cfg.run.seed, limit=d.limit, shuffle_buffer=d.shuffle_buffer,
-                         on_bad=bad_sample_policy(d.on_bad_sample), frame=side if transform.windowed else None)
+                         on_bad=bad_sample_policy(d.on_bad_sample), frame=side if transform.windowed else None,
+                         num_classes=cfg.model.num_classes)
     stream.windowed = decoders.windowed(d.decoder, transform, url, stream.manifest)
     return stream
 
@@ -71,7 +72,7 @@ def eval_stream(cfg: RunConfig, split: Split, split_name: str | None = None, man
     batch = batch_size or (DENSE_BATCH if tta == "dense" else max(1, d.batch_size // split.dp_size))
     transform = eval_transform(d, tta, side)
     stream = ShardStream(url, split, batch, transform, train=False, on_bad=bad_sample_policy(d.on_bad_sample),
-                         frame=side if transform.windowed else None)
+                         frame=side if transform.windowed else None, num_classes=cfg.model.num_classes)
     stream.windowed = decoders.windowed(d.decoder, transform, url, stream.manifest)
     return stream
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from models.dense import dense_scores, to_dense
 from orchestrator import checkpoint as ckpt
-from orchestrator.data import TTA, eval_stream, make_loader
+from orchestrator.data import DENSE_BATCH, TTA, eval_stream, make_loader
 from orchestrator.device_batch import DeviceBatch, device_batch
 from orchestrator.modeling import build_model, evaluate, summarize
 from shards import location as loc
@@ -96,32 +97,55 @@ def make_predict(models_: list[torch.nn.Module], prepares: list[Callable], tta: 
     return predict
 
 
-def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test", out: str | Path | None = None, threads: int = 2,
-             tta: str | None = None, scales: list[int] | None = None, flip: bool | None = None,
-             batch_size: int | None = None) -> dict:
+@dataclass
+class EvalPlan:
+    """What `cnnctl eval` evaluates, settled on the driver from the checkpoints' configs (no weights
+    read): every worker, and the one in-process evaluation, build their models and stream from it."""
+
+    paths: list[str]
+    means: list  # each checkpoint's mean image (data.mean_image runs), else None
+    tta: str
+    scales: list[int | None]
+    flip: bool
+    url: str  # the split's manifest
+    split: str
+    batch_size: int | None
+    total: int  # images in the split (the manifest's count)
+
+    @property
+    def side(self) -> int | None:
+        sides = {m.shape[0] for m in self.means if m is not None}
+        return sides.pop() if sides else None
+
+
+def plan_eval(checkpoints: list[str], data: str | None = None, split: str = "test", tta: str | None = None,
+              scales: list[int] | None = None, flip: bool | None = None, batch_size: int | None = None) -> EvalPlan:
     """``tta``, ``scales`` and ``flip`` left at None take the first checkpoint's `eval` section: the
-    evaluation its preset names (AlexNet's ten views, VGG's dense multi-scale with flips)."""
+    evaluation its preset names (AlexNet's ten views, VGG's dense multi-scale with flips). Every
+    refusal is a ValueError (FileNotFoundError: no checkpoint, no manifest) of one line, here."""
     if tta is not None and tta not in TTA:
         raise ValueError(f"--tta {tta!r}: one of {', '.join(TTA)}")
-    torch.set_num_threads(threads)
-    paths = [ckpt.find(c) for c in checkpoints]
-    loaded = [load_model(p) for p in paths]
-    cfg = loaded[0][1]
+    paths = [loc.absolute(ckpt.find(c)) for c in checkpoints]  # workers may run in another folder
+    configs = [ckpt.load_config(p) for p in paths]
+    cfg = configs[0]
     tta = tta or cfg.eval.tta
     if scales is None and tta == "dense":
         scales = cfg.eval.scales
     flip = cfg.eval.flip if flip is None else flip
     if scales and tta != "dense":
         raise ValueError("--scales applies to --tta dense only")
-    if tta != "dense" and len({c.data.image_size for _, c in loaded}) > 1:
+    if tta != "dense" and len({c.data.image_size for c in configs}) > 1:
         raise ValueError(f"--tta {tta}: the checkpoints were trained on different crop sizes; use --tta dense")
     scales = scales or [None]  # dense without --scales: the images as stored
-    if data:
-        cfg.data.root = data
-    url = mf.manifest_url(cfg.data.root, cfg.data.prefix, split)
+    if tta == "dense":  # what make_predict checks again where the models are
+        for size in sorted({c.data.image_size for c in configs}):
+            if any(q is not None and q < size for q in scales):
+                raise ValueError(f"--scales {scales}: dense evaluation needs every Q >= the crop size {size} the model trained on")
+    root = loc.absolute(data) if data else cfg.data.root
+    url = mf.manifest_url(root, cfg.data.prefix, split)
     # a checkpoint of a data.mean_image run carries its mean image; the crops' windows then travel
     # with the batches, in the frame of the image's central square, which must be the mean image's
-    means = [ckpt.load_mean_image(p) if c.data.mean_image else None for p, (_, c) in zip(paths, loaded)]
+    means = [ckpt.load_mean_image(p) if c.data.mean_image else None for p, c in zip(paths, configs)]
     sides = sorted({m.shape[0] for m in means if m is not None})
     if sides and tta == "dense":
         raise ValueError("--tta dense takes whole images of any size; a per-pixel mean image (data.mean_image) is for "
@@ -129,17 +153,61 @@ def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test
     if len(sides) > 1:
         raise ValueError(f"the checkpoints subtract mean images of different sizes ({', '.join(map(str, sides))} px): "
                          "their crops cannot share one frame")
-    stream = eval_stream(cfg, Split(), manifest=url, tta=tta, side=sides[0] if sides else None, batch_size=batch_size)
-    prepares = [device_batch(c, stream.manifest, m) for (_, c), m in zip(loaded, means)]  # the Trainer's stage, without lighting
-    predict = make_predict([m for m, _ in loaded], prepares, tta, scales, flip, [c.data.image_size for _, c in loaded])
+    total = mf.load(url)["num_samples"]
+    return EvalPlan(paths, means, tta, scales, flip, url, split, batch_size, total)
 
-    t0 = time.perf_counter()
-    s = summarize(evaluate(predict, make_loader(cfg, stream), torch.device("cpu")))
-    result = {"checkpoints": [str(p) for p in paths], "data": url, "split": split, "tta": tta,
-              "scales": (scales if scales != [None] else "stored") if tta == "dense" else None, "flip": flip or tta == "ten-crop",
+
+def _counted(batches, report: Callable[[int], None] | None):
+    """The batches, calling ``report(n)`` once each batch of n images has been evaluated."""
+    for batch in batches:
+        yield batch
+        if report is not None:
+            report(len(batch[1]))
+
+
+def eval_part(plan: EvalPlan, split: Split = Split(), threads: int = 2, device: str = "cpu",
+              report: Callable[[int], None] | None = None) -> dict:
+    """Evaluate ``split``'s part of the plan's split here (one process, or one Ray worker): the
+    sums of modeling.evaluate (float64 loss sum, top-1 and top-5 hits, count), and ``seconds`` and
+    ``cpu_s``, the evaluation's wall time and this process's CPU time after the models are loaded
+    (loader workers' not counted). ``report(n)`` hears of each batch."""
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    loaded = [load_model(p) for p in plan.paths]
+    cfg = loaded[0][1]
+    cfg.parallel.gpus = dev.type == "cuda"  # the loader pins its batches for a GPU
+    # the one-process batch whatever the number of workers (each has a device of its own)
+    batch = plan.batch_size or (DENSE_BATCH if plan.tta == "dense" else cfg.data.batch_size)
+    stream = eval_stream(cfg, split, manifest=plan.url, tta=plan.tta, side=plan.side, batch_size=batch)
+    # the Trainer's stage, without lighting
+    prepares = [device_batch(c, stream.manifest, m, dev) for (_, c), m in zip(loaded, plan.means)]
+    predict = make_predict([m.to(dev) for m, _ in loaded], prepares, plan.tta, plan.scales, plan.flip,
+                           [c.data.image_size for _, c in loaded])
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    sums = evaluate(predict, _counted(make_loader(cfg, stream), report), dev)
+    return {**sums, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0}
+
+
+def result_of(plan: EvalPlan, sums: dict, seconds: float, out: str | Path | None, **extra) -> dict:
+    """The result `cnnctl eval` prints, written beside the first checkpoint (in its store) or to ``out``."""
+    s = summarize(sums)
+    tta = plan.tta
+    result = {"checkpoints": plan.paths, "data": plan.url, "split": plan.split, "tta": tta,
+              "scales": (plan.scales if plan.scales != [None] else "stored") if tta == "dense" else None,
+              "flip": plan.flip or tta == "ten-crop",
               "top1": s["top1"], "top5": s["top5"], "loss": s["loss"], "count": s["count"],
-              "seconds": round(time.perf_counter() - t0, 2)}
-    out = str(out or loc.join(paths[0], f"eval-{split}.json"))  # beside the checkpoint, in its store
+              "seconds": round(seconds, 2), **extra}
+    out = str(out or loc.join(plan.paths[0], f"eval-{plan.split}.json"))  # beside the checkpoint, in its store
     loc.write_bytes(out, (json.dumps(result, indent=1) + "\n").encode())
     result["written_to"] = str(out)
     return result
+
+
+def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test", out: str | Path | None = None, threads: int = 2,
+             tta: str | None = None, scales: list[int] | None = None, flip: bool | None = None,
+             batch_size: int | None = None) -> dict:
+    """One in-process evaluation (orchestrator/eval_ray.py spreads one over Ray workers)."""
+    torch.set_num_threads(threads)
+    plan = plan_eval(checkpoints, data, split, tta, scales, flip, batch_size)
+    sums = eval_part(plan, Split(), threads)
+    return result_of(plan, sums, sums["seconds"], out, workers=1)

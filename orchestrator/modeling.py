@@ -37,7 +37,9 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable,
     for images, labels, *windows in batches:
         labels = labels.to(device)
         logits = predict(images.to(device, non_blocking=True), *windows)
-        loss += F.cross_entropy(logits.float(), labels, reduction="sum").double().cpu()
+        # each sample's loss summed in float64: the sum of a split's parts then equals the whole's to
+        # float64 rounding, however the parts were batched (`cnnctl eval --workers`)
+        loss += F.cross_entropy(logits.float(), labels, reduction="none").double().sum().cpu()
         c1, c5 = topk_correct(logits, labels)
         top1, top5, count = top1 + c1, top5 + c5, count + len(labels)
     return {"loss_sum": float(loss), "top1": top1, "top5": top5, "count": count}

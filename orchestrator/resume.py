@@ -35,7 +35,7 @@ def refusal(saved: dict, cfg: RunConfig, where: str) -> str | None:
     """One line saying why a step checkpoint taken at layout ``saved`` cannot resume exactly under
     ``cfg``; None when it can."""
     now = layout(cfg)
-    diffs = [f"{LAYOUT_FIELDS[k]} {saved[k]} -> {now[k]}" for k in LAYOUT_FIELDS if saved.get(k) != now[k]]
+    diffs = [f"{LAYOUT_FIELDS[k]} {saved.get(k)} -> {now[k]}" for k in LAYOUT_FIELDS if saved.get(k) != now[k]]
     if not diffs:
         return None
     return (f"{where}: a mid-epoch checkpoint resumes only at the layout it was taken at ({'; '.join(diffs)}); "

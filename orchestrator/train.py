@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from models.parallel import (Mesh, apply_data_parallel, apply_fc_split, apply_tower_split, canonical_optimizer_state,
-                             canonical_state_dict, load_canonical_optimizer, unwrap)
+from models.parallel import (Mesh, apply_compile, apply_data_parallel, apply_fc_split, apply_tower_split,
+                             canonical_optimizer_state, canonical_state_dict, load_canonical_optimizer, unwrap)
 from orchestrator import checkpoint as ckpt
 from orchestrator import resume
 from orchestrator.config import RunConfig, to_yaml
@@ -54,11 +54,14 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)  # identical init on every rank
         model = build_model(cfg, cfg.model.num_classes)
         state = self._load_canonical(model, resume_from)
-        # Ordered steps: tower split (mp) / FC split (fc) -> device -> optimizer over the local parts -> DDP.
+        # Ordered steps: tower split (mp) / FC split (fc) -> device -> compile -> optimizer over the local
+        # parts -> DDP.
         memory_format = torch.channels_last if cfg.parallel.channels_last else torch.contiguous_format
         # bf16 autocast covers forward and loss; weights, gradients and SGD stay fp32.
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.parallel.precision == "bf16")
         model = apply_fc_split(apply_tower_split(model, self.mesh), self.mesh).to(self.device, memory_format=memory_format)
+        if cfg.parallel.compile:
+            model = apply_compile(model)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
         self.start_epoch, self.step = 0, 0

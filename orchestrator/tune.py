@@ -18,13 +18,13 @@ import json
 import math
 import os
 import tempfile
-from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from orchestrator import checkpoint as ckpt
 from orchestrator import tune_plan
-from orchestrator.config import ConfigError, LRNConfig, RunConfig, check, to_yaml
+from orchestrator.config import ConfigError, LRNConfig, RunConfig, check, to_yaml, yaml_problem
 from orchestrator.metrics import read
 from orchestrator.search_space import SearchSpace, apply
 from orchestrator.train import build_trainer, run_dir
@@ -312,7 +312,7 @@ def seed_from(checkpoint, dest: str) -> dict:
         return {}
     with tempfile.TemporaryDirectory() as staging:
         checkpoint.to_directory(staging)
-        meta = json.loads(Path(staging, "meta.json").read_text())
+        meta = ckpt.load_meta(staging)  # checked: a bad meta.json is one line naming it
         source = ckpt.load_config(staging)
         loc.put_dir(staging, loc.join(dest, f"checkpoint_seed_{meta['epoch']:06d}"), last=ckpt.MARKER)
     rows = [r for r in read(run_dir(source)) if r.get("epoch", -1) <= meta["epoch"]]
@@ -355,7 +355,7 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
         # Nothing left to train (PBT cloned a finished trial, or a trial is restarted from its last
         # epoch): that checkpoint's result stands as this trial's final one; no Train run starts.
         seed = loc.join(runs, cfg.run.name, f"checkpoint_seed_{origin['resumed_from_epoch']:06d}")
-        metrics = json.loads(loc.read_text(loc.join(seed, "meta.json")))["metrics"]
+        metrics = ckpt.load_meta(seed).get("metrics", {})
         tune.report({**_scalars(metrics), **origin, "run": cfg.run.name, "carried_over": True})
         return
     if cfg.parallel.world == 1:
@@ -436,15 +436,39 @@ def save_spec(cfg: RunConfig, space: SearchSpace, trials: tune_plan.Plan | None 
     return path
 
 
+def _spec(path: str) -> tuple[dict, str]:
+    """A sweep's sweep.yaml as a mapping; ConfigError naming the file, one line, otherwise."""
+    file = loc.join(path, SPEC)
+    try:
+        spec = yaml.safe_load(loc.read_text(file))
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError([f"{file}: not a sweep spec ({yaml_problem(exc)})"]) from None
+    if not isinstance(spec, dict):
+        raise ConfigError([f"{file}: not a sweep spec (a mapping with base and search)"])
+    return spec, file
+
+
 def load_spec(path: str) -> tuple[RunConfig, SearchSpace]:
-    spec = yaml.safe_load(loc.read_text(loc.join(path, SPEC)))
-    return RunConfig.model_validate(spec["base"]), SearchSpace.model_validate(spec["search"])
+    spec, file = _spec(path)
+    try:
+        return RunConfig.model_validate(spec.get("base")), SearchSpace.model_validate(spec.get("search"))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError([f"{file}: {where or 'base/search'}: {err['msg']} ({exc.error_count()} problem(s))"]) from None
 
 
 def load_draws(path: str) -> list[int] | None:
     """How many times a random search drew each configuration (None: optuna's, or an older sweep)."""
-    plan_ = yaml.safe_load(loc.read_text(loc.join(path, SPEC))).get("plan")
-    return plan_["draws"] if plan_ else None
+    spec, file = _spec(path)
+    plan_ = spec.get("plan")
+    if not plan_:
+        return None
+    draws = plan_.get("draws") if isinstance(plan_, dict) else None
+    if not isinstance(draws, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in draws):
+        raise ConfigError([f"{file}: plan.draws is not a list of counts"])
+    return draws
+
 
 
 def start(cfg: RunConfig, space: SearchSpace, say=print):

@@ -31,6 +31,14 @@ _SIGNATURES = ((JPEG_SOI, "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM"
 # Antialiased bilinear, as torchvision's Resize; bicubic costs ~30% more for no training benefit.
 RESAMPLE = Image.BILINEAR
 _SEQUENTIAL_SOF = (0xC0, 0xC1)  # baseline / extended sequential Huffman: kept as they are
+# The one pixel limit, for the writer and the reader alike: an image whose header declares more is
+# refused before any decoding (a 1.6 MB JPEG can declare 12000 x 12000, 411 MiB of RGB). Pillow's
+# default MAX_IMAGE_PIXELS (~89.5 MP, ~256 MiB of RGB), named here so no global setting changes it.
+MAX_PIXELS = 89_478_485
+# The only formats Pillow is asked to parse: sources hold JPEGs (ImageNet's CMYK ones too; Pillow reads
+# a JPEG with an MPO index through its JPEG plugin) and PNGs (one ImageNet PNG is named .JPEG). Every
+# other plugin stays unasked: EPS would run Ghostscript.
+FORMATS = ("JPEG", "PNG")
 
 
 class BadImage(ValueError):
@@ -62,26 +70,30 @@ def output_size(w: int, h: int, short: int | None) -> tuple[int, int]:
 
 
 def _check_pixels(w: int, h: int) -> None:
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and w * h > limit:
-        raise BadImage(f"decompression bomb: {w}x{h} = {w * h} pixels, over Pillow's limit of {limit}")
+    if w * h > MAX_PIXELS:
+        raise BadImage(f"decompression bomb: {w}x{h} = {w * h} pixels, over the limit of {MAX_PIXELS}")
 
 
 def open_image(data: bytes, name: str = "") -> Image.Image:
-    """Decode by content, not by extension (ImageNet has a PNG named .JPEG)."""
+    """Decode by content, not by extension (ImageNet has a PNG named .JPEG), JPEG and PNG only, and
+    nothing over MAX_PIXELS: the size is checked from the header, before the pixels are decoded."""
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
             _check_pixels(*img.size)
             img.load()
     except BadImage:
         raise
     except UnidentifiedImageError:
         kind = next((k for sig, k in _SIGNATURES if data.startswith(sig)), None)
-        raise BadImage(f"corrupt {kind} (Pillow cannot parse it)" if kind else "not an image (content matches no known image format)") from None
+        if kind in FORMATS:
+            raise BadImage(f"corrupt {kind} (Pillow cannot parse it)") from None
+        if kind:
+            raise BadImage(f"not a JPEG or PNG (a {kind})") from None
+        raise BadImage("not an image (content matches no known image format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"decompression bomb ({exc})") from None
     except Exception as exc:  # Pillow raises many types for corrupt data
@@ -205,8 +217,10 @@ def is_jpeg(data: bytes, ext: str) -> bool:
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from the JPEG header."""
+    """(height, width) from the JPEG header; BadImage over MAX_PIXELS. Every decode of a shard's
+    JPEG asks this first (decode, the transforms' windows), so none starts on a decompression bomb."""
     h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+    _check_pixels(w, h)
     return h, w
 
 
@@ -225,6 +239,7 @@ def decode_window(data: bytes, out: np.ndarray, top: int, left: int, flip: bool)
 def decode(data: bytes, ext: str) -> np.ndarray:
     """Shard member bytes -> HxWx3 uint8. Grayscale PNGs are expanded to 3 channels."""
     if is_jpeg(data, ext):
+        jpeg_size(data)  # the pixel limit, from the header
         return simplejpeg.decode_jpeg(data, colorspace="RGB")
     arr = np.array(open_image(data, ext))  # writable (asarray of a Pillow image is not): torch reads it without a copy warning
     if arr.ndim == 2:

@@ -11,6 +11,7 @@ Validation labels come in two real forms:
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
 
@@ -18,11 +19,31 @@ KAGGLE_SOLUTION = "LOC_val_solution.csv"
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 META_MAT = "meta.mat"
 SYNSET_NAMES = "LOC_synset_mapping.txt"
-WNID_RE = re.compile(r"^n\d{8}$")
+WNID_RE = re.compile(r"\An[0-9]{8}\Z")  # ASCII digits; \Z: no trailing newline
 
 
 class LabelError(ValueError):
     pass
+
+
+MAX_BYTES = 64 << 20  # Kaggle's LOC_val_solution.csv is ~2.6 MB; the devkit's files are smaller
+
+
+def _text(path: Path) -> str:
+    """A label file's text, UTF-8 (a BOM allowed); LabelError naming the file otherwise."""
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise LabelError(f"{path}: {path.stat().st_size} bytes, more than a label file's limit of {MAX_BYTES}")
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LabelError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise LabelError(f"{path}: cannot read it ({type(exc).__name__}: {exc.strerror or exc})") from None
+
+
+def _number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and '٣', which int() refuses or reads."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def find(dirs: list[Path], name: str) -> Path | None:
@@ -37,7 +58,7 @@ def find(dirs: list[Path], name: str) -> Path | None:
 def synset_names(path: Path) -> dict[str, str]:
     """``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca`` per line, in sorted-wnid order."""
     names = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_text(path).splitlines(), 1):
         if line.strip():
             wnid, _, name = line.strip().partition(" ")
             if not WNID_RE.match(wnid):
@@ -49,16 +70,18 @@ def synset_names(path: Path) -> dict[str, str]:
 def kaggle_solution(path: Path) -> dict[str, str]:
     """``LOC_val_solution.csv`` -> {image id: wnid}."""
     out = {}
-    with open(path, newline="") as f:
-        rows = csv.reader(f)
+    rows = csv.reader(io.StringIO(_text(path), newline=""))
+    try:
         header = next(rows, None)
         if not header or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-            raise LabelError(f"{path}: expected the header 'ImageId,PredictionString', got {header}")
-        for n, row in enumerate(rows, 2):
+            raise LabelError(f"{path}: expected the header 'ImageId,PredictionString', got {str(header)[:80]!r}")
+        for row in rows:
             tokens = row[1].split() if len(row) > 1 else []
             if not tokens or not WNID_RE.match(tokens[0]):
-                raise LabelError(f"{path} line {n}: the PredictionString does not start with a wnid")
+                raise LabelError(f"{path} line {rows.line_num}: the PredictionString does not start with a wnid")
             out[row[0].strip()] = tokens[0]
+    except csv.Error as exc:
+        raise LabelError(f"{path} line {rows.line_num}: not CSV ({exc})") from None
     return out
 
 
@@ -80,12 +103,12 @@ def id_map(path: Path) -> tuple[dict[int, str], dict[str, str]]:
         pairs = [p for p in pairs if 1 <= p[0] <= 1000]  # higher IDs are WordNet ancestors, not classes
     else:
         pairs = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(_text(path).splitlines(), 1):
             parts = line.split(maxsplit=2)
             if not parts:
                 continue
-            if len(parts) < 2 or not parts[0].isdigit() or not WNID_RE.match(parts[1]):
-                raise LabelError(f"{path} line {n}: expected '<ILSVRC2012_ID> <wnid>', got {line.strip()!r}")
+            if len(parts) < 2 or not _number(parts[0]) or not WNID_RE.match(parts[1]):
+                raise LabelError(f"{path} line {n}: expected '<ILSVRC2012_ID> <wnid>', got {line.strip()[:80]!r}")
             pairs.append((int(parts[0]), parts[1], parts[2] if len(parts) > 2 else parts[1]))
     by_id = {i: w for i, w, _ in pairs}
     if len(by_id) != len(pairs):
@@ -96,10 +119,10 @@ def id_map(path: Path) -> tuple[dict[int, str], dict[str, str]]:
 def ground_truth(path: Path, ids: dict[int, str], map_path: Path) -> dict[str, str]:
     """``ILSVRC2012_validation_ground_truth.txt`` -> {ILSVRC2012_val_<i:08d>: wnid}."""
     out = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_text(path).splitlines(), 1):
         value = line.strip()
-        if not value.isdigit():
-            raise LabelError(f"{path} line {n}: expected an ILSVRC2012_ID, got {value!r}")
+        if not _number(value):
+            raise LabelError(f"{path} line {n}: expected an ILSVRC2012_ID, got {value[:40]!r}")
         if int(value) not in ids:
             raise LabelError(f"{path} line {n}: ILSVRC2012_ID {value} is not in {map_path}")
         out[f"ILSVRC2012_val_{n:08d}"] = ids[int(value)]

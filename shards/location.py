@@ -77,7 +77,7 @@ def _is_local(fs) -> bool:
     return "file" in protocols or "local" in protocols
 
 
-def write_bytes(loc: str, data: bytes) -> str:
+def write_bytes(loc: str, data: bytes, mode: int = 0o666) -> str:
     """Publish a whole file: a reader (a later command, a concurrent `cnnctl runs`) sees the old
     content or the new, never a prefix; a write that fails (a full disk) leaves the old file and no
     temporary one. Returns ``loc``.
@@ -85,7 +85,8 @@ def write_bytes(loc: str, data: bytes) -> str:
     Local disk: a temporary file in the same folder, fsync'd, then `os.replace` over the name (a
     folder is made if needed). Object stores: one PUT, which the store makes visible only once it
     completes, so it is atomic already (and they have no folders: asking for one there would ask to
-    create the bucket)."""
+    create the bucket). ``mode``: a local file's permissions before the umask (0o600 for a secret: it
+    is never readable by others, not even for a moment)."""
     fs, path = _fs(loc)
     if not _is_local(fs):
         fs.pipe_file(path, data)
@@ -96,7 +97,7 @@ def write_bytes(loc: str, data: bytes) -> str:
     # <name>.tmp-<random>: unique (a worker orphaned by a killed run may write the same name), and
     # what the shard writer's tidy-up removes after a killed run (shards/writer.py)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to open(path, "w")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # the umask applies, as to open(path, "w")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

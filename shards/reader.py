@@ -47,7 +47,8 @@ class ShardStream(IterableDataset):
     The images tensor is a channels_last view of an N×H×W×3 buffer (ten-crop: N×10×3×H×W).
     With ``frame`` = S (a per-pixel mean image's side), a batch also carries each sample's window,
     an int64 N×3 of (top, left, flip) in the frame of its image's central square, which must be
-    S×S (else the sample is bad); the transform must be windowed. ``on_bad`` is the bad-sample
+    S×S (else the sample is bad); the transform must be windowed. ``num_classes``: labels at or
+    above it are bad samples (default: the manifest's classes). ``on_bad`` is the bad-sample
     policy (stages.raise_bad, or stages.SkipBad()); ``windowed=False`` decodes whole images even
     where the windowed decoder is built (shards/decoders.py says which is faster here).
     """
@@ -66,12 +67,16 @@ class ShardStream(IterableDataset):
         on_bad: BadSampleHandler = raise_bad,
         frame: int | None = None,
         windowed: bool = True,
+        num_classes: int | None = None,
     ):
         if frame is not None and not transform.windowed:
             raise ValueError(f"{type(transform).__name__} is not one window of the image: it has no place in a {frame}px frame")
         self.frame, self.windowed = frame, windowed
         self.manifest = mf.load(manifest_url)
         self.urls = mf.shard_urls(manifest_url, self.manifest)
+        # Labels must index the model's outputs: the model's class count where the caller knows it,
+        # else the manifest's. One outside [0, num_classes) is a bad sample (stages.label).
+        self.num_classes = num_classes or len(self.manifest["classes"])
         self.split, self.batch_size, self.transform = split, batch_size, transform
         self.train, self.seed, self.shuffle_buffer, self.on_bad = train, seed, shuffle_buffer, on_bad
         total = self.manifest["num_samples"] if limit is None else min(limit, self.manifest["num_samples"])
@@ -187,7 +192,7 @@ class ShardStream(IterableDataset):
                 if raw is None:  # a hole: its shard came up short, and the policy has heard of it
                     raise BadSample("")
                 sample_rng.seed(sample_seed(self.seed, epoch, unit.index, ordinal - 1))
-                image, label = stages.decode(raw, self.transform, sample_rng, batch.slot(shape), self.windowed)
+                image, label = stages.decode(raw, self.transform, sample_rng, batch.slot(shape), self.windowed, self.num_classes)
                 window = None if self.frame is None else stages.in_frame(raw, image, self.frame)
             except BadSample as exc:
                 if raw is not None:

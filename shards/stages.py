@@ -181,20 +181,33 @@ def replay(length: int, size: int, rng: random.Random, taken: int) -> list[int]:
     return buf
 
 
+def label(raw: Sample, num_classes: int | None = None) -> int:
+    """A sample's .cls: ASCII digits (surrounding whitespace allowed), a class index below
+    ``num_classes``. ``int()`` would take ``-100`` (the loss's ignore_index: a sample silently
+    dropped), ``+3``, ``1_0`` or non-ASCII digits; a label past the classes crashes deep in the loss."""
+    text = raw["cls"].strip()
+    if not (0 < len(text) <= 18 and text.isdigit() and (num_classes is None or int(text) < num_classes)):
+        shown = text[:24].decode("ascii", "replace")
+        top = f"0..{num_classes - 1}" if num_classes is not None else "0 or more"
+        raise BadSample(f"{where(raw)}: label {shown!r} is not a class index {top}")
+    return int(text)
+
+
 def decode(raw: Sample, transform: Transform, rng: random.Random | None, into: np.ndarray | None = None,
-           windowed: bool = True) -> tuple[np.ndarray | Placed, int]:
+           windowed: bool = True, num_classes: int | None = None) -> tuple[np.ndarray | Placed, int]:
     """Stage 5, raw sample -> (transformed HxWx3 uint8, label); or, for a windowed transform given
     ``into`` (the batch's next slot), (where its window lay, label), the pixels already in ``into``.
     ``windowed=False`` decodes whole images even where the windowed decoder is built (the same
-    pixels; shards/decoders.py picks the faster). Any failure is a BadSample naming URL and key."""
+    pixels; shards/decoders.py picks the faster). A label outside [0, ``num_classes``) is bad too.
+    Any failure is a BadSample naming URL and key."""
     ext = "jpg" if "jpg" in raw else next((e for e in codec.IMAGE_EXTS if e in raw), None)
     if ext is None or "cls" not in raw:
         raise BadSample(f"{where(raw)} lacks an image or a .cls member")
+    target = label(raw, num_classes)
     try:
-        label = int(raw["cls"])
         if into is not None and transform.windowed:
-            return transform.load_into(raw[ext], ext, rng, into, windowed=windowed), label
-        return transform(transform.load(raw[ext], ext, rng, windowed=windowed), rng), label
+            return transform.load_into(raw[ext], ext, rng, into, windowed=windowed), target
+        return transform(transform.load(raw[ext], ext, rng, windowed=windowed), rng), target
     except (codec.BadImage, ValueError) as exc:  # simplejpeg raises ValueError for corrupt data
         raise BadSample(f"{where(raw)}: {exc}") from None
 

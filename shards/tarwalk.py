@@ -3,7 +3,8 @@
 The loader (shards/stages.py), `cnnctl shard verify` and the writer's check of an earlier run's shard
 all read shards through here. A shard is USTAR as the writer writes it (GNU long names and pax path
 records are read too); a damaged header or a short member raises BadSample after the members before
-it, so a truncated shard is never taken for a shorter one.
+it, so a truncated shard is never taken for a shorter one. Headers are read strictly (header_size):
+a crafted size can neither move the walk backwards nor past the end of the shard.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ def members(blob: bytes) -> Iterator[tuple[str, bytes]]:
             if header == ZERO_BLOCK:
                 break
             headers.append(pos)
-            size = int(header[124:136].strip(b" \0") or b"0", 8)
+            size = header_size(header)  # >= 0: every header moves the walk on by a block at least
             start, pos = pos + BLOCK, pos + BLOCK + size + (-size % BLOCK)
             if start + size > end:
-                raise BadSample(f"truncated tar member ({end - start} of {size} bytes)")
+                raise BadSample(f"truncated tar member {_name(header)!r} ({end - start} of {size} bytes)")
             kind = header[156:157]
             if kind in (b"L", b"x"):  # the next member's long name: GNU (the name itself) or pax (a path= record)
                 data = blob[start : start + size]
@@ -57,18 +58,45 @@ def members(blob: bytes) -> Iterator[tuple[str, bytes]]:
                 prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" and not long_name else b""
                 members.append((len(headers), prefix.decode() + "/" + name if prefix else name, start, size))
             long_name = None
-    except (BadSample, ValueError, UnicodeDecodeError) as exc:  # ValueError: a size field that is not octal
-        error = exc if isinstance(exc, BadSample) else BadSample(f"damaged tar header ({exc})")
+    except (BadSample, UnicodeDecodeError) as exc:
+        error = exc if isinstance(exc, BadSample) else BadSample(f"damaged tar header of member {_name(header)!r} (a name that is not UTF-8)")
         if len(blob) - pos >= BLOCK and (not headers or headers[-1] != pos):
             headers.append(pos)  # the header it failed on: a checksum mismatch says more
     first_bad = checksums_fail(blob, headers)
     if first_bad is not None:
         members = [m for m in members if m[0] <= first_bad]
-        error = BadSample("damaged tar header (checksum mismatch)")
+        error = BadSample(f"damaged tar header of member {_name(blob[headers[first_bad] : headers[first_bad] + BLOCK])!r} (checksum mismatch)")
     for _, name, start, size in members:
         yield name, blob[start : start + size]
     if error is not None:
         raise error
+
+
+OCTAL = frozenset(b"01234567")
+MAX_SIZE = 1 << 63  # base-256 sizes above this are refused outright (any size past the shard's end is refused anyway)
+
+
+def header_size(header: bytes) -> int:
+    """A header's size field, strictly: octal digits, optionally led by spaces and ended by NUL or
+    space padding (POSIX), or GNU's base-256 form (0x80 then a big-endian number), never negative.
+    ``int(field, 8)`` would also take a sign, underscores or inner spaces: ``-0001000`` is -512, a
+    member that moves the walk back onto its own header, for ever."""
+    field = header[124:136]
+    if field[0] == 0x80:  # GNU base-256, positive only (0xff would be negative)
+        size = int.from_bytes(field[1:], "big")
+        if size < MAX_SIZE:
+            return size
+    else:
+        digits = field.lstrip(b" ").rstrip(b" \0")
+        if OCTAL.issuperset(digits):
+            return int(digits or b"0", 8)
+    shown = bytes(field).rstrip(b"\0")
+    raise BadSample(f"damaged tar header of member {_name(header)!r} (size field {shown!r} is not a size)")
+
+
+def _name(header: bytes) -> str:
+    """The member name a header gives, for messages (never raises)."""
+    return header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 def checksums_fail(blob: bytes, headers: list[int]) -> int | None:
@@ -110,6 +138,13 @@ def read(url: str) -> bytes:
 def samples(blob: bytes, url: str = "") -> Iterator[Sample]:
     """The samples of a shard's bytes, grouped webdataset's way: members sharing the name up to the
     basename's first dot form one sample, {"__key__", "__url__", ext: bytes, ...}."""
+    try:
+        yield from _samples(blob, url)
+    except BadSample as exc:
+        raise BadSample(f"{url}: {exc}") if url and not str(exc).startswith(url) else exc from None
+
+
+def _samples(blob: bytes, url: str) -> Iterator[Sample]:
     sample: Sample = {}
     for name, data in members(blob):
         slash = name.rfind("/") + 1
@@ -123,7 +158,7 @@ def samples(blob: bytes, url: str = "") -> Iterator[Sample]:
         if not sample:
             sample = {"__key__": key, "__url__": url}
         elif ext in sample:
-            raise BadSample(f"sample {key!r} has two .{ext} members")
+            raise BadSample(f"sample {key!r} has two {'.' + ext!r} members")
         sample[ext] = data
     if sample:
         yield sample

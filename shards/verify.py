@@ -23,9 +23,9 @@ def _sample_problems(key: str, members: dict[str, bytes], n_classes: int, decode
     missing = [e for e in ("cls", "json") if e not in members] + ([] if images else ["jpg/png"])
     if missing:
         return [f"sample {key} lacks {', '.join(missing)}"]
-    label = members["cls"].decode(errors="replace").strip()
-    if not label.isdigit() or int(label) >= n_classes:
-        return [f"sample {key}: label {label!r} is not a class index 0..{n_classes - 1}"]
+    label = members["cls"].strip()  # ASCII digits only, as the loader reads them (stages.label)
+    if not (0 < len(label) <= 18 and label.isdigit()) or int(label) >= n_classes:
+        return [f"sample {key}: label {label[:24].decode('ascii', 'replace')!r} is not a class index 0..{n_classes - 1}"]
     if decode:
         try:
             codec.decode(members[images[0]], images[0])

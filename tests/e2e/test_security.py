@@ -26,7 +26,7 @@ def test_a_local_clusters_token_and_state_are_its_owners_alone(ray_cluster):
     assert state.stat().st_mode & 0o777 == 0o700
     for secret in (Path(ray_cluster.token_path), state / "cluster.json"):
         assert secret.stat().st_mode & 0o777 == 0o600, secret
-    assert not [p for p in state.iterdir() if p.name.endswith(".tmp")]  # published by rename, nothing left
+    assert not [p for p in state.iterdir() if ".tmp" in p.name]  # published by rename, nothing left
 
 
 def test_cluster_down_leaves_a_process_that_reused_a_recorded_pid_alone(tmp_path):

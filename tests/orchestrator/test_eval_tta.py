@@ -100,3 +100,36 @@ def test_eval_prints_a_table_by_default(checkpoint, tmp_path):
     row = lines[3].split()
     assert row[:4] == ["test", "200", "centre", "crop"] and row[4] == f"{written['top1']:.2%}" and row[5] == f"{written['top5']:.2%}"
     assert lines[-1] == f"wrote {out}" and len(lines) == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/nonexistent/run", "--workers", "2"], "error: /nonexistent/run: no complete checkpoint found"),
+    (["{ckpt}", "--workers", "2", "--data", "/nonexistent/shards"], "error: /nonexistent/shards/fashion-mnist-test.manifest.json: no manifest"),
+    (["{ckpt}", "--workers", "2", "--gpus", "--split", "nosuch"], "error: "),
+    (["{ckpt}", "--workers", "3", "--nodes", "2"], "error: --workers 3 is not a multiple of --nodes 2"),
+    (["{ckpt}", "--workers", "4", "--nodes", "3", "--workers-per-node", "2"], "error: --workers 4: --nodes 3 x --workers-per-node 2 = 6"),
+    (["{ckpt}", "--workers", "2", "--tta", "dense", "--scales", "16"], "error: --scales [16]: dense evaluation needs every Q >= the crop size 28"),
+])
+def test_eval_on_workers_refuses_bad_paths_in_one_line_before_ray_starts(checkpoint, monkeypatch, args, message):
+    import orchestrator.cli
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray must not start")
+
+    monkeypatch.setattr(orchestrator.cli, "connect", no_ray)
+    res = runner.invoke(app, ["eval", *[a.format(ckpt=checkpoint) for a in args]])
+    assert res.exit_code == 1 and len(res.output.splitlines()) == 1 and res.output.startswith(message), res.output
+
+
+def test_eval_progress_lines_off_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.console import EvalProgress
+
+    buf = io.StringIO()
+    with EvalProgress("eval test", Console(file=buf, width=200)) as bar:
+        for done, seconds in ((0, 0.5), (100, 2.0), (300, 4.0), (1100, 12.0), (1500, 14.0), (2000, 16.0)):
+            bar.update(done, 2000, seconds)
+    assert buf.getvalue().splitlines() == ["eval test 1,100/2,000 images  100 img/s  eta 0:09"]
