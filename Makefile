@@ -14,7 +14,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml shards/_jpegcrop.c | jpeg-headers
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,s3,tune]"
+	$(PIP) install -e ".[dev,s3,tune,imagenet,track]"
 	@touch $@
 
 data:

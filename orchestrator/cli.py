@@ -238,7 +238,9 @@ def train(
     if dry_run:
         typer.echo(to_yaml(cfg) + f"# cluster: {shape}")
         return
-    problems = check_data(cfg)
+    from orchestrator import tracking
+
+    problems = check_data(cfg) + tracking.check(cfg)
     if problems:
         raise fail(problems)
     from orchestrator import resume

@@ -9,13 +9,31 @@ Precedence (lowest first): field defaults < preset YAML in ``configs/`` < ``--co
 from __future__ import annotations
 
 import copy
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _configs_dir() -> Traversable:
+    """The presets folder: configs/ of the source checkout these modules run from (PYTHONPATH, an
+    editable install), else the package data ``orchestrator.configs`` that a wheel installs
+    (pyproject.toml maps configs/ there), through importlib.resources."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs").is_dir():
+        return checkout / "configs"
+    return resources.files("orchestrator.configs")
+
+
+CONFIGS_DIR = _configs_dir()
+
+
+def yaml_names(folder: Traversable) -> list[str]:
+    """The names (without .yaml) of the YAML files in a presets folder, sorted."""
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.is_file() and p.name.endswith(".yaml"))
 
 
 class _Section(BaseModel):
@@ -168,6 +186,9 @@ class RunSection(_Section):
     checkpoint_minutes: float | None = Field(None, gt=0, description="Also checkpoint mid-epoch once this many minutes have passed since the last checkpoint (checked every 20 steps). Combines with checkpoint_every_steps.")
     checkpoint_upload: Literal["async", "sync"] = Field("async", description="async: rank 0 writes the checkpoint locally, then trains on while Ray Train uploads it to run.storage in the background; sync: training waits for the upload.")
     log_every: int = Field(50, ge=1, description="Print the training loss every this many steps (rank 0).")
+    tracker: Literal["none", "mlflow"] = Field("none", description="Experiment tracker that `cnnctl train` also logs to: mlflow logs the resolved config as params, each epoch's rank-0 metrics and the final checkpoint's location (needs the extra `track`). A tracker that cannot be reached is one warning line; training goes on.")
+    tracker_uri: str | None = Field(None, description="mlflow: the tracking URI (http://host:5000, a local folder, databricks); None: MLflow's own default (MLFLOW_TRACKING_URI, else ./mlruns).")
+    tracker_experiment: str = Field("cnnctl", min_length=1, description="mlflow: the experiment the run is logged under (created when missing).")
 
     _name = field_validator("name")(classmethod(lambda cls, v: _folder_name(v)))
 
@@ -301,10 +322,10 @@ def parse_set(items: list[str]) -> dict:
 
 def preset_path(name: str) -> Path:
     path = CONFIGS_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+    if not path.is_file():
+        known = ", ".join(yaml_names(CONFIGS_DIR))
         raise ConfigError([f"preset {name!r}: not found in configs/ (known: {known})"])
-    return path
+    return Path(str(path))
 
 
 def _format_errors(exc: ValidationError) -> list[str]:

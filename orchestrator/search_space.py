@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from orchestrator.config import CONFIGS_DIR, ConfigError, RunConfig, _deep_merge, _format_errors, _load_yaml, _nest, check
+from orchestrator.config import CONFIGS_DIR, ConfigError, RunConfig, _deep_merge, _format_errors, _load_yaml, _nest, check, yaml_names
 
 SEARCH_DIR = CONFIGS_DIR / "search"
 KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
@@ -256,9 +256,10 @@ def load(name_or_file: str) -> SearchSpace:
     path = Path(name_or_file)
     if not path.suffix:
         path = SEARCH_DIR / f"{name_or_file}.yaml"
-        if not path.exists():
-            known = ", ".join(sorted(p.stem for p in SEARCH_DIR.glob("*.yaml")))
+        if not path.is_file():
+            known = ", ".join(yaml_names(SEARCH_DIR))
             raise ConfigError([f"search preset {name_or_file!r}: not found in configs/search/ (known: {known})"])
+        path = Path(str(path))
     data = _load_yaml(path, "search file")
     try:
         return SearchSpace.model_validate(data)

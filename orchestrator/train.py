@@ -349,7 +349,26 @@ def fit(cfg: RunConfig, console=None, verbose: bool = False):
 
     connect(cfg.parallel.address, cpus_needed=cfg.parallel.world * cfg.parallel.cpus_per_worker)  # before importing ray.train: auth env
     warm_up_train()
-    return build_trainer(cfg, callbacks=console.callbacks() if console else None, verbose=verbose).fit()
+    from orchestrator import tracking
+
+    tracker = tracking.start(cfg, run_dir(cfg), say=console.print if console else tracking.warn)  # run.tracker
+    callbacks = [*(console.callbacks() if console else []), *(tracker.callbacks() if tracker else [])]
+    status, where = "KILLED", None
+    try:
+        trainer = build_trainer(cfg, callbacks=callbacks or None, verbose=verbose)
+        if tracker:
+            tracker.log_config(cfg.model_dump(mode="json"))  # as prepare_run settled it
+        result = trainer.fit()
+        status = "FAILED" if result.error else "FINISHED"
+        # Ray's Checkpoint.path is the path inside its filesystem (no scheme): named in the run's own store
+        where = loc.join(run_dir(cfg), loc.name(result.checkpoint.path)) if result.checkpoint else None
+        return result
+    except Exception:
+        status = "FAILED"
+        raise
+    finally:
+        if tracker:
+            tracker.finish(status, where)
 
 
 def prepare_run(cfg: RunConfig) -> RunConfig:

@@ -88,7 +88,10 @@ def kaggle_solution(path: Path) -> dict[str, str]:
 def id_map(path: Path) -> tuple[dict[int, str], dict[str, str]]:
     """ILSVRC2012_ID -> wnid, and wnid -> words, from ``meta.mat`` or ``<ID> <wnid> [words]`` lines."""
     if path.suffix == ".mat":
-        import scipy.io  # only the devkit's meta.mat needs it
+        try:
+            import scipy.io  # only the devkit's meta.mat needs it: the optional extra `imagenet`
+        except ImportError:
+            raise LabelError(f"{path}: reading the devkit's meta.mat needs scipy: pip install 'cnnctl[imagenet]'") from None
 
         try:
             synsets = scipy.io.loadmat(path, squeeze_me=True)["synsets"]

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -172,3 +173,25 @@ def test_changed_options_do_not_mix_into_an_unfinished_run(imagenet, tmp_path):
         pack(listing, str(tmp_path), "v", PackOptions(resize=32, shard_size=4))
     digest = hashlib.sha256((tmp_path / manifest["shards"][0]["name"]).read_bytes()).hexdigest()
     assert digest == manifest["shards"][0]["sha256"]
+
+
+def test_meta_mat_without_scipy_names_the_extra(tmp_path, monkeypatch):
+    """scipy is the optional extra `imagenet`: without it a devkit's meta.mat is one line naming it."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    val = make_val_images(tmp_path / "val")
+    write_devkit(tmp_path / "ILSVRC2012_devkit_t12" / "data", "mat")
+    write_names(tmp_path)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # `import scipy.io` raises ImportError, as where it is not installed
+    monkeypatch.setitem(sys.modules, "scipy.io", None)
+    want = "reading the devkit's meta.mat needs scipy: pip install 'cnnctl[imagenet]'"
+    with pytest.raises(SourceError, match=re.escape(want)):
+        open_source(str(val))
+    res = CliRunner().invoke(app, ["shard", str(val), str(tmp_path / "out")])
+    assert res.exit_code == 1, res.output
+    assert [line for line in res.output.splitlines() if line.strip()] == [f"error: {tmp_path}/ILSVRC2012_devkit_t12/data/meta.mat: {want}"], res.output
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.manifest.json"))
