@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from models.alexnet import alexnet_small
-from models.parallel import Mesh, apply_compile, apply_fc_split, apply_tower_split, canonical_state_dict
+from models.parallel import (Mesh, apply_compile, apply_fc_split, apply_tower_split, canonical_names,
+                             canonical_state_dict)
 from orchestrator.cluster import run_local
 
 pytestmark = pytest.mark.timeout(400)
@@ -37,7 +38,8 @@ def step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[floa
     torch.manual_seed(7)
     loss = F.cross_entropy(model(x), y)
     loss.backward()
-    grads = {name: p.grad for name, p in model.named_parameters()}
+    names = canonical_names(model)
+    grads = {names[id(p)]: p.grad for p in model.parameters()}
     split = getattr(model, "gather_canonical", None)
     return float(loss.detach()), split(grads) if split else grads
 
