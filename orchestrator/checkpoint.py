@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save_file
 
 from orchestrator.config import RunConfig, to_yaml
@@ -75,7 +76,7 @@ def stage(weights: dict[str, torch.Tensor], cfg: RunConfig, state: dict, meta: d
         save(folder, weights, cfg, state, meta, mean_image)
     except BaseException as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        if isinstance(exc, OSError):
+        if isinstance(exc, (OSError, SafetensorError)):  # safetensors reports a full disk as its own error
             raise CheckpointError(f"checkpoint not written ({_why(exc)}); its staging folder was removed and nothing "
                                   f"was published: a rerun resumes from the last complete checkpoint") from None
         raise
