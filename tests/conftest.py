@@ -127,13 +127,30 @@ def pytest_report_header(config):
                        else "none, `gpu` tests deselected (run them on a GPU machine: pytest tests/gpu)")
 
 
+def _can_mount_tmpfs() -> bool:
+    import subprocess
+
+    if os.geteuid() != 0:
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", d], capture_output=True).returncode:
+            return False
+        subprocess.run(["umount", d], check=True)
+    return True
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests need CUDA: without it they are deselected, so a CPU run reports no skips."""
+    """Tests that need what this machine lacks are deselected, so a run reports no skips: `gpu` (CUDA),
+    `dali` (NVIDIA DALI, not a dependency), `tmpfs` (mounting one: root with CAP_SYS_ADMIN)."""
+    import importlib.util
+
     import torch
 
-    if torch.cuda.is_available():
-        return
-    gpu = [item for item in items if item.get_closest_marker("gpu")]
-    if gpu:
-        config.hook.pytest_deselected(items=gpu)
-        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+    lacking = {"gpu": lambda: not torch.cuda.is_available(),
+               "dali": lambda: importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None,
+               "tmpfs": lambda: not _can_mount_tmpfs()}
+    for marker, lacks in lacking.items():
+        marked = [item for item in items if item.get_closest_marker(marker)]
+        if marked and lacks():
+            config.hook.pytest_deselected(items=marked)
+            items[:] = [item for item in items if not item.get_closest_marker(marker)]

@@ -63,10 +63,10 @@ def test_ray_data_reads_a_split(ray_cluster, fmnist_root):
     assert np.asarray(first["png"]).shape[:2] == (28, 28)
 
 
+@pytest.mark.dali
 def test_nvidia_dali_reads_a_split_on_cpu(fmnist_root):
     """DALI's webdataset reader, on the CPU (no GPU, no index files): not a dependency of cnnctl (its
-    wheel is ~0.4 GB), so this runs where `nvidia-dali-cuda120` is installed and skips elsewhere."""
-    pytest.importorskip("nvidia.dali", reason="nvidia-dali-cuda120 is not installed (optional, not a cnnctl dependency)")
+    wheel is ~0.4 GB), so this runs where `nvidia-dali-cuda120` is installed and is deselected elsewhere."""
     from nvidia.dali import fn, pipeline_def, types
 
     url, manifest, truth = _split(fmnist_root)
