@@ -137,10 +137,11 @@ class TrainConsole:
     def __enter__(self) -> "TrainConsole":
         import ray
 
-        name = sink_name(loc.name(self.run_dir))
-        # One per run name in this driver's job; a second run of the same name in one process (tests,
-        # a notebook) takes it over, dropping what the first left.
-        self.sink = ray.remote(Sink).options(name=name, num_cpus=0, get_if_exists=True).remote()
+        self.name = sink_name(loc.name(self.run_dir))
+        # One per run name in this driver's job, owned by this console: `__exit__` kills it and waits
+        # for its name to be free, so a second run of the same name in one process (tests, a notebook)
+        # gets an actor of its own, which the first console's handle, collected later, cannot end.
+        self.sink = ray.remote(Sink).options(name=self.name, num_cpus=0, get_if_exists=True).remote()
         self.sink.drain.remote()  # not waited for: the actor starts while the run does
         if self.live:
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -164,6 +165,23 @@ class TrainConsole:
             pass
         if self.bar is not None:
             self.bar.stop()
+        self._release()
+
+    def _release(self) -> None:
+        """End the console actor and wait (10 s at most) until its name is free again."""
+        import ray
+
+        try:
+            ray.kill(self.sink)
+        except Exception:  # noqa: BLE001 - the cluster went away, and the actor with it
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(self.name)
+            except ValueError:
+                return
+            time.sleep(0.05)
 
     def _poll(self) -> None:
         import ray

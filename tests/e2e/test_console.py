@@ -98,3 +98,30 @@ def test_a_workers_error_shows_under_its_name_and_ends_in_one_error_line(fmnist_
     assert lines[-1].startswith("error: training failed: ") and "smaller than the 64px crop" in lines[-1], text
     assert "Traceback" not in "\n".join(line for line in lines if "RayTrainWorker" not in line), text  # no driver trace
     assert '"state": "failed"' in (tmp_path / "broken" / "status.json").read_text()
+
+
+def test_a_second_run_of_the_same_name_in_one_process_keeps_its_console(ray_cluster, tmp_path):
+    """The driver owns its console actor: when the first run's console is collected (late, as Python's
+    cycle collector may), the second run's events must still arrive (the dp2 and mp2 resume tests
+    both run "worker-loss" in one process, and the second once failed with "The actor is dead
+    because all references to the actor were removed")."""
+    import gc
+    import io
+
+    import ray
+    from rich.console import Console
+
+    from orchestrator.console import TrainConsole, WorkerConsole
+
+    run = str(tmp_path / "same-name")
+    first = TrainConsole(run, 1, 1, console=Console(file=io.StringIO()))
+    with first:
+        pass
+    out = io.StringIO()
+    with TrainConsole(run, 1, 1, console=Console(file=out, width=200)) as second:
+        del first
+        gc.collect()  # the first console's actor handle goes now, while the second run is on
+        worker = WorkerConsole.find("same-name", 1)
+        assert worker.sink is not None
+        ray.get(worker.sink.put.remote(("note", "still here")))
+    assert "still here" in out.getvalue()
