@@ -398,6 +398,18 @@ _NAMES = st.sampled_from(["../x.tar", "/etc/passwd", "s3://b/x.tar", "a/../../x.
                           "C:\\x.tar", "~/x.tar", "pipe:cat x.tar", "x.npy", "../m.npy", "\x00.tar", ""])
 
 
+def _pick_field(draw, m: dict) -> tuple[object, object] | None:
+    """A field of the JSON document ``m`` drawn at random: (its parent, its key), or None if none."""
+    paths = [p for p in _paths(m) if p]
+    if not paths:
+        return None
+    path = draw(st.sampled_from(paths))
+    parent = m
+    for k in path[:-1]:
+        parent = parent[k]
+    return parent, path[-1]
+
+
 def _paths(obj, prefix=()):
     yield prefix
     if isinstance(obj, dict):
@@ -418,22 +430,18 @@ def manifest_inputs(draw):
     if draw(st.integers(0, 9)) == 0:  # bytes: the text itself mutated
         return which, draw(mutated(json.dumps(m).encode(), None, 3))
     for _ in range(draw(st.integers(1, 3))):
-        paths = [p for p in _paths(m) if p]
-        if not paths:
+        if (picked := _pick_field(draw, m)) is None:
             break
-        path = draw(st.sampled_from(paths))
-        parent = m
-        for k in path[:-1]:
-            parent = parent[k]
+        parent, key = picked
         op = draw(st.sampled_from(["value", "name", "delete", "number"]))
         if op == "delete":
-            del parent[path[-1]]
+            del parent[key]
         elif op == "name":
-            parent[path[-1]] = draw(_NAMES)
+            parent[key] = draw(_NAMES)
         elif op == "number":
-            parent[path[-1]] = draw(st.sampled_from([-1, 0, 1, 10**12, 2**63, 1.5, True, "7", None]))
+            parent[key] = draw(st.sampled_from([-1, 0, 1, 10**12, 2**63, 1.5, True, "7", None]))
         else:
-            parent[path[-1]] = draw(_JSON)
+            parent[key] = draw(_JSON)
     return which, json.dumps(m).encode()
 
 
@@ -540,17 +548,13 @@ def meta_inputs(draw):
     if draw(st.integers(0, 4)) == 0:
         return draw(mutated(json.dumps(m).encode(), None, 3))
     for _ in range(draw(st.integers(1, 3))):
-        paths = [p for p in _paths(m) if p]
-        if not paths:
+        if (picked := _pick_field(draw, m)) is None:
             break
-        path = draw(st.sampled_from(paths))
-        parent = m
-        for k in path[:-1]:
-            parent = parent[k]
+        parent, key = picked
         if draw(st.booleans()):
-            del parent[path[-1]]
+            del parent[key]
         else:
-            parent[path[-1]] = draw(st.one_of(_JSON, st.sampled_from([-1, 10**30, "3", None, True, 1.5, []])))
+            parent[key] = draw(st.one_of(_JSON, st.sampled_from([-1, 10**30, "3", None, True, 1.5, []])))
     return json.dumps(m).encode()
 
 
