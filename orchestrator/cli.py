@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from models import layout as layouts
 from orchestrator.cli_groups import default_command
 from orchestrator.cluster import connect
 from orchestrator.config import ConfigError, RunConfig, resolve, to_yaml
@@ -213,7 +214,7 @@ def train(
     workers_per_node: Annotated[Optional[int], typer.Option("--workers-per-node", help="Ray Train workers per node (parallel.workers_per_node).")] = None,
     gpus: Annotated[Optional[bool], typer.Option("--gpus/--cpu", help="One GPU per worker with NCCL, or CPU with gloo (parallel.gpus).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster address ('auto', 'ray://host:10001', ...). Default: start a local Ray.")] = None,
-    parallel: Annotated[Optional[str], typer.Option("--parallel", help="dp: data parallel (mp=1); mp: AlexNet's two towers on a rank pair (mp=2, dp=1); hybrid: both (mp=2, dp=world/2); owt: one weird trick, data-parallel convs and the FC layers sliced over each group of parallel.fc_group ranks (mp=1, fc=model).")] = None,
+    parallel: Annotated[Optional[str], typer.Option("--parallel", help=layouts.NAMED_HELP)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (schedule.epochs).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name; rerunning the same name resumes it (run.name).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Folder or URL holding the shards (data.root).")] = None,
@@ -225,15 +226,17 @@ def train(
 
     Shows one progress bar per epoch and a row of metrics when it ends (on a non-terminal, a line
     every run.log_every steps instead of the bar)."""
-    mp, fc = {None: (None, None), "dp": (1, "data"), "mp": (2, "data"), "hybrid": (2, "data"), "owt": (1, "model")}.get(parallel, (-1, None))
-    if mp == -1:
-        raise fail(f"--parallel {parallel!r}: dp, mp, hybrid or owt")
-    flags = {"parallel.mp": mp, "parallel.fc": fc, "parallel.nodes": nodes, "parallel.workers_per_node": workers_per_node, "parallel.gpus": gpus,
+    try:
+        named = layouts.named(parallel) if parallel is not None else None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    flags = {"parallel.mp": named.mp if named else None, "parallel.fc": named.fc if named else None, "parallel.nodes": nodes,
+             "parallel.workers_per_node": workers_per_node, "parallel.gpus": gpus,
              "parallel.address": address, "schedule.epochs": epochs, "run.name": name, "data.root": data}
     cfg = _config(preset, config, set_, flags)
     p = cfg.parallel
-    if (parallel == "mp" and p.dp != 1) or (parallel == "hybrid" and p.dp < 2):
-        raise fail(f"--parallel {parallel}: world {p.world} gives dp={p.dp}; mp means dp=1 (world 2), hybrid dp>=2 (world >= 4)")
+    if named and (line := named.problem(p.layout)):
+        raise fail(line)
     shape = p.shape()
     if dry_run:
         typer.echo(to_yaml(cfg) + f"# cluster: {shape}")

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from models.layout import Layout, Net
+
 
 def _configs_dir() -> Traversable:
     """The presets folder: configs/ of the source checkout these modules run from (PYTHONPATH, an
@@ -146,25 +148,22 @@ class ParallelConfig(_Section):
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray for the run.")
 
     @property
+    def layout(self) -> Layout:
+        """The run's layout (models/layout.py): sizes, ranks and every rule about them."""
+        return Layout(self.nodes, self.workers_per_node, self.mp,
+                      (self.fc_group or self.workers_per_node) if self.fc == "model" else None)
+
+    @property
     def world(self) -> int:
-        return self.nodes * self.workers_per_node
+        return self.layout.world
 
     @property
     def dp(self) -> int:
-        """Data-parallel replicas: the world in tower pairs (mp=2) or single ranks. At run time the
-        mesh (models.parallel.Mesh) holds the same number, from the process group it joined."""
-        return max(self.world // self.mp, 1)
-
-    @property
-    def fc_ranks(self) -> int:
-        """K, the ranks that share one model's FC layers (1 unless fc=model)."""
-        return (self.fc_group or self.workers_per_node) if self.fc == "model" else 1
+        return self.layout.dp
 
     def shape(self) -> str:
-        """The cluster shape in one line, as `cnnctl train` and `cnnctl tune` print it."""
-        owt = f", FC split over {self.world // self.fc_ranks} group(s) of K={self.fc_ranks}" if self.fc == "model" else ""
-        return (f"{self.nodes} node(s) x {self.workers_per_node} worker(s) = world {self.world} (dp={self.dp} x mp={self.mp}{owt}), "
-                f"{self.cpus_per_worker:g} CPU{' + 1 GPU' if self.gpus else ''} per worker")
+        """The cluster shape in one line, as `cnnctl train` prints it."""
+        return f"{self.layout.describe()}, {self.cpus_per_worker:g} CPU{' + 1 GPU' if self.gpus else ''} per worker"
 
 
 def _folder_name(v: str) -> str:
@@ -369,15 +368,8 @@ def resolve(
 
 
 def check(cfg: RunConfig) -> list[str]:
-    """Cross-field rules that single fields cannot express."""
-    problems = []
-    p = cfg.parallel
-    if p.world % p.mp:
-        problems.append(f"parallel.mp: {p.mp} does not divide the world size {p.world} (nodes x workers_per_node)")
-    if p.mp == 2 and p.workers_per_node % 2:
-        problems.append("parallel.workers_per_node: must be even when mp=2, so each tower pair stays on one node")
-    if cfg.data.batch_size % p.dp:
-        problems.append(f"data.batch_size: {cfg.data.batch_size} is not divisible by dp={p.dp}")
+    """Cross-field rules that single fields cannot express (the layout's are models/layout.py's)."""
+    problems = cfg.parallel.layout.problems(cfg.data.batch_size, None if model_problems(cfg.model) else net(cfg.model))
     if cfg.model.lrn is not None and cfg.model.lrn.n % 2 == 0:
         problems.append(f"model.lrn.n: must be odd (the window is centred), got {cfg.model.lrn.n}")
     problems += model_problems(cfg.model)
@@ -386,13 +378,6 @@ def check(cfg: RunConfig) -> list[str]:
         problems.append(f"eval.scales: apply to eval.tta dense only, not {e.tta}")
     if e.scales and min(e.scales) < cfg.data.image_size:
         problems.append(f"eval.scales: every Q must be at least the crop size data.image_size={cfg.data.image_size}, got {e.scales}")
-    if p.mp == 2 and not model_problems(cfg.model):
-        from models import catalog
-
-        if (n := catalog.towers(cfg.model.name, cfg.model.towers)) != 2:
-            problems.append(f"parallel.mp: 2 splits a model's two towers over a rank pair; {catalog.resolve(cfg.model.name)} "
-                            f"is built with {n} (set model.towers=2 for an AlexNet, or parallel.mp=1)")
-    problems += fc_problems(cfg)
     t = cfg.tune
     if t.scheduler == "pbt" and t.pbt_lrn and not model_problems(cfg.model):
         from models import catalog
@@ -411,23 +396,13 @@ def check(cfg: RunConfig) -> list[str]:
     return problems
 
 
-def fc_problems(cfg: RunConfig) -> list[str]:
-    """parallel.fc=model: a one-tower AlexNet, mp=1, and a group size K that divides the world and the FC width."""
-    p = cfg.parallel
-    if p.fc != "model" or model_problems(cfg.model):
-        return []
+def net(m: ModelConfig) -> Net:
+    """What the layout's rules need of the model, from models.catalog (without torch)."""
     from models import catalog
 
-    name, k = catalog.resolve(cfg.model.name), p.fc_ranks
-    if p.mp != 1:
-        return ["parallel.fc: model slices a one-tower AlexNet's FC layers; mp=2 splits two towers (use one: --parallel owt sets mp=1)"]
-    if catalog.family(name) != "alexnet" or (n := catalog.towers(name, cfg.model.towers)) != 1:
-        built = "not an AlexNet" if catalog.family(name) != "alexnet" else f"built with {n} towers (set model.towers=1, or use alexnet-owt)"
-        return [f"parallel.fc: model slices the FC layers of a one-tower AlexNet; {name} is {built}"]
-    width = catalog.fc_width(name, cfg.model.width)
-    if k < 2 or p.world % k or width % k:
-        return [f"parallel.fc_group: K={k} must be at least 2 and divide the world size {p.world} and {name}'s FC width {width}"]
-    return []
+    name = catalog.resolve(m.name)
+    alexnet = catalog.family(name) == "alexnet"
+    return Net(name, alexnet, catalog.towers(name, m.towers), catalog.fc_width(name, m.width) if alexnet else None)
 
 
 def model_problems(m: ModelConfig) -> list[str]:

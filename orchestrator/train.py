@@ -48,7 +48,7 @@ class Trainer:
         self.cfg = cfg
         self.console = console or WorkerConsole()  # rank 0's progress to the driver's console
         torch.set_num_threads(cfg.parallel.threads_per_worker)
-        self.mesh = Mesh.init(cfg.parallel.mp, cfg.parallel.fc_ranks)
+        self.mesh = Mesh.init(cfg.parallel.layout.mp, cfg.parallel.layout.fc)
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if cfg.parallel.gpus else torch.device("cpu")
         self.is_logger = self.mesh.rank == 0
         torch.manual_seed(cfg.run.seed)  # identical init on every rank
@@ -192,7 +192,7 @@ class Trainer:
         # The samples trained on, counted and digested by key across the dp group (position.py): a
         # resumed epoch that re-read or dropped a sample shows another count or digest.
         readers = self._gather_objects([p.as_list() for p in self.train_data.position(steps)])
-        mine = [r for rank, rs in enumerate(readers) if rank % self.mesh.mp == 0 for r in rs]
+        mine = [r for rank in self.mesh.dp_ranks(0) for r in readers[rank]]  # tower 0's: a pair reads one batch
         loss_sum, hits, total, bad = self._all_sum([*sums.tolist(), seen, self.train_data.bad_samples])
         total = total or float("nan")
         return {"train_loss": loss_sum / total, "train_top1": hits / total, "lr": lr,
