@@ -49,7 +49,8 @@ def test_a_valid_layout_has_no_problem():
      "parallel.mp: 2 splits a model's two towers over a rank pair; vgg-a is built with 1 "
      "(set model.towers=2 for an AlexNet, or parallel.mp=1)"),
     (Layout(1, 2, mp=2, fc_split=2), None, None,
-     "parallel.fc: model slices a one-tower AlexNet's FC layers; mp=2 splits two towers (use one: --parallel owt sets mp=1)"),
+     "parallel.fc: model slices a one-tower AlexNet's FC layers; mp=2 splits two towers "
+     "(use one: --parallel owt sets mp=1)"),
     (Layout(1, 2, fc_split=2), None, VGG,
      "parallel.fc: model slices the FC layers of a one-tower AlexNet; vgg-a is not an AlexNet"),
     (Layout(1, 2, fc_split=2), None, ALEXNET_2,
