@@ -102,7 +102,7 @@ class Layout:
             lines.append(f"parallel.mp: {mp} does not divide the world size {world} (nodes x workers_per_node)")
         if mp == 2 and wpn % 2:
             lines.append("parallel.workers_per_node: must be even when mp=2, so each tower pair stays on one node")
-        if batch_size is not None and batch_size % self.dp:
+        if batch_size is not None and mp in (1, 2) and batch_size % self.dp:
             lines.append(f"data.batch_size: {batch_size} is not divisible by dp={self.dp}")
         if net is not None and mp == 2 and net.towers != 2:
             lines.append(f"parallel.mp: 2 splits a model's two towers over a rank pair; {net.name} is built with "
