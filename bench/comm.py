@@ -9,7 +9,7 @@ layout at K = 2, 4, 8 processes:
     towers      alexnet (two towers), mp=2: K=2 is one tower pair, K=4 and 8 the hybrid dp=K/2 x mp=2
     owt         alexnet-owt, parallel.fc=model: one OWT group of K ranks
     owt+bf16    the same, the conv part's gradients through bf16_compress_hook
-    owt+amp     owt+bf16 under parallel.precision=bf16 (autocast, as the README's H100 figures ran):
+    owt+amp     owt+bf16 under parallel.precision=bf16 (autocast, as docs/training.md's H100 figures ran):
                 the activations the group exchanges are bf16 too
     owt2xdp     alexnet-owt, two OWT groups of K/2, data parallel to each other (K >= 4)
 

@@ -70,8 +70,8 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "A
 def s3_server():
     """A real S3 protocol server (moto's server mode) on 127.0.0.1 for the whole session. Its endpoint
     and test credentials go into this process's environment before the Ray cluster starts, so every
-    Ray node and worker has them, as a cluster's nodes have their cloud settings (README: object
-    storage). Yields an s3fs filesystem on it."""
+    Ray node and worker has them, as a cluster's nodes have their cloud settings (docs/clusters.md:
+    object storage). Yields an s3fs filesystem on it."""
     import logging
 
     from moto.server import ThreadedMotoServer
