@@ -3,7 +3,8 @@
 Every YAML parses; the cluster-launcher YAML validates against the schema shipped inside the
 installed ray; every `cnnctl shard|train|tune` command line in deploy/, README.md and the manual's
 pages (docs/*.md) passes `--dry-run` through the real Typer app; every relative link in those pages
-resolves, to a file and, where it names one, to a heading; the image tag is the package version
+resolves, to a file and, where it names one, to a heading, and every repository path they name in
+backticks exists; the image tag is the package version
 everywhere; token auth is on for every node and pod; the KubeRay dashboard stays inside the cluster;
 and the GPU shapes hold the training mesh (a tower pair on one node).
 """
@@ -164,6 +165,16 @@ def test_every_relative_link_resolves(path, target):
     if anchor:
         assert dest.suffix == ".md", f"{rel(path)}: {target}: an anchor into a file that is not a Markdown page"
         assert anchor in anchors(dest), f"{rel(path)}: {target}: no heading of {rel(dest)} has the anchor #{anchor}"
+
+
+@pytest.mark.parametrize("path", PAGES, ids=rel)
+def test_every_repository_path_a_page_names_exists(path):
+    """A code span that is a path in the repository (`shards/location.py`, `deploy/ray/`, `models/__init__`)
+    names a file or folder that exists, so a module that moves takes the manual's mentions with it."""
+    top = "orchestrator|models|shards|configs|bench|tests|deploy|docs"
+    named = set(re.findall(rf"`((?:{top})/[\w./-]*)`", path.read_text()))
+    gone = sorted(p for p in named if not (ROOT / p).exists() and not (ROOT / f"{p}.py").exists())
+    assert not gone, f"{rel(path)} names {', '.join(gone)}, not in the repository"
 
 
 def test_the_link_check_reads_headings_and_links_as_github_does(tmp_path):
