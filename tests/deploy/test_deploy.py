@@ -4,9 +4,9 @@ Every YAML parses; the cluster-launcher YAML validates against the schema shippe
 installed ray; every `cnnctl shard|train|tune` command line in deploy/, README.md and the manual's
 pages (docs/*.md) passes `--dry-run` through the real Typer app; every relative link in those pages
 resolves, to a file and, where it names one, to a heading, and every repository path they name in
-backticks exists; the image tag is the package version
-everywhere; token auth is on for every node and pod; the KubeRay dashboard stays inside the cluster;
-and the GPU shapes hold the training mesh (a tower pair on one node).
+backticks exists; the image tag is the package version everywhere; token auth is on for every node
+and pod; the KubeRay dashboard stays inside the cluster; and the GPU shapes hold the training mesh (a
+tower pair on one node).
 """
 
 from __future__ import annotations
