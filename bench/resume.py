@@ -239,7 +239,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.only in (None, "restart"):
         from shards import manifest as mf
-        from shards.sources import class_folders
+        from shards.layouts import class_folders
         from shards.writer import PackOptions, pack
 
         with tempfile.TemporaryDirectory() as tmp:
