@@ -189,7 +189,7 @@ def stall(args) -> None:
         s3fs.S3FileSystem().mkdir("bench")
         import ray
 
-        from orchestrator.cluster import torch_trainer
+        from orchestrator.ray_workers import torch_trainer
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         import ray.train
