@@ -127,8 +127,8 @@ def run(plan: EvalPlan, lay: Layout, threads: int, gpus: bool,
     the workers' wall clocks with the driver's: across machines it includes their clock offset."""
     import ray
 
-    from orchestrator.cluster import place_workers
     from orchestrator.modeling import summarize
+    from orchestrator.ray_workers import place_workers
 
     if lay.nodes:
         selectors = place_workers(lay.nodes, lay.workers_per_node, threads, gpus) or [None] * lay.workers

@@ -13,8 +13,9 @@ from rich.table import Table
 
 from shards import manifest as mf
 from shards import sources
+from shards.job_map import MapFn, bounded_map
 from shards.verify import verify
-from shards.writer import MapFn, PackOptions, TooManyErrors, bounded_map, pack
+from shards.writer import PackOptions, TooManyErrors, pack
 
 SIZE_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20, "G": 2**30, "GB": 2**30, "GIB": 2**30}
 

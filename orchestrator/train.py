@@ -22,7 +22,7 @@ from models.parallel import (Mesh, apply_compile, apply_data_parallel, apply_fc_
 from orchestrator import checkpoint as ckpt
 from orchestrator import resume
 from orchestrator.config import RunConfig, to_yaml
-from orchestrator.console import WorkerConsole, quiet_worker
+from orchestrator.console_events import WorkerConsole, quiet_worker
 from orchestrator.data import eval_stream, make_loader, manifest_url, mean_image, train_stream
 from orchestrator.device_batch import device_batch
 from orchestrator.metrics import MetricsLog, tree_cpu_seconds
@@ -345,7 +345,8 @@ def ray_report(upload: str = "async") -> Report:
 def fit(cfg: RunConfig, console=None, verbose: bool = False):
     """Start cfg.parallel.world Ray Train workers and run the training loop; returns Ray's Result.
     ``console``: a `console.TrainConsole` that shows the run."""
-    from orchestrator.cluster import connect, warm_up_train
+    from orchestrator.cluster import connect
+    from orchestrator.ray_workers import warm_up_train
 
     connect(cfg.parallel.address, cpus_needed=cfg.parallel.world * cfg.parallel.cpus_per_worker)  # before importing ray.train: auth env
     warm_up_train()
@@ -393,7 +394,7 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool
     over the cluster instead of all waiting for the same node. ``verbose``: Ray Train's INFO lines
     (worker group start-up, every report and checkpoint) on the console too.
     """
-    from orchestrator.cluster import place_workers, torch_trainer
+    from orchestrator.ray_workers import place_workers, torch_trainer
 
     p = prepare_run(cfg).parallel
     import ray.train

@@ -30,8 +30,8 @@ from shards import manifest as mf
 from shards import stages
 from shards.batching import RING_SHARE, Batch, Ring, prefetch, ring_budget, ring_size
 from shards.position import DIGEST_MOD, Progress, ReaderPosition, key_hash, sample_seed
+from shards.shard_tar import BadSample, Sample
 from shards.stages import BadSampleHandler, Split, Unit, raise_bad
-from shards.tarwalk import BadSample, Sample
 from shards.transforms import Transform
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from orchestrator.sharding import PackRequest, run_pack
-from shards.sources import FASHION_MNIST_DIR, fashion_mnist
+from shards.fashion_mnist import FASHION_MNIST_DIR, fashion_mnist
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # The decoder choice cache (shards/decoders.py) of this session only: a test never reads or writes
