@@ -344,11 +344,9 @@ def ray_report(upload: str = "async") -> Report:
 
 def fit(cfg: RunConfig, console=None, verbose: bool = False):
     """Start cfg.parallel.world Ray Train workers and run the training loop; returns Ray's Result.
-    ``console``: a `console.TrainConsole` that shows the run."""
-    from orchestrator.cluster import connect
+    ``console``: a `console.TrainConsole` that shows the run. Ray is connected: `preflight.preflight`."""
     from orchestrator.ray_workers import warm_up_train
 
-    connect(cfg.parallel.address, cpus_needed=cfg.parallel.world * cfg.parallel.cpus_per_worker)  # before importing ray.train: auth env
     warm_up_train()
     from orchestrator import tracking
 
@@ -382,7 +380,6 @@ def prepare_run(cfg: RunConfig) -> RunConfig:
         cfg.model.num_classes = cfg.model.num_classes or len(train["classes"])
         stats = train["stats"]
         cfg.data.mean, cfg.data.std = cfg.data.mean or stats["mean_rgb"], cfg.data.std or stats["std_rgb"]
-    resume.check(cfg, run_dir(cfg))  # a rerun that would resume mid-epoch at another layout stops here
     loc.write_bytes(loc.join(run_dir(cfg), "config.yaml"), to_yaml(cfg).encode())  # in the run's store
     return cfg
 

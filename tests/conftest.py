@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orchestrator.sharding import PackRequest, run_pack
+from orchestrator.shard_config import ShardConfig
+from orchestrator.sharding import run_pack
 from shards.fashion_mnist import FASHION_MNIST_DIR, fashion_mnist
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -19,10 +20,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ["CNNCTL_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnctl-cache-")
 
 
-def pack_request(source: str, dest: str, **kw) -> PackRequest:
-    base = dict(splits=[], prefix=None, image_format=None, resize=None, center_crop=False, quality=90,
-                shard_size=100, seed=0, workers=1, overwrite=False, max_errors=0, per_class_limit=None)
-    return PackRequest(source, dest, **{**base, **kw})
+def pack_request(source: str, dest: str, **kw) -> ShardConfig:
+    """`cnnctl shard pack SOURCE DEST --shard-size 100` and ``kw``'s options."""
+    return ShardConfig(source=source, dest=dest, **{"shard_size": 100, **kw})
 
 
 @pytest.fixture(scope="session")
