@@ -10,8 +10,6 @@ import random
 import shutil
 from contextlib import nullcontext
 
-# canonical_state_dict: tests/orchestrator/test_checkpoint_faults.py patches it on this module (the Trainer lived here)
-from models.parallel import canonical_state_dict  # noqa: F401
 from orchestrator import checkpoint as ckpt
 from orchestrator import resume
 from orchestrator.config import RunConfig, to_yaml
