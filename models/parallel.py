@@ -15,7 +15,7 @@ Wrapping a model is ordered: `apply_tower_split` (mp) / `apply_fc_split` (fc) ->
 `fc_dp_group`) (-> torch.compile, which the Trainer does not apply today). `canonical_state_dict` and
 the optimizer-state pair see through all of them, so checkpoints hold the canonical layout whatever
 the mesh (DESIGN.md §5). (A gloo group on loopback without Ray, for tests and bench/, is
-`orchestrator.cluster.run_local`.)
+`orchestrator.local_ranks.run_local`.)
 """
 
 from __future__ import annotations

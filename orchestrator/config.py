@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from models.layout import Net
 from orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig, ParallelConfig,
@@ -151,10 +151,12 @@ def resolve(
     config_file: Path | None = None,
     sets: list[str] | None = None,
     flags: dict[str, Any] | None = None,
+    tree: type[BaseModel] = RunConfig,
 ) -> RunConfig:
     """Apply defaults < preset < --config < --set < flags, validate once, and return the tree.
 
-    ``flags`` maps dotted paths to explicit CLI values; None values mean "not given".
+    ``flags`` maps dotted paths to explicit CLI values; None values mean "not given". ``tree``: the
+    model validated (`cnnctl shard`'s ShardConfig, orchestrator/shard_config.py, comes here too).
     """
     merged: dict = {}
     if preset:
@@ -166,10 +168,10 @@ def resolve(
         if value is not None:
             merged = _deep_merge(merged, _nest(dotted, value))
     try:
-        cfg = RunConfig.model_validate(merged)
+        cfg = tree.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
-    problems = check(cfg)
+    problems = check(cfg) if tree is RunConfig else []
     if problems:
         raise ConfigError(problems)
     return cfg

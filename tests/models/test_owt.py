@@ -9,7 +9,7 @@ import torch
 from models.alexnet import AlexNet, alexnet_small
 from models.owt import OneWeirdTrickAlexNet
 from models.parallel import Mesh, apply_fc_split, canonical_state_dict
-from orchestrator.cluster import run_local
+from orchestrator.local_ranks import run_local
 
 K, B = 2, 3
 

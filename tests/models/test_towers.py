@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import models
 from models.parallel import Mesh, apply_tower_split, canonical_state_dict
-from orchestrator.cluster import run_local
+from orchestrator.local_ranks import run_local
 from models.towers import TowerParallelAlexNet
 
 

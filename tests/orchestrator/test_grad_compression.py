@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import models
 from models.parallel import Mesh, apply_data_parallel, apply_fc_split, canonical_state_dict
-from orchestrator.cluster import run_local
+from orchestrator.local_ranks import run_local
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from comm import Counter  # noqa: E402  (bench/ is not a package: it is on the path here)

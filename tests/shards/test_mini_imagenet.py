@@ -16,7 +16,7 @@ import simplejpeg
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from shards.sources import FASHION_MNIST_CLASSES
+from shards.fashion_mnist import FASHION_MNIST_CLASSES
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "mini_imagenet.py"
 CLASSES, TRAIN, VAL, SIDE = 4, 6, 3, 64
