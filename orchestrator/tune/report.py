@@ -21,11 +21,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-from orchestrator import tune_stats  # noqa: E402
+from orchestrator.tune import stats as tune_stats  # noqa: E402
 from orchestrator.config import to_yaml  # noqa: E402
-from orchestrator.search_space import apply  # noqa: E402
-from orchestrator.tune import load_draws, load_spec  # noqa: E402
-from orchestrator.tune_plan import CELL, SEED, baseline_cell, flat  # noqa: E402
+from orchestrator.tune.plan import CELL, SEED, baseline_cell, flat  # noqa: E402
+from orchestrator.tune.space import apply  # noqa: E402
+from orchestrator.tune.spec import load_draws, load_spec  # noqa: E402
 from shards import location as loc  # noqa: E402
 
 
