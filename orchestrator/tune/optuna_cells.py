@@ -109,7 +109,8 @@ class OptunaCells(Searcher):
             return
         values = self.values[cell]
         for asked in self.waiting[cell]:
-            self.inner.on_trial_complete(asked, {self.metric: statistics.fmean(values)} if values else None, error=not values)
+            result = {self.metric: statistics.fmean(values)} if values else None
+            self.inner.on_trial_complete(asked, result, error=not values)
         self.waiting[cell] = []
 
 

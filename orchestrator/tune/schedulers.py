@@ -28,7 +28,8 @@ def mutations(cfg: RunConfig, space: SearchSpace) -> dict:
     for path in base:
         dim = space.space.get(path)
         if dim is None:
-            out[path] = tune.loguniform(base[path] / 10, base[path] * 10) if path != "model.lrn.beta" else tune.uniform(0.5, 1.0)
+            out[path] = (tune.loguniform(base[path] / 10, base[path] * 10) if path != "model.lrn.beta"
+                         else tune.uniform(0.5, 1.0))
         elif dim.grid is not None or dim.choice is not None:
             out[path] = list(dim.grid if dim.grid is not None else dim.choice)
         else:

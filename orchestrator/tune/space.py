@@ -50,10 +50,15 @@ class Dimension(BaseModel):
 
     choice: list[Any] | None = Field(None, min_length=1, description="Pick one of these values at random.")
     uniform: tuple[float, float] | None = Field(None, description="A float drawn uniformly from [low, high].")
-    loguniform: tuple[float, float] | None = Field(None, description="A float drawn log-uniformly from [low, high]; low > 0.")
-    randint: tuple[int, int] | None = Field(None, description="An integer drawn uniformly from [low, high], both included.")
-    grid: list[Any] | None = Field(None, min_length=1, description="Every value, once per sample (a grid over several paths is their product).")
-    when: dict[str, Any] | None = Field(None, min_length=1, description="Sample this dimension only when every named path has this value (a list: any of these values); otherwise the trial keeps the base config's value.")
+    loguniform: tuple[float, float] | None = Field(
+        None, description="A float drawn log-uniformly from [low, high]; low > 0.")
+    randint: tuple[int, int] | None = Field(
+        None, description="An integer drawn uniformly from [low, high], both included.")
+    grid: list[Any] | None = Field(
+        None, min_length=1, description="Every value, once per sample (a grid over several paths is their product).")
+    when: dict[str, Any] | None = Field(
+        None, min_length=1, description="Sample this dimension only when every named path has this value (a list: any "
+                                        "of these values); otherwise the trial keeps the base config's value.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Dimension":

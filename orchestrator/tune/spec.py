@@ -52,7 +52,8 @@ def load_spec(path: str) -> tuple[RunConfig, SearchSpace]:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError([f"{file}: {where or 'base/search'}: {err['msg']} ({exc.error_count()} problem(s))"]) from None
+        problem = f"{file}: {where or 'base/search'}: {err['msg']} ({exc.error_count()} problem(s))"
+        raise ConfigError([problem]) from None
 
 
 def load_draws(path: str) -> list[int] | None:

@@ -39,8 +39,8 @@ def concurrency(cfg: RunConfig, cluster_cpus: float) -> int:
     """Trials at once: the asked number, lowered to what the cluster's CPUs hold."""
     slots = math.floor(cluster_cpus / trial_cpus(cfg) + 1e-9)
     if slots < 1:
-        raise RuntimeError(f"a trial needs {trial_cpus(cfg):g} CPUs ({cfg.parallel.world} workers x {cfg.parallel.cpus_per_worker:g}); "
-                           f"the cluster has {cluster_cpus:g}")
+        raise RuntimeError(f"a trial needs {trial_cpus(cfg):g} CPUs ({cfg.parallel.world} workers x "
+                           f"{cfg.parallel.cpus_per_worker:g}); the cluster has {cluster_cpus:g}")
     return min(cfg.tune.max_concurrent, slots)
 
 
@@ -58,8 +58,10 @@ def plan(cfg: RunConfig, space: SearchSpace) -> tune_plan.Plan | None:
 def shape(cfg: RunConfig, space: SearchSpace, trials: tune_plan.Plan | None) -> str:
     p, t = cfg.parallel, cfg.tune
     what = (trials.summary(cfg) if trials else
-            f"optuna (TPE): {t.num_samples} suggestion(s) x {t.seeds} seed(s) = at most {t.num_samples * t.seeds} trial(s)")
-    return (f"{what}, at most {t.max_concurrent} at once; each trial {p.world} worker(s) x {p.cpus_per_worker:g} CPU on one node; "
+            f"optuna (TPE): {t.num_samples} suggestion(s) x {t.seeds} seed(s) = "
+            f"at most {t.num_samples * t.seeds} trial(s)")
+    return (f"{what}, at most {t.max_concurrent} at once; "
+            f"each trial {p.world} worker(s) x {p.cpus_per_worker:g} CPU on one node; "
             f"scheduler {t.scheduler}; cluster {p.address or 'a local Ray'}")
 
 
@@ -67,7 +69,8 @@ def start(cfg: RunConfig, space: SearchSpace, say=print):
     """Start a new sweep (refused where one of that name exists); returns Tune's ResultGrid."""
     folder = sweep_dir(cfg)
     if loc.exists(loc.join(folder, SPEC)):
-        raise ConfigError([f"sweep {cfg.tune.name} already exists at {folder}: continue it with --resume {cfg.tune.name}, or pick another --name"])
+        raise ConfigError([f"sweep {cfg.tune.name} already exists at {folder}: "
+                           f"continue it with --resume {cfg.tune.name}, or pick another --name"])
     trials = plan(cfg, space)
     say(f"tuning {cfg.model.name} on {cfg.data.root} | {shape(cfg, space, trials)} | sweep {folder}")
     return search(cfg, space, trials=trials)
@@ -81,7 +84,8 @@ def resume(name: str, storage: str, address: str | None, say=print):
     say(f"resuming sweep {folder} | cluster {base.parallel.address or 'a local Ray'}")
     # Ray Tune's experiment and searcher state are pickles: whoever can write the sweep's folder can
     # run code here. It cannot be avoided (Ray's format); it is said, once.
-    say(f"note: --resume unpickles Ray Tune's saved state from {folder}: resume only sweeps in a store that only you can write")
+    say(f"note: --resume unpickles Ray Tune's saved state from {folder}: "
+        "resume only sweeps in a store that only you can write")
     return folder, search(base, space, resume=True)
 
 
@@ -107,7 +111,8 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False, trials: tun
     at_once = concurrency(cfg, cpus)
     count = len(trials.trials) if trials else cfg.tune.num_samples * cfg.tune.seeds
     print(f"sweep {path}: {'' if trials else 'at most '}{count} trial(s), {at_once} at a time "
-          f"({trial_cpus(cfg):g} CPUs each of the cluster's {cpus:g}), scheduler {cfg.tune.scheduler}, search {cfg.tune.search_alg}", flush=True)
+          f"({trial_cpus(cfg):g} CPUs each of the cluster's {cpus:g}), scheduler {cfg.tune.scheduler}, "
+          f"search {cfg.tune.search_alg}", flush=True)
     save_spec(cfg, space, trials)
     searcher = None
     if trials is None:
@@ -124,7 +129,8 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False, trials: tun
                                     # a finished trial's process runs the next one (saves its start);
                                     # PBT's exploits restart trials through a fresh one
                                     reuse_actors=cfg.tune.scheduler != "pbt"),
-        run_config=tune.RunConfig(name=cfg.tune.name, storage_path=loc.parent(path), **console.run_config_kwargs(cfg.tune.metric, cfg.tune.mode),
+        run_config=tune.RunConfig(name=cfg.tune.name, storage_path=loc.parent(path),
+                                  **console.run_config_kwargs(cfg.tune.metric, cfg.tune.mode),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_TRIAL_CHECKPOINTS)),
     )
     return tuner.fit()

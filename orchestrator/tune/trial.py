@@ -103,7 +103,8 @@ def _train_here(cfg: RunConfig, origin: dict) -> None:
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     trainer = None
     try:
-        trainer = Trainer(cfg, resume_from=ckpt.resume_point(None, run_dir(cfg)), node=ray.get_runtime_context().get_node_id())
+        trainer = Trainer(cfg, resume_from=ckpt.resume_point(None, run_dir(cfg)),
+                          node=ray.get_runtime_context().get_node_id())
 
         def report(metrics: dict, folder: str | None) -> None:
             tune.report({**scalars(metrics), **origin, "run": cfg.run.name},

@@ -32,7 +32,8 @@ class ForwardToTrial:
         if metrics[0].get("mid_epoch"):
             return  # a step checkpoint: trials are compared, stopped and exploited at epochs
         try:
-            self.queue.put(("report", scalars(metrics[0]), (checkpoint.path, checkpoint.filesystem) if checkpoint else None))
+            where = (checkpoint.path, checkpoint.filesystem) if checkpoint else None
+            self.queue.put(("report", scalars(metrics[0]), where))
         except RayActorError:  # the trial is gone; its TrialRun aborts this run
             pass
 
