@@ -22,7 +22,6 @@ def sweep_dir(cfg: RunConfig) -> str:
     return loc.join(loc.absolute(cfg.run.storage), cfg.tune.name)
 
 
-
 def save_spec(cfg: RunConfig, space: SearchSpace, trials: Plan | None = None) -> str:
     path = sweep_dir(cfg)
     spec = {"base": cfg.model_dump(mode="json"), "search": space.model_dump(mode="json", exclude_none=True)}
@@ -66,7 +65,6 @@ def load_draws(path: str) -> list[int] | None:
     if not isinstance(draws, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in draws):
         raise ConfigError([f"{file}: plan.draws is not a list of counts"])
     return draws
-
 
 
 def saved(name: str, storage: str, address: str | None) -> tuple[str, RunConfig, SearchSpace]:

@@ -76,7 +76,6 @@ def start(cfg: RunConfig, space: SearchSpace, say=print):
     return search(cfg, space, trials=trials)
 
 
-
 def resume(name: str, storage: str, address: str | None, say=print):
     """Continue the sweep ``name`` under ``storage`` with its saved config and space; returns
     (its folder, Tune's ResultGrid)."""

@@ -47,7 +47,6 @@ def seed_from(checkpoint, dest: str) -> dict:
             "resumed_from_epoch": meta["epoch"]}
 
 
-
 def trial_resources(cfg: RunConfig) -> dict:
     """A one-worker trial trains in its own process, which holds the worker's CPU (and GPU); a
     bigger trial's process holds nothing, its Train workers ask for theirs."""
