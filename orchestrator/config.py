@@ -9,7 +9,6 @@ Precedence (lowest first): field defaults < preset YAML in ``configs/`` < ``--co
 
 from __future__ import annotations
 
-import copy
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -21,10 +20,11 @@ from pydantic import BaseModel, ValidationError
 from models.layout import Net
 from orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig, ParallelConfig,
                                           RunConfig, RunSection, ScheduleConfig, TuneConfig)
+from orchestrator.yaml_tree import ConfigError, deep_merge, format_errors, load_yaml, nest, parse_assignments, scalar
 
 __all__ = ["CONFIGS_DIR", "ConfigError", "DataConfig", "EvalConfig", "LRNConfig", "ModelConfig", "OptimConfig",
            "ParallelConfig", "RunConfig", "RunSection", "ScheduleConfig", "TuneConfig", "check", "model_problems",
-           "net", "parse_set", "preset_path", "resolve", "to_yaml", "yaml_names", "yaml_problem"]
+           "net", "parse_set", "preset_path", "resolve", "to_yaml", "yaml_names"]
 
 
 def _configs_dir() -> Traversable:
@@ -45,73 +45,6 @@ def yaml_names(folder: Traversable) -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.is_file() and p.name.endswith(".yaml"))
 
 
-class ConfigError(Exception):
-    """A config that cannot be resolved; ``lines`` holds one message per problem."""
-
-    def __init__(self, lines: list[str]):
-        self.lines = lines
-        super().__init__("\n".join(lines))
-
-
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def yaml_problem(exc: BaseException) -> str:
-    """A YAML (or decoding) error in one line: its problem and where (PyYAML's own text spans lines)."""
-    mark = getattr(exc, "problem_mark", None)
-    lines = str(exc).strip().splitlines()
-    what = getattr(exc, "problem", None) or (lines[0] if lines else type(exc).__name__)
-    return f"{what}, line {mark.line + 1} column {mark.column + 1}" if mark is not None else what[:160]
-
-
-def _load_yaml(path: str | Path, what: str) -> dict:
-    """A YAML mapping from a local path or a URL (`--config s3://.../config.yaml`)."""
-    from shards import location as loc
-
-    if line := loc.check_access(str(path), what):
-        raise ConfigError([line])
-    try:
-        data = yaml.safe_load(loc.read_text(str(path)))
-    except FileNotFoundError:
-        raise ConfigError([f"{what} {path}: no such file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{what} {path}: cannot read it ({type(exc).__name__}: {exc})"]) from None
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise ConfigError([f"{what} {path}: not valid YAML ({yaml_problem(exc)})"]) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{what} {path}: expected a mapping at the top level"])
-    return data
-
-
-def _nest(dotted: str, value: Any) -> dict:
-    out: Any = value
-    for part in reversed(dotted.split(".")):
-        out = {part: out}
-    return out
-
-
-def _scalar(raw: str) -> Any:
-    """A --set value: int, float (``1e-4`` too, which YAML 1.1 leaves a string), or any YAML scalar/list."""
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    try:
-        return yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        return raw
-
-
 def parse_set(items: list[str]) -> dict:
     """``["a.b=1", "c=x"]`` -> nested dict; values are parsed as YAML scalars (``1e-4``, ``true``, ``[1,2]``)."""
     merged: dict = {}
@@ -121,7 +54,7 @@ def parse_set(items: list[str]) -> dict:
         if not sep or not key or any(not p for p in key.split(".")):
             errors.append(f"--set {item!r}: expected a.b=value")
             continue
-        merged = _deep_merge(merged, _nest(key, _scalar(raw)))
+        merged = deep_merge(merged, nest(key, scalar(raw)))
     if errors:
         raise ConfigError(errors)
     return merged
@@ -133,17 +66,6 @@ def preset_path(name: str) -> Path:
         known = ", ".join(yaml_names(CONFIGS_DIR))
         raise ConfigError([f"preset {name!r}: not found in configs/ (known: {known})"])
     return Path(str(path))
-
-
-def _format_errors(exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key")
-        else:
-            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-    return lines
 
 
 def resolve(
@@ -160,17 +82,17 @@ def resolve(
     """
     merged: dict = {}
     if preset:
-        merged = _deep_merge(merged, _load_yaml(preset_path(preset), "preset"))
+        merged = deep_merge(merged, load_yaml(preset_path(preset), "preset"))
     if config_file:
-        merged = _deep_merge(merged, _load_yaml(config_file, "--config"))
-    merged = _deep_merge(merged, parse_set(sets or []))
+        merged = deep_merge(merged, load_yaml(config_file, "--config"))
+    merged = deep_merge(merged, parse_set(sets or []))
     for dotted, value in (flags or {}).items():
         if value is not None:
-            merged = _deep_merge(merged, _nest(dotted, value))
+            merged = deep_merge(merged, nest(dotted, value))
     try:
         cfg = tree.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        raise ConfigError(format_errors(exc)) from None
     problems = check(cfg) if tree is RunConfig else []
     if problems:
         raise ConfigError(problems)
@@ -198,10 +120,8 @@ def check(cfg: RunConfig) -> list[str]:
     if t.search_alg == "optuna" and t.scheduler == "pbt":
         problems.append("tune.search_alg: optuna chooses configurations from finished trials; pbt changes them while they run (use --search-alg random with pbt)")
     if t.baseline:
-        from orchestrator.tune_plan import parse_baseline
-
         try:
-            parse_baseline(t.baseline)
+            parse_assignments(t.baseline, RunConfig, "tune.baseline")
         except ConfigError as exc:
             problems += exc.lines
     return problems

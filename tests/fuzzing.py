@@ -631,8 +631,8 @@ def check_config(data: bytes, tmp: Path) -> str:
 
 
 def check_search(data: bytes, tmp: Path) -> str:
-    from orchestrator import search_space
     from orchestrator.config import ConfigError
+    from orchestrator.tune import space as search_space
 
     path = tmp / "space.yaml"
     path.write_bytes(data)
@@ -657,8 +657,8 @@ def sweep_spec() -> str:
 
 
 def check_sweep(data: bytes, tmp: Path) -> str:
-    from orchestrator import tune
     from orchestrator.config import ConfigError
+    from orchestrator.tune import spec as tune
 
     folder = tmp / "sweep"
     folder.mkdir(exist_ok=True)

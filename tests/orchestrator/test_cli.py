@@ -164,8 +164,8 @@ def test_group_help_stays_help_only():
 
 
 def test_tune_resume_dry_run_prints_the_saved_sweep_and_starts_nothing(tmp_path):
-    from orchestrator import search_space
-    from orchestrator import tune as sweeps
+    from orchestrator.tune import space as search_space
+    from orchestrator.tune import sweep as sweeps
     from orchestrator.config import resolve
 
     cfg = resolve("demo-fashion", None, [f"run.storage={tmp_path}", "tune.name=saved", "tune.seeds=2"])
