@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .alexnet import AlexNet
-from .towers import TowerDropout, _GatherSum
+from .towers import TowerDropout, GatherSum
 
 
 class _GatherRows(torch.autograd.Function):
@@ -164,7 +164,7 @@ class OneWeirdTrickAlexNet(nn.Module):
                 out += [local, _Exchange(_SumScatterRows, self.group)]
             elif isinstance(m, nn.Linear):
                 if not gathered:
-                    out.append(_Exchange(_GatherSum, self.group))
+                    out.append(_Exchange(GatherSum, self.group))
                 # Weights come from load_canonical_state_dict; skip_init spares fc6's init.
                 local = nn.utils.skip_init(nn.Linear, m.in_features, m.out_features // self.k)
                 slices += [((local.weight, 0), m.weight), ((local.bias, 0), m.bias)]

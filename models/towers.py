@@ -42,7 +42,7 @@ def _gather(x: torch.Tensor, group) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-class _GatherSum(torch.autograd.Function):
+class GatherSum(torch.autograd.Function):
     """Concatenate the pair's halves along dim 1; backward reduce-scatters (sums) the gradient.
 
     At conv3, fc6 and fc7 each rank feeds the gathered input into a *different* half of the layer's
@@ -66,8 +66,8 @@ class _GatherSum(torch.autograd.Function):
         return out, None
 
 
-class _GatherReplicated(_GatherSum):
-    """`_GatherSum`'s forward; backward keeps this rank's slice of the gradient, with no sum.
+class _GatherReplicated(GatherSum):
+    """`GatherSum`'s forward; backward keeps this rank's slice of the gradient, with no sum.
 
     fc8 is replicated: both ranks compute the same logits and the same loss from the same gathered
     input, so each rank's gradient w.r.t. the gathered input is already the whole gradient. A
@@ -147,7 +147,7 @@ class TowerParallelAlexNet(nn.Module):
                     continue
                 # A conv with groups=1 after conv1 (conv3) and every FC read both towers.
                 if isinstance(m, nn.Linear) or (m.groups == 1 and m is not layers[0]):
-                    cross[i] = _GatherSum
+                    cross[i] = GatherSum
                 out.append(self._half(m))
             elif isinstance(m, LRN):
                 out.append(LRN.from_params(m.params, groups=m.groups // self.towers))
