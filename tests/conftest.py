@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -139,13 +140,31 @@ def _can_mount_tmpfs() -> bool:
     return True
 
 
+# The slow tier (`make test` runs both tiers, `make test-fast` only the other): every test in these
+# folders of tests/ (real runs on the session's Ray cluster), every test that asks for the
+# `ray_cluster` fixture, and every test marked `slow` by hand (process groups, a wheel build, anything
+# that takes more than a few seconds).
+SLOW_FOLDERS = {"e2e"}
+TESTS = Path(__file__).parent
+
+
+def in_slow_tier(item) -> bool:
+    folder = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else None
+    return folder in SLOW_FOLDERS or "ray_cluster" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on the marks
 def pytest_collection_modifyitems(config, items):
-    """Tests that need what this machine lacks are deselected, so a run reports no skips: `gpu` (CUDA),
-    `dali` (NVIDIA DALI, not a dependency), `tmpfs` (mounting one: root with CAP_SYS_ADMIN)."""
+    """Marks the slow tier `slow`. Tests that need what this machine lacks are deselected, so a run
+    reports no skips: `gpu` (CUDA), `dali` (NVIDIA DALI, not a dependency), `tmpfs` (mounting one: root
+    with CAP_SYS_ADMIN)."""
     import importlib.util
 
     import torch
 
+    for item in items:
+        if in_slow_tier(item) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
     lacking = {"gpu": lambda: not torch.cuda.is_available(),
                "dali": lambda: importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None,
                "tmpfs": lambda: not _can_mount_tmpfs()}
@@ -154,3 +173,24 @@ def pytest_collection_modifyitems(config, items):
         if marked and lacks():
             config.hook.pytest_deselected(items=marked)
             items[:] = [item for item in items if not item.get_closest_marker(marker)]
+
+
+@pytest.fixture(autouse=True)
+def fast_tier_starts_no_ray(request, monkeypatch):
+    """A test outside the slow tier that starts Ray fails, naming the rule: ray.init (which Ray Data,
+    Train and Tune call too) fails the test where Ray was imported before it, and a Ray the test left
+    running fails it at its end."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    message = f"{request.node.nodeid} starts Ray: the fast tier never does (mark the test `slow`)"
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        def refuse(*args, **kwargs):
+            pytest.fail(message, pytrace=False)
+
+        monkeypatch.setattr(ray, "init", refuse)
+    yield
+    if ray is None and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+        pytest.fail(message, pytrace=False)
