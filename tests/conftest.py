@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -103,7 +102,8 @@ def ray_cluster(tmp_path_factory, s3_server):
     from orchestrator.cli import app
 
     state = tmp_path_factory.mktemp("cluster")
-    up = CliRunner().invoke(app, ["cluster", "up", "--local", "--nodes", "2", "--cpus-per-node", "2", "--state-dir", str(state)])
+    up = CliRunner().invoke(app, ["cluster", "up", "--local", "--nodes", "2", "--cpus-per-node", "2",
+                                  "--state-dir", str(state)])
     assert up.exit_code == 0, up.output
     c = cluster.load(state)
     assert c.address in up.output and c.address.startswith("127.")
@@ -166,7 +166,8 @@ def pytest_collection_modifyitems(config, items):
         if in_slow_tier(item) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
     lacking = {"gpu": lambda: not torch.cuda.is_available(),
-               "dali": lambda: importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None,
+               "dali": lambda: (importlib.util.find_spec("nvidia") is None
+                                or importlib.util.find_spec("nvidia.dali") is None),
                "tmpfs": lambda: not _can_mount_tmpfs()}
     for marker, lacks in lacking.items():
         marked = [item for item in items if item.get_closest_marker(marker)]
@@ -177,20 +178,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def fast_tier_starts_no_ray(request, monkeypatch):
-    """A test outside the slow tier that starts Ray fails, naming the rule: ray.init (which Ray Data,
-    Train and Tune call too) fails the test where Ray was imported before it, and a Ray the test left
-    running fails it at its end."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    message = f"{request.node.nodeid} starts Ray: the fast tier never does (mark the test `slow`)"
-    ray = sys.modules.get("ray")
-    if ray is not None:
+    """A test outside the slow tier that starts Ray fails at the call, naming the rule: its ray.init
+    (which Ray Data, Train and Tune call too) fails the test. Importing Ray costs ~1 s, once."""
+    if not request.node.get_closest_marker("slow"):
+        import ray
+
         def refuse(*args, **kwargs):
-            pytest.fail(message, pytrace=False)
+            pytest.fail(f"{request.node.nodeid} starts Ray: the fast tier never does (mark the test `slow`)",
+                        pytrace=False)
 
         monkeypatch.setattr(ray, "init", refuse)
-    yield
-    if ray is None and "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        sys.modules["ray"].shutdown()
-        pytest.fail(message, pytrace=False)

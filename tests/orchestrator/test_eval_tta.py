@@ -47,6 +47,7 @@ def test_dense_multi_scale_flip_runs_on_a_real_checkpoint(checkpoint, tmp_path):
     assert r["tta"] == "dense" and r["scales"] == [28, 36, 44] and r["flip"] is True
 
 
+@pytest.mark.slow  # every TTA form over a real checkpoint: seconds
 @pytest.mark.timeout(300)
 def test_tta_forms_agree_where_they_must_and_fuse(checkpoint, tmp_path):
     center = _eval(tmp_path, str(checkpoint))
