@@ -1,7 +1,7 @@
 """The communication budget of each layout, counted in the collectives themselves.
 
 The paper-sized AlexNet (1000 classes) trains steps of `--batch` images per rank on CPU over gloo
-(`orchestrator.cluster.run_local`), wrapped as the Trainer wraps it (models/parallel.py), for each
+(`orchestrator.local_ranks.run_local`), wrapped as the Trainer wraps it (models/parallel.py), for each
 layout at K = 2, 4, 8 processes:
 
     dp          alexnet-owt, DDP over all K ranks
@@ -9,7 +9,7 @@ layout at K = 2, 4, 8 processes:
     towers      alexnet (two towers), mp=2: K=2 is one tower pair, K=4 and 8 the hybrid dp=K/2 x mp=2
     owt         alexnet-owt, parallel.fc=model: one OWT group of K ranks
     owt+bf16    the same, the conv part's gradients through bf16_compress_hook
-    owt+amp     owt+bf16 under parallel.precision=bf16 (autocast, as the README's H100 figures ran):
+    owt+amp     owt+bf16 under parallel.precision=bf16 (autocast, as docs/training.md's H100 figures ran):
                 the activations the group exchanges are bf16 too
     owt2xdp     alexnet-owt, two OWT groups of K/2, data parallel to each other (K >= 4)
 
@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
 from models.parallel import Mesh, apply_data_parallel, apply_fc_split, apply_tower_split, unwrap  # noqa: E402
-from orchestrator.cluster import run_local  # noqa: E402
+from orchestrator.local_ranks import run_local  # noqa: E402
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast")
 LAYOUTS = {  # name: (model, mp, OWT groups (0: none), grad_compression, bf16 autocast)

@@ -40,12 +40,13 @@ from orchestrator import eval_ray  # noqa: E402
 from orchestrator.cluster import connect  # noqa: E402
 from orchestrator.config import resolve  # noqa: E402
 from orchestrator.evaluate import eval_part, plan_eval  # noqa: E402
-from orchestrator.sharding import PackRequest, run_pack  # noqa: E402
+from orchestrator.shard_config import ShardConfig  # noqa: E402
+from orchestrator.sharding import run_pack  # noqa: E402
 from shards.reader import Split  # noqa: E402
 
 
 def setup(tmp: Path, images: int) -> str:
-    run_pack(PackRequest("fashion-mnist", str(tmp / "data"), ["test"], None, None, None, False, 90, 500, 0, 1, False, 0,
+    run_pack(ShardConfig(source="fashion-mnist", dest=str(tmp / "data"), splits=["test"], shard_size=500,
                          per_class_limit=images // 10))
     cfg = resolve("demo-fashion", None, [f"data.root={tmp / 'data'}"])
     cfg.model.num_classes = 10

@@ -57,8 +57,8 @@ from torch.utils.data import DataLoader, Dataset
 from shards import codec, decoders, reader
 from shards import manifest as mf
 from shards.batching import shared_memory_bytes
+from shards.layouts import class_folders
 from shards.reader import ShardStream, Split, loader
-from shards.sources import class_folders
 from shards.transforms import AlexNetCrop, ScaleJitter
 from shards.writer import PackOptions, pack
 from cputime import Rounds  # bench/cputime.py

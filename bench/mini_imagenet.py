@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shards.sources import FASHION_MNIST_CLASSES, TRAIN_TAR, Record, fashion_mnist
+from shards.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist
+from shards.listing import Record
+from shards.sources import TRAIN_TAR
 
 QUALITY = 90
 SOLUTION, MAPPING = "LOC_val_solution.csv", "LOC_synset_mapping.txt"

@@ -192,7 +192,7 @@ def stall(args) -> None:
         s3fs.S3FileSystem().mkdir("bench")
         import ray
 
-        from orchestrator.cluster import torch_trainer
+        from orchestrator.ray_workers import torch_trainer
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         import ray.train
@@ -243,7 +243,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.only in (None, "restart"):
         from shards import manifest as mf
-        from shards.sources import class_folders
+        from shards.layouts import class_folders
         from shards.writer import PackOptions, pack
 
         with tempfile.TemporaryDirectory() as tmp:

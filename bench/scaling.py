@@ -1,7 +1,7 @@
 """docs/scaling.md's projections and plot: AlexNet on 1x8, 4x8 and 8x8 H100s, per layout.
 
 Inputs (every one stated in docs/scaling.md):
-- compute: the README's H100 figure, 10,140 img/s at batch 128 (bench/gpu_step.py, bf16,
+- compute: docs/training.md's H100 figure, 10,140 img/s at batch 128 (bench/gpu_step.py, bf16,
   channels_last, synthetic batches on the GPU), the same for alexnet-owt (0.714 GMACs per image
   against alexnet's 0.724); backward = 2/3 of a step;
 - bytes: bench/comm.py's counts at K = 8 (docs/comm.json): what each rank sends per step inside a

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from orchestrator.cluster import connect  # noqa: E402
 from orchestrator.config import resolve  # noqa: E402
 from cputime import CpuTimer  # noqa: E402  (bench/cputime.py)
 from orchestrator.data import make_loader, train_stream  # noqa: E402
@@ -84,6 +85,7 @@ def bare_alone(args) -> tuple[float, float]:
 def ray_loop(args, name) -> tuple[float, float]:
     """img/s and CPU-s per image of the second epoch, as the worker measured them (its metrics)."""
     cfg = config(args, name)
+    connect(cfg.parallel.address, cpus_needed=cfg.parallel.world * cfg.parallel.cpus_per_worker)  # as preflight does
     fit(cfg)
     last = read(run_dir(cfg))[-1]
     return last["images_per_sec"], last["train_cpu_s_per_image"]

@@ -6,7 +6,7 @@ distinct configurations.
 Before: every draw of the space was a trial, and k, n, alpha and beta were drawn for LRN-off trials
 too, where they change nothing: the distinct configurations among N trials were the LRN-on draws plus
 one LRN-off. After: `when:` leaves those knobs out with LRN off, and a configuration drawn again is
-trained once. Both are counted with the sweep planner itself (`tune_plan.make`, "before" on the preset
+trained once. Both are counted with the sweep planner itself (`tune.plan.make`, "before" on the preset
 with its conditions removed and every draw kept as a trial), over 100 sweep seeds per --num-samples.
 CPU-seconds are trials x the mean CPU-seconds of one trial, measured from a finished sweep's trials
 (Tune's `time_total_s` x the CPUs a trial holds), so the figure carries that sweep's trial length.
@@ -27,10 +27,12 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from orchestrator import search_space, tune_plan  # noqa: E402
 from orchestrator.config import resolve  # noqa: E402
-from orchestrator.search_space import SearchSpace, effective_key  # noqa: E402
-from orchestrator.tune import load_spec, trial_cpus  # noqa: E402
+from orchestrator.tune import plan as tune_plan  # noqa: E402
+from orchestrator.tune import space as search_space  # noqa: E402
+from orchestrator.tune.space import SearchSpace, effective_key  # noqa: E402
+from orchestrator.tune.spec import load_spec  # noqa: E402
+from orchestrator.tune.sweep import trial_cpus  # noqa: E402
 
 SAMPLES = (4, 8, 16, 32, 64)
 SEEDS = 100

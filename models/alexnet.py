@@ -32,25 +32,14 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .catalog import ALEXNET_CONFIGS
 from .lrn import LRN, PAPER, LRNParams, check_n
 
 Conv = tuple[int, int, int, int]  # (out_channels, kernel, stride, padding)
 GROUPED = (False, True, False, True, True)  # conv1..conv5: which ones see only their own tower
 
-CONFIGS: dict[str, dict] = {
-    "alexnet": dict(
-        convs=((96, 11, 4, 0), (256, 5, 1, 2), (384, 3, 1, 1), (384, 3, 1, 1), (256, 3, 1, 1)),
-        fc=4096, towers=2, lrn=PAPER, input_size=227, pool_out=6, init="paper",
-    ),
-    "alexnet-owt": dict(
-        convs=((64, 11, 4, 2), (192, 5, 1, 2), (384, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1)),
-        fc=4096, towers=1, lrn=None, input_size=224, pool_out=6, init="torch", dropout_first=True,
-    ),
-    "alexnet-small": dict(
-        convs=((32, 5, 1, 2), (64, 5, 1, 2), (96, 3, 1, 1), (96, 3, 1, 1), (64, 3, 1, 1)),
-        fc=512, towers=2, lrn=PAPER, input_size=28, pool_out=2, init="kaiming",
-    ),
-}
+# The three configs, from models/catalog.py (their one copy, which the catalog reads without torch).
+CONFIGS: dict[str, dict] = {name: {**c, "lrn": PAPER if c["lrn"] else None} for name, c in ALEXNET_CONFIGS.items()}
 
 
 def lrn_params(lrn: LRNParams | Mapping | None) -> LRNParams | None:

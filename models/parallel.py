@@ -1,4 +1,5 @@
-"""The dp x mp mesh, and the one-weird-trick FC groups (DESIGN.md §4). Nothing else in cnnctl computes ranks.
+"""The dp x mp mesh, and the one-weird-trick FC groups (DESIGN.md §4): the process groups of a `Layout`
+(models/layout.py), which computes every size and rank and checks every rule about them.
 
 Ranks are laid out mp-inner: ranks 2i and 2i+1 hold the two towers of one model replica and sit on
 the same node. The dp group of a rank is every rank with the same tower index; gradients are
@@ -14,7 +15,7 @@ Wrapping a model is ordered: `apply_tower_split` (mp) / `apply_fc_split` (fc) ->
 `fc_dp_group`) (-> torch.compile, which the Trainer does not apply today). `canonical_state_dict` and
 the optimizer-state pair see through all of them, so checkpoints hold the canonical layout whatever
 the mesh (DESIGN.md §5). (A gloo group on loopback without Ray, for tests and bench/, is
-`orchestrator.cluster.run_local`.)
+`orchestrator.local_ranks.run_local`.)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .alexnet import AlexNet
+from .layout import Layout, Net
 from .owt import OneWeirdTrickAlexNet
 from .towers import TowerParallelAlexNet
 
@@ -35,6 +37,9 @@ SPLIT = (TowerParallelAlexNet, OneWeirdTrickAlexNet)
 
 @dataclass
 class Mesh:
+    """The layout at one rank, with the process groups it is in: `layout` (models/layout.py) computes
+    every size and rank; the mesh only holds the groups."""
+
     world: int
     rank: int
     mp: int = 1
@@ -45,24 +50,25 @@ class Mesh:
     fc_dp_group: object = field(default=None, repr=False)  # the ranks holding this rank's FC slice
 
     def __post_init__(self):
-        if self.mp not in (1, 2) or self.world % self.mp:
-            raise ValueError(f"mp={self.mp} must be 1 or 2 and divide world={self.world}")
-        if self.fc < 1 or self.world % self.fc or (self.fc > 1 and self.mp > 1):
-            raise ValueError(f"fc={self.fc} must divide world={self.world}, with mp=1")
+        self.layout.check()
+
+    @property
+    def layout(self) -> Layout:
+        return Layout.of_world(self.world, self.mp, self.fc)
 
     @property
     def replica(self) -> int:
         """The model replica this rank belongs to (a tower pair, an OWT group, or the rank alone).
         Its ranks draw the same dropout stream and evaluate the same batches."""
-        return self.rank // (self.mp * self.fc)
+        return self.layout.replica(self.rank)
 
     @property
     def replicas(self) -> int:
-        return self.world // (self.mp * self.fc)
+        return self.layout.replicas
 
     @property
     def fc_rank(self) -> int:
-        return self.rank % self.fc
+        return self.layout.fc_rank(self.rank)
 
     @property
     def replica_group(self):
@@ -71,21 +77,21 @@ class Mesh:
 
     @property
     def dp(self) -> int:
-        return self.world // self.mp
+        return self.layout.dp
 
     @property
     def dp_rank(self) -> int:
-        return self.rank // self.mp
+        return self.layout.dp_rank(self.rank)
 
     @property
     def mp_rank(self) -> int:
-        return self.rank % self.mp
+        return self.layout.mp_rank(self.rank)
 
     def dp_ranks(self, mp_rank: int) -> list[int]:
-        return [d * self.mp + mp_rank for d in range(self.dp)]
+        return self.layout.dp_ranks(mp_rank)
 
     def mp_ranks(self, dp_rank: int) -> list[int]:
-        return [dp_rank * self.mp + t for t in range(self.mp)]
+        return self.layout.mp_ranks(dp_rank)
 
     @classmethod
     def init(cls, mp: int = 1, fc: int = 1) -> "Mesh":
@@ -94,27 +100,35 @@ class Mesh:
         Every rank must create every group, in the same order, even those it is not in.
         """
         mesh = cls(dist.get_world_size(), dist.get_rank(), mp, fc)
+        layout = mesh.layout
         if mp == 1:
             mesh.dp_group = dist.group.WORLD
             if fc > 1:
-                for g in range(mesh.replicas):
-                    group = dist.new_group(list(range(g * fc, (g + 1) * fc)))
+                for g in range(layout.replicas):
+                    group = dist.new_group(layout.fc_group_ranks(g))
                     if g == mesh.replica:
                         mesh.fc_group = group
                 for k in range(fc):
-                    group = dist.new_group([g * fc + k for g in range(mesh.replicas)])
+                    group = dist.new_group(layout.fc_dp_ranks(k))
                     if k == mesh.fc_rank:
                         mesh.fc_dp_group = group
             return mesh
         for t in range(mp):
-            group = dist.new_group(mesh.dp_ranks(t))
+            group = dist.new_group(layout.dp_ranks(t))
             if t == mesh.mp_rank:
                 mesh.dp_group = group
-        for d in range(mesh.dp):
-            group = dist.new_group(mesh.mp_ranks(d))
+        for d in range(layout.dp):
+            group = dist.new_group(layout.mp_ranks(d))
             if d == mesh.dp_rank:
                 mesh.mp_group = group
         return mesh
+
+
+def net_of(model: nn.Module) -> Net:
+    """What the layout's rules need of a built model (as `models.catalog` tells it of a name)."""
+    alexnet = isinstance(model, AlexNet)
+    fc_width = model.fcs[0].out_features if alexnet else None
+    return Net(type(model).__name__, alexnet, getattr(model, "towers", 1), fc_width)
 
 
 def apply_tower_split(model: nn.Module, mesh: Mesh) -> nn.Module:
@@ -125,13 +139,7 @@ def apply_tower_split(model: nn.Module, mesh: Mesh) -> nn.Module:
     """
     if mesh.mp == 1:
         return model
-    towers = getattr(model, "towers", None)
-    if not isinstance(model, AlexNet) or towers != mesh.mp:
-        raise ValueError(
-            f"parallel.mp={mesh.mp} splits AlexNet's {mesh.mp} towers over a rank pair, but "
-            f"{type(model).__name__} (towers={towers}) has none to split; use an AlexNet with "
-            f"towers={mesh.mp}, or mp=1 (data parallel only)"
-        )
+    mesh.layout.check(net=net_of(model))
     if mesh.mp_group is None:
         raise ValueError("the mesh has no mp_group: build it with Mesh.init(mp) inside an initialised process group")
     return TowerParallelAlexNet.from_canonical(model, mesh)
@@ -145,10 +153,7 @@ def apply_fc_split(model: nn.Module, mesh: Mesh) -> nn.Module:
     """
     if mesh.fc == 1:
         return model
-    towers = getattr(model, "towers", None)
-    if not isinstance(model, AlexNet) or towers != 1:
-        raise ValueError(f"parallel.fc=model slices the FC layers of a one-tower AlexNet; {type(model).__name__} "
-                         f"(towers={towers}) is not one (use alexnet-owt, or model.towers=1)")
+    mesh.layout.check(net=net_of(model))
     if mesh.fc_group is None:
         raise ValueError("the mesh has no fc_group: build it with Mesh.init(fc=K) inside an initialised process group")
     return OneWeirdTrickAlexNet.from_canonical(model, mesh)

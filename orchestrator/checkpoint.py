@@ -2,7 +2,8 @@
 
 A checkpoint folder is a location (shards.location: a local path or an fsspec URL) and holds:
     model.safetensors   canonical (unsplit, un-DDP'd) state dict
-    state.pt            optimizer (canonical), epoch, step, plateau state, and for a step checkpoint
+    state.pt            the stateful components' states, collected by name (orchestrator/train_state.py):
+                        optimizer (canonical), epoch, step, plateau state, and for a step checkpoint
                         the data position and RNG states (orchestrator/resume.py); torch.load(weights_only=True)
     config.yaml         the resolved RunConfig
     meta.json           epoch, global step and metrics (a step checkpoint: mid_epoch and its layout)

@@ -1,10 +1,19 @@
-"""Command groups whose first command is the default: `cnnctl shard SOURCE DEST` is `cnnctl shard pack
-SOURCE DEST`, `cnnctl tune [OPTIONS]` is `cnnctl tune run [OPTIONS]`, and their --help shows that
-command's arguments and options beside the other commands (a newcomer types `cnnctl tune --help`)."""
+"""What the command modules share: ``fail`` (the error lines and the exit code), and command groups
+whose first command is the default: `cnnctl shard SOURCE DEST` is `cnnctl shard pack SOURCE DEST`,
+`cnnctl tune [OPTIONS]` is `cnnctl tune run [OPTIONS]`, and their --help shows that command's
+arguments and options beside the other commands (a newcomer types `cnnctl tune --help`)."""
 
 from __future__ import annotations
 
+import typer
 from typer.core import TyperGroup
+
+
+def fail(lines: list[str] | str, code: int = 1) -> typer.Exit:
+    """Print ``error: <line>`` for each line on stderr; the Exit to raise."""
+    for line in [lines] if isinstance(lines, str) else lines:
+        typer.echo(f"error: {line}", err=True)
+    return typer.Exit(code)
 
 
 class DefaultCommandGroup(TyperGroup):
@@ -31,4 +40,5 @@ class DefaultCommandGroup(TyperGroup):
 
 def default_command(name: str, bare_runs_default: bool = False) -> type[DefaultCommandGroup]:
     """A group class whose default command is ``name``."""
-    return type(f"Default{name.title()}Group", (DefaultCommandGroup,), {"default": name, "bare_runs_default": bare_runs_default})
+    return type(f"Default{name.title()}Group", (DefaultCommandGroup,),
+                {"default": name, "bare_runs_default": bare_runs_default})

@@ -2,11 +2,9 @@
 where its checkpoint went; on a non-terminal (CI, a log file) a plain line every `run.log_every`
 steps instead of the bar.
 
-Rank 0 sends its progress to a small actor on the cluster (``Sink``); Ray Train's controller sends
-each epoch's metrics and persisted checkpoint there too (``epoch_callback``); the driver drains it
-and draws. Workers therefore print nothing of their own: Ray forwards what they print (twice, in
-Train V2: its print patch tees stdout into a logger that prints again), and only real warnings and
-errors should reach the screen that way, with the worker that raised them.
+Rank 0 and Ray Train's controller send their events to a small actor on the cluster
+(orchestrator/console_events.py); the driver's ``TrainConsole`` drains it and draws. `cnnctl eval`'s
+progress and result table and `cnnctl runs`' table are drawn here too.
 """
 
 from __future__ import annotations
@@ -19,97 +17,24 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from orchestrator.console_events import Sink, epoch_callback, sink_name
 from shards import location as loc
 
-SEND_EVERY_S = 0.5  # rank 0's bar updates: twice a second is smooth and costs one host sync each
 POLL_S = 0.2
-
-
-def sink_name(run_name: str) -> str:
-    return f"cnnctl-console-{run_name}"
-
-
-class Sink:
-    """The events of one run, from rank 0 and the Train controller, until the driver drains them."""
-
-    def __init__(self):
-        self.events: list[tuple] = []
-
-    def put(self, event: tuple) -> None:
-        self.events.append(event)
-
-    def drain(self) -> list[tuple]:
-        out, self.events = self.events, []
-        return out
-
-
-class WorkerConsole:
-    """Rank 0's side. Without a driver console (a Tune trial, a unit test) steps are not sent."""
-
-    def __init__(self, sink=None, log_every: int = 50):
-        self.sink, self.log_every, self.last = sink, log_every, 0.0
-
-    @classmethod
-    def find(cls, run_name: str, log_every: int) -> "WorkerConsole":
-        import ray
-
-        try:  # the driver's console actor, in this job's namespace
-            return cls(ray.get_actor(sink_name(run_name)), log_every)
-        except ValueError:
-            return cls(None, log_every)
-
-    def due(self, step: int, steps: int) -> bool:
-        """Whether this step is sent: every log_every steps (the plain lines), the last one, and
-        often enough for a smooth bar."""
-        if self.sink is None:
-            return False
-        return step % self.log_every == 0 or step == steps or time.monotonic() - self.last >= SEND_EVERY_S
-
-    def step(self, epoch: int, epochs: int, step: int, steps: int, loss: float, lr: float, rate: float, elapsed: float) -> None:
-        self.last = time.monotonic()
-        self.sink.put.remote(("step", epoch, epochs, step, steps, loss, lr, rate, elapsed))
-
-    def note(self, text: str) -> None:
-        if self.sink is None:
-            print(text, flush=True)
-        else:
-            self.sink.put.remote(("note", text))
-
-
-def quiet_worker() -> None:
-    """Hold a Train worker's "Reporting training result" lines (a dump of every rank's metrics, each
-    epoch) to the run's log level, as Train does its other lines: their logger is named by a file
-    path, outside the ``ray.train`` tree that the level governs."""
-    import logging
-
-    from ray.train.v2._internal.execution import context
-
-    level = context.get_train_context().train_run_context.get_run_config().logging_config.log_level
-    logging.getLogger(context.__file__).setLevel(level)
-
-
-def epoch_callback(sink):
-    """A Train callback (it runs on the controller): each epoch's rank-0 metrics and the checkpoint
-    as persisted, once the report is complete."""
-    from ray.train import UserCallback
-
-    class EpochToConsole(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            import ray
-
-            row = {k: v for k, v in metrics[0].items() if isinstance(v, (int, float, str))}
-            kind = "step-checkpoint" if row.get("mid_epoch") else "epoch"
-            ray.get(sink.put.remote((kind, row, checkpoint.path if checkpoint else None)))
-
-    return EpochToConsole()
-
-
-HEADER = f"{'epoch':>7}  {'train loss':>10} {'top-1':>6}   {'val loss':>8} {'top-1':>6} {'top-5':>6}   {'lr':>9} {'img/s':>7} {'time':>7}"
+HEADER = (f"{'epoch':>7}  {'train loss':>10} {'top-1':>6}   {'val loss':>8} {'top-1':>6} {'top-5':>6}   "
+          f"{'lr':>9} {'img/s':>7} {'time':>7}")
 
 
 def epoch_row(m: dict, epochs: int) -> str:
-    return (f"{m['epoch'] + 1:>3}/{epochs:<3}  {m['train_loss']:>10.4f} {m['train_top1']:>6.1%}   {m['val_loss']:>8.4f} "
-            f"{m['val_top1']:>6.1%} {m['val_top5']:>6.1%}   {m['lr']:>9.3g} {m['images_per_sec']:>7,.0f} {m['epoch_time_s']:>6.1f}s")
+    return (f"{m['epoch'] + 1:>3}/{epochs:<3}  {m['train_loss']:>10.4f} {m['train_top1']:>6.1%}   "
+            f"{m['val_loss']:>8.4f} {m['val_top1']:>6.1%} {m['val_top5']:>6.1%}   {m['lr']:>9.3g} "
+            f"{m['images_per_sec']:>7,.0f} {m['epoch_time_s']:>6.1f}s")
+
+
+def _bar(console: Console) -> Progress:
+    """A progress bar that is gone when it stops: the rows and the summary stay."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=console, transient=True)
 
 
 def short(path: str) -> str:
@@ -125,7 +50,8 @@ def short(path: str) -> str:
 class TrainConsole:
     """The driver's side, around `train.fit`: ``with TrainConsole(cfg) as c: fit(cfg, c)``."""
 
-    def __init__(self, run_dir: str, epochs: int, log_every: int, verbose: bool = False, console: Console | None = None):
+    def __init__(self, run_dir: str, epochs: int, log_every: int, verbose: bool = False,
+                 console: Console | None = None):
         self.run_dir, self.epochs, self.log_every, self.verbose = run_dir, epochs, log_every, verbose
         self.out = console or Console(highlight=False, soft_wrap=True)  # a long path stays one line
         self.live = self.out.is_terminal
@@ -144,8 +70,7 @@ class TrainConsole:
         self.sink = ray.remote(Sink).options(name=self.name, num_cpus=0, get_if_exists=True).remote()
         self.sink.drain.remote()  # not waited for: the actor starts while the run does
         if self.live:
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=self.out, transient=True)
+            self.bar = _bar(self.out)
             self.bar.start()
         self.thread = threading.Thread(target=self._poll, daemon=True, name="console")
         self.thread.start()
@@ -261,8 +186,7 @@ class EvalProgress:
 
     def __enter__(self) -> "EvalProgress":
         if self.out.is_terminal:
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=self.out, transient=True)
+            self.bar = _bar(self.out)
             self.bar.start()
         return self
 
@@ -289,7 +213,8 @@ def eval_table(result: dict) -> Table:
     """`cnnctl eval`'s result as one table row (several checkpoints: their fused softmax)."""
     views = {"center": "centre crop", "ten-crop": "10 crops", "dense": "dense"}[result["tta"]]
     if result["tta"] == "dense":
-        views += f" {result['scales']}" if isinstance(result["scales"], str) else f" Q={','.join(map(str, result['scales']))}"
+        scales = result["scales"]
+        views += f" {scales}" if isinstance(scales, str) else f" Q={','.join(map(str, scales))}"
     if result["flip"] and result["tta"] != "ten-crop":
         views += " + flips"
     fused = " (softmax averaged)" if len(result["checkpoints"]) > 1 else ""
@@ -308,10 +233,11 @@ def runs_table(rows: list) -> Table:
     """`cnnctl runs`: one row per run (runs.RunRow)."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     for col in ("run", "model", "layout", "epochs", "best top-1", "last top-1", "status", "where", "note"):
-        table.add_column(col, justify="right" if col in ("epochs", "best top-1", "last top-1") else "left", no_wrap=True)
+        numeric = col in ("epochs", "best top-1", "last top-1")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=True)
     colour = {"finished": "green", "running": "cyan", "resumable": "yellow", "failed": "red"}
     for r in rows:
         pct = (lambda v: "-" if v is None else f"{v:.2%}")
-        table.add_row(r.name, r.model, r.layout, f"{r.done}/{r.planned}", pct(r.best), pct(r.last), f"[{colour[r.status]}]{r.status}[/]",
-                      short(r.where), r.note)
+        table.add_row(r.name, r.model, r.layout, f"{r.done}/{r.planned}", pct(r.best), pct(r.last),
+                      f"[{colour[r.status]}]{r.status}[/]", short(r.where), r.note)
     return table

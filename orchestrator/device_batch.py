@@ -6,7 +6,7 @@
 
 Batches cross the DataLoader as uint8 (a quarter of float32's bytes); everything that needs floats
 runs here, batched, on the training device. The stage knows its epoch itself (``set_epoch``): the
-reader has no hook into it.
+reader has no hook into it; its lighting stream saves and loads itself (``state_dict``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,15 @@ class DeviceBatch(torch.nn.Module):
         self.normalize, self.lighting = normalize.to(self.device), lighting
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    @property
-    def lighting_generator(self) -> torch.Generator | None:
-        """The PCA lighting's random stream (a step checkpoint saves its state), if it lights."""
-        return self.lighting.generator if self.lighting is not None else None
+    def state_dict(self) -> dict:
+        """Where the PCA lighting's random stream stands (None: it does not light), for a step
+        checkpoint. This replaces nn.Module's: the normalisation buffers follow from the config and
+        the manifest, and the lighting stream is all that decides the next batch."""
+        return {"lighting": self.lighting.generator.get_state() if self.lighting is not None else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.lighting is not None:
+            self.lighting.generator.set_state(state_dict["lighting"])
 
     def set_epoch(self, epoch: int) -> None:
         """Before the epoch's first batch: lighting draws from a stream per (seed, epoch)."""

@@ -9,7 +9,8 @@ and summarises, so top-1 and top-5 equal one process's exactly and the loss to f
 Workers tell a small actor (``Tally``) how many images they have done, at most every
 ``SEND_EVERY_S``; the driver polls it while it waits for the results and draws the progress
 (orchestrator/console.py, ``EvalProgress``). Each worker reserves ``threads`` CPUs and runs that many
-torch threads; with ``gpus`` one GPU too, and evaluates there.
+torch threads; with ``gpus`` one GPU too, and evaluates there. ``evaluate`` is `cnnctl eval`'s one
+call: the in-process evaluation (evaluate.run_eval), or these workers.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class EvalFailed(RuntimeError):
 
     def __init__(self, rank: int, error: Exception):
         cause = getattr(error, "cause", None) or error
-        super().__init__(f"eval worker {rank} failed: {type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}")
+        last = str(cause).strip().splitlines()[-1] if str(cause).strip() else ""
+        super().__init__(f"eval worker {rank} failed: {type(cause).__name__}: {last}")
         self.trace = str(error)
 
 
@@ -74,7 +76,8 @@ def layout(workers: int | None, nodes: int | None, workers_per_node: int | None)
     if workers_per_node is None:
         workers_per_node = workers // nodes if workers else 1
     if workers is not None and workers != nodes * workers_per_node:
-        raise ValueError(f"--workers {workers}: --nodes {nodes} x --workers-per-node {workers_per_node} = {nodes * workers_per_node}")
+        raise ValueError(f"--workers {workers}: --nodes {nodes} x --workers-per-node {workers_per_node} = "
+                         f"{nodes * workers_per_node}")
     return Layout(nodes * workers_per_node, nodes, workers_per_node)
 
 
@@ -86,8 +89,9 @@ def check_fits(workers: int, cpus: float, gpus: bool) -> None:
     per_node = [min(int(n["Resources"].get("CPU", 0) // cpus) if cpus else workers,
                     int(n["Resources"].get("GPU", 0)) if gpus else workers) for n in alive]
     if sum(per_node) < workers:
-        raise ClusterError(f"the cluster has {len(alive)} live node(s), holding {sum(per_node)} worker(s) of {cpus:g} CPU"
-                           f"{' and 1 GPU' if gpus else ''} between them; --workers {workers} needs {workers}")
+        raise ClusterError(f"the cluster has {len(alive)} live node(s), holding {sum(per_node)} worker(s) of "
+                           f"{cpus:g} CPU{' and 1 GPU' if gpus else ''} between them; "
+                           f"--workers {workers} needs {workers}")
 
 
 def _evaluate_part(plan: EvalPlan, rank: int, world: int, threads: int, gpus: bool, tally) -> dict:
@@ -115,7 +119,8 @@ def _evaluate_part(plan: EvalPlan, rank: int, world: int, threads: int, gpus: bo
 def merge(parts: list[dict]) -> dict:
     """The split's sums from the workers' (in rank order): exact counts, the float64 loss summed."""
     parts = sorted(parts, key=lambda p: p["rank"])
-    return {"loss_sum": sum(p["loss_sum"] for p in parts), **{k: sum(p[k] for p in parts) for k in ("top1", "top5", "count")}}
+    counts = {k: sum(p[k] for p in parts) for k in ("top1", "top5", "count")}
+    return {"loss_sum": sum(p["loss_sum"] for p in parts), **counts}
 
 
 def run(plan: EvalPlan, lay: Layout, threads: int, gpus: bool,
@@ -127,8 +132,8 @@ def run(plan: EvalPlan, lay: Layout, threads: int, gpus: bool,
     the workers' wall clocks with the driver's: across machines it includes their clock offset."""
     import ray
 
-    from orchestrator.cluster import place_workers
     from orchestrator.modeling import summarize
+    from orchestrator.ray_workers import place_workers
 
     if lay.nodes:
         selectors = place_workers(lay.nodes, lay.workers_per_node, threads, gpus) or [None] * lay.workers
@@ -138,7 +143,8 @@ def run(plan: EvalPlan, lay: Layout, threads: int, gpus: bool,
     t0 = time.perf_counter()
     tally = ray.remote(Tally).options(num_cpus=0).remote()
     task, plan_ref = ray.remote(_evaluate_part), ray.put(plan)
-    refs = [task.options(num_cpus=threads, num_gpus=1 if gpus else 0, max_retries=0, **({"label_selector": s} if s else {}))
+    refs = [task.options(num_cpus=threads, num_gpus=1 if gpus else 0, max_retries=0,
+                         **({"label_selector": s} if s else {}))
             .remote(plan_ref, r, lay.workers, threads, gpus, tally) for r, s in enumerate(selectors)]
     rank_of = {ref: r for r, ref in enumerate(refs)}
     pending, parts, asked = list(refs), [], None
@@ -165,6 +171,28 @@ def run(plan: EvalPlan, lay: Layout, threads: int, gpus: bool,
     if progress is not None:
         progress(sums["count"], plan.total, time.perf_counter() - t0)
     parts.sort(key=lambda p: p["rank"])
-    return sums, {"workers": lay.workers, "nodes": len({p["node"] for p in parts}), "worker_counts": [p["count"] for p in parts],
+    return sums, {"workers": lay.workers, "nodes": len({p["node"] for p in parts}),
+                  "worker_counts": [p["count"] for p in parts],
                   "seconds": time.perf_counter() - t0,
                   "merge_s": round(merged - max(p["finished"] for p in parts), 4)}
+
+
+def evaluate(checkpoints: list[str], lay: Layout, views: dict, *, threads: int, gpus: bool, address: str | None,
+             out: str | None, verbose: bool = False, show: bool = True) -> dict:
+    """`cnnctl eval`: one evaluation in this process without Ray, or spread over ``lay``'s Ray workers
+    (with ``gpus``, an ``address`` or pinned nodes too). ``views``: plan_eval's data, split, tta,
+    scales, flip and batch_size. ``show``: a progress bar of the Ray workers' images."""
+    from orchestrator.evaluate import plan_eval, result_of, run_eval
+
+    if lay.workers == 1 and not (lay.nodes or gpus or address):
+        return run_eval(checkpoints, out=out, threads=threads, **views)
+    from contextlib import nullcontext
+
+    from orchestrator.cluster import connect
+    from orchestrator.console import EvalProgress
+
+    plan = plan_eval(checkpoints, **views)  # everything checked here, before Ray starts
+    connect(address, cpus_needed=lay.workers * threads, verbose=verbose)
+    with EvalProgress(f"eval {plan.split}") if show else nullcontext() as bar:  # --json: nothing but the JSON
+        sums, done = run(plan, lay, threads, gpus, bar.update if show else None)
+    return result_of(plan, sums, done.pop("seconds"), out, **done)

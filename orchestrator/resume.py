@@ -27,7 +27,7 @@ LAYOUT_FIELDS = {"dp": "parallel (dp)", "mp": "parallel.mp", "fc": "parallel.fc_
 
 def layout(cfg: RunConfig) -> dict:
     """What a mid-epoch position depends on."""
-    return {"dp": cfg.parallel.dp, "mp": cfg.parallel.mp, "fc": cfg.parallel.fc_ranks, "loader_workers": cfg.data.loader_workers,
+    return {"dp": cfg.parallel.dp, "mp": cfg.parallel.mp, "fc": cfg.parallel.layout.fc, "loader_workers": cfg.data.loader_workers,
             "batch_size": cfg.data.batch_size, "seed": cfg.run.seed, "limit": cfg.data.limit}
 
 

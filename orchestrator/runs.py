@@ -26,39 +26,11 @@ STATUS = "status.json"
 
 def mark(run: str, state: str, error: str | None = None) -> None:
     """Record the driver's view of the run (running, finished or failed) beside it."""
-    status = {"state": state, "host": socket.gethostname(), "pid": os.getpid(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    status = {"state": state, "host": socket.gethostname(), "pid": os.getpid(),
+              "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if error:
         status["error"] = error.strip().splitlines()[-1][:300]
     loc.write_bytes(loc.join(run, STATUS), (json.dumps(status) + "\n").encode())
-
-
-class TrainingFailed(RuntimeError):
-    """A run that ended in an error; the message is its last line."""
-
-
-def watched_fit(cfg: RunConfig, verbose: bool = False):
-    """`train.fit` with the console on the screen and the run's state in its status.json; returns
-    Ray's Result, or raises TrainingFailed with the error's last line (Ray Train raises a worker's
-    error; Ray has forwarded its traceback under the worker's name already)."""
-    from orchestrator.console import TrainConsole
-    from orchestrator.train import fit, run_dir
-
-    run = run_dir(cfg)
-    mark(run, "running")
-    try:
-        with TrainConsole(run, cfg.schedule.epochs, cfg.run.log_every, verbose) as console:
-            result = fit(cfg, console, verbose)
-        if result.error:
-            raise result.error
-    except Exception as exc:
-        last = ([line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__])[-1]
-        mark(run, "failed", last)
-        raise TrainingFailed(last) from None
-    except BaseException:  # Ctrl-C: `cnnctl runs` must not call it running
-        mark(run, "failed", "interrupted")
-        raise
-    mark(run, "finished")
-    return result
 
 
 def _driver_alive(status: dict) -> bool:
@@ -97,7 +69,8 @@ def describe(run: str) -> RunRow | None:
     try:
         cfg = RunConfig.model_validate(yaml.safe_load(raw))
     except Exception as exc:  # noqa: BLE001 - a damaged config is a row that says so, not a crash
-        return RunRow(name, "?", "?", 0, 0, None, None, "failed", run, f"config.yaml unreadable: {str(exc).splitlines()[0]}")
+        why = f"config.yaml unreadable: {str(exc).splitlines()[0]}"
+        return RunRow(name, "?", "?", 0, 0, None, None, "failed", run, why)
     rows = read(run)
     epochs = sorted({r["epoch"] for r in rows if "epoch" in r})
     tops = [r["val_top1"] for r in rows if r.get("val_top1") is not None]
@@ -108,7 +81,8 @@ def describe(run: str) -> RunRow | None:
     except (FileNotFoundError, OSError, ValueError):
         status = {}
     done, planned = (epochs[-1] + 1 if epochs else 0), cfg.schedule.epochs
-    checkpoints = [c for c in loc.listdir(run) if loc.name(c).startswith("checkpoint_") and not c.endswith(".json")]  # not Ray's snapshot
+    # checkpoint_*.json is Ray's snapshot, not a checkpoint
+    checkpoints = [c for c in loc.listdir(run) if loc.name(c).startswith("checkpoint_") and not c.endswith(".json")]
     complete = [c for c in checkpoints if ckpt.is_complete(c)]
     note = status.get("error", "")
     if done >= planned and complete:

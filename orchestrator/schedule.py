@@ -46,7 +46,7 @@ class Plateau:
         self.patience, self.max_drops = patience, max_drops
         self.best, self.bad, self.drops = float("-inf"), 0, 0
         if state:
-            self.best, self.bad, self.drops = state["best"], state["bad"], state["drops"]
+            self.load_state_dict(state)
 
     def update(self, val_top1: float) -> None:
         if val_top1 > self.best + 1e-4:
@@ -56,5 +56,11 @@ class Plateau:
         if self.bad > self.patience and self.drops < self.max_drops:
             self.drops, self.bad = self.drops + 1, 0
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
+        """What decides the next drops (a checkpoint's ``plateau``); patience and max_drops come from the config."""
         return {"best": self.best, "bad": self.bad, "drops": self.drops}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.bad, self.drops = state_dict["best"], state_dict["bad"], state_dict["drops"]
+
+    state = state_dict  # the name older callers use

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import torch
 
-from shards.tarwalk import BadSample
+from shards.shard_tar import BadSample
 from shards.transforms import Placed
 
 PREFETCH = 4  # batches in flight per DataLoader worker, with few workers

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards import codec, tarwalk
+from shards import codec, shard_tar
 from shards import manifest as mf
 from shards.stages import decode
 from shards.transforms import ScaleJitter, Transform
@@ -67,7 +67,7 @@ def measure(transform: Transform, samples: list[dict], min_cpu_s: float = MIN_CP
 
 def _jpeg_samples(manifest_url: str, manifest: dict) -> list[dict]:
     first = mf.shard_urls(manifest_url, manifest)[0]
-    return [s for s in tarwalk.tar_samples(first) if "jpg" in s or "jpeg" in s][:SAMPLES]
+    return [s for s in shard_tar.tar_samples(first) if "jpg" in s or "jpeg" in s][:SAMPLES]
 
 
 def windowed(setting: str, transform: Transform, manifest_url: str, manifest: dict) -> bool:

@@ -30,8 +30,8 @@ from shards import manifest as mf
 from shards import stages
 from shards.batching import RING_SHARE, Batch, Ring, prefetch, ring_budget, ring_size
 from shards.position import DIGEST_MOD, Progress, ReaderPosition, key_hash, sample_seed
+from shards.shard_tar import BadSample, Sample
 from shards.stages import BadSampleHandler, Split, Unit, raise_bad
-from shards.tarwalk import BadSample, Sample
 from shards.transforms import Transform
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class ShardStream(IterableDataset):
         # Shared with DataLoader workers that persist across epochs: set_epoch reaches them.
         self._epoch = mp_value()
         self.progress = Progress()  # where each reader stands in the epoch (position.py), shared likewise
+        self.steps_done = 0  # batches of the epoch its consumer has taken (`counted`): what `state_dict` saves
         self.workers = 1  # readers per rank: the DataLoader workers of the last `loader` (one in-process)
         # Shared-memory batch buffers, one ring per DataLoader worker, made once by loader(recycle=True)
         # in this process: workers inherit and reuse them (see batching.Ring).
@@ -123,11 +124,31 @@ class ShardStream(IterableDataset):
         if positions is not None and len(positions) != self.workers:
             raise ValueError(f"positions of {len(positions)} loader workers, this stream has {self.workers}")
         self.progress.begin(positions, steps_done % self.workers if positions else 0)
+        self.steps_done = steps_done if positions else 0
 
     def position(self, steps_done: int) -> list[ReaderPosition]:
         """Each worker's position after the epoch's first ``steps_done`` batches (those the trainer
         has trained on), by worker as the epoch began: what `set_position` resumes from."""
         return [self.progress.at(w, len(range(w, steps_done, self.workers))) for w in range(self.workers)]
+
+    def counted(self, batches: Iterator) -> Iterator:
+        """The epoch's batches as its consumer takes them, each one counted in ``steps_done``: the
+        loader's workers run ahead of the consumer, so only its side knows what was trained on."""
+        for batch in batches:
+            self.steps_done += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        """Where a training epoch stands after the batches its consumer has taken (`counted`): the
+        epoch, its steps done, and each loader worker's reader position (lists of ints)."""
+        readers = [p.as_list() for p in self.position(self.steps_done)]
+        return {"epoch": self.epoch, "steps_done": self.steps_done, "readers": readers}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Before iterating the epoch's loader (after `loader`, which sets the worker count): the
+        epoch resumes where `state_dict` found it."""
+        self.set_epoch(state_dict["epoch"])
+        self.set_position([ReaderPosition(*r) for r in state_dict["readers"]], state_dict["steps_done"])
 
     def _unit(self) -> Unit:
         info = get_worker_info()

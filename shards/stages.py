@@ -23,8 +23,8 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from shards import codec
-from shards import tarwalk
-from shards.tarwalk import BadSample, Sample
+from shards import shard_tar
+from shards.shard_tar import BadSample, Sample
 from shards.transforms import Placed, Transform
 
 REPORT_FIRST = 10  # bad samples printed per process under SkipBad; the rest are only counted
@@ -127,7 +127,7 @@ def read(urls: list[str], mine: Callable[[int], bool], expected: dict[str, int],
             continue
         k = count = 0  # picks yielded, samples read
         try:
-            for sample in tarwalk.tar_samples(url):
+            for sample in shard_tar.tar_samples(url):
                 if count == n:
                     raise BadSample(f"{url}: damaged, more samples than its manifest's {n}")
                 if k < len(picks) and picks[k] == count:

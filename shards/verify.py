@@ -13,7 +13,7 @@ import fsspec
 
 from shards import codec
 from shards import manifest as mf
-from shards import tarwalk
+from shards import shard_tar
 
 
 def _sample_problems(key: str, members: dict[str, bytes], n_classes: int, decode: bool) -> list[str]:
@@ -52,8 +52,8 @@ def verify(url: str, decode: bool = False) -> tuple[dict, list[str]]:
         if digest != entry["sha256"]:
             found.append(f"sha256 {digest[:16]}..., the manifest says {entry['sha256'][:16]}...")
         try:
-            samples = list(tarwalk.samples(data))
-        except tarwalk.BadSample as exc:
+            samples = list(shard_tar.samples(data))
+        except shard_tar.BadSample as exc:
             problems.extend(f"{name}: {p}" for p in found + [f"damaged tar ({exc})"])
             continue
         for sample in samples:

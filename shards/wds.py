@@ -1,7 +1,7 @@
 """A cnnctl split as a `webdataset.WebDataset` pipeline, for people's own training loops (DESIGN §3).
 
 cnnctl's own loader (shards/stages.py, shards/reader.py) does not use webdataset: it reads the shards
-through shards/tarwalk.py. This module is the bridge for everyone else: ``pipeline`` reads a split's
+through shards/shard_tar.py. This module is the bridge for everyone else: ``pipeline`` reads a split's
 manifest, splits its shards by rank and by DataLoader worker, and yields ``(image, label, key)`` with
 the label from the sample's ``.cls`` member. webdataset is imported here only, inside ``pipeline``.
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orchestrator.sharding import PackRequest, run_pack
-from shards.sources import FASHION_MNIST_DIR, fashion_mnist
+from orchestrator.shard_config import ShardConfig
+from orchestrator.sharding import run_pack
+from shards.fashion_mnist import FASHION_MNIST_DIR, fashion_mnist
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # The decoder choice cache (shards/decoders.py) of this session only: a test never reads or writes
@@ -19,10 +20,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ["CNNCTL_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnctl-cache-")
 
 
-def pack_request(source: str, dest: str, **kw) -> PackRequest:
-    base = dict(splits=[], prefix=None, image_format=None, resize=None, center_crop=False, quality=90,
-                shard_size=100, seed=0, workers=1, overwrite=False, max_errors=0, per_class_limit=None)
-    return PackRequest(source, dest, **{**base, **kw})
+def pack_request(source: str, dest: str, **kw) -> ShardConfig:
+    """`cnnctl shard pack SOURCE DEST --shard-size 100` and ``kw``'s options."""
+    return ShardConfig(source=source, dest=dest, **{"shard_size": 100, **kw})
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +70,8 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "A
 def s3_server():
     """A real S3 protocol server (moto's server mode) on 127.0.0.1 for the whole session. Its endpoint
     and test credentials go into this process's environment before the Ray cluster starts, so every
-    Ray node and worker has them, as a cluster's nodes have their cloud settings (README: object
-    storage). Yields an s3fs filesystem on it."""
+    Ray node and worker has them, as a cluster's nodes have their cloud settings (docs/clusters.md:
+    object storage). Yields an s3fs filesystem on it."""
     import logging
 
     from moto.server import ThreadedMotoServer

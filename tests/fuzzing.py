@@ -115,7 +115,8 @@ def corpus() -> dict:
     """Real shards (the project's writer: JPEG and PNG), images, a manifest, label files."""
     if _CORPUS:
         return _CORPUS
-    from shards.sources import fashion_mnist, open_source
+    from shards.fashion_mnist import fashion_mnist
+    from shards.sources import open_source
     from shards.writer import PackOptions, pack
 
     root = Path(tempfile.mkdtemp(prefix="cnnctl-fuzz-corpus-"))
@@ -225,15 +226,15 @@ def png_hot(data: bytes) -> list[tuple[int, int]]:
 def resum(blob: bytes) -> bytes:
     """Every header's checksum made right again, as a forger would: the walk then meets the mutated
     fields themselves. Headers are found as the strict reader would find them, up to the first it refuses."""
-    from shards import tarwalk
+    from shards import shard_tar
 
     data, pos = bytearray(blob), 0
     while pos + 512 <= len(data) and data[pos : pos + 512] != bytes(512):
         data[pos + 148 : pos + 156] = b" " * 8
         data[pos + 148 : pos + 156] = b"%06o\0 " % sum(data[pos : pos + 512])
         try:
-            size = tarwalk.header_size(bytes(data[pos : pos + 512]))
-        except tarwalk.BadSample:
+            size = shard_tar.header_size(bytes(data[pos : pos + 512]))
+        except shard_tar.BadSample:
             break
         pos += 512 + size + (-size % 512)
     return bytes(data)
@@ -255,10 +256,10 @@ def check_shard(case: tuple[str, bytes], tmp: Path, family: str = "tar") -> str:
     """A mutated shard in its split, read by the loader under both policies and by verify."""
     from shards import manifest as mf
     from shards.reader import BadSample, ShardStream, Split, loader
+    from shards.shard_job import shard_keys
     from shards.stages import SkipBad
     from shards.transforms import CenterCrop
     from shards.verify import verify
-    from shards.writer import shard_keys
 
     which, blob = case
     c = corpus()
@@ -315,7 +316,7 @@ def member_inputs():
 
 
 def check_members(case, tmp: Path) -> str:
-    from shards import stages, tarwalk
+    from shards import shard_tar, stages
     from shards.transforms import CenterCrop
 
     fmt, members = case
@@ -333,14 +334,14 @@ def check_members(case, tmp: Path) -> str:
     outcomes = []
     with guard():
         try:
-            for sample in tarwalk.samples(out.getvalue(), url):
+            for sample in shard_tar.samples(out.getvalue(), url):
                 try:
                     _, label = stages.decode(sample, CenterCrop(8), None, num_classes=10)
                     assert 0 <= label < 10
                     outcomes.append("ok")
-                except tarwalk.BadSample as exc:
+                except shard_tar.BadSample as exc:
                     outcomes.append("bad sample: " + kind(one_line(exc, url).split(": ", 2)[-1]))
-        except tarwalk.BadSample as exc:
+        except shard_tar.BadSample as exc:
             outcomes.append("error:" + kind(one_line(exc, url).removeprefix(url + ": ")))
     assert files_under(tmp) == before
     return record("members", sorted(set(outcomes))[0] if outcomes else "no samples")
@@ -643,8 +644,8 @@ def check_config(data: bytes, tmp: Path) -> str:
 
 
 def check_search(data: bytes, tmp: Path) -> str:
-    from orchestrator import search_space
     from orchestrator.config import ConfigError
+    from orchestrator.tune import space as search_space
 
     path = tmp / "space.yaml"
     path.write_bytes(data)
@@ -669,8 +670,8 @@ def sweep_spec() -> str:
 
 
 def check_sweep(data: bytes, tmp: Path) -> str:
-    from orchestrator import tune
     from orchestrator.config import ConfigError
+    from orchestrator.tune import spec as tune
 
     folder = tmp / "sweep"
     folder.mkdir(exist_ok=True)

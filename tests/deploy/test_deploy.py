@@ -1,10 +1,12 @@
 """deploy/ is declarative, and these tests keep it honest without starting Ray or a container.
 
 Every YAML parses; the cluster-launcher YAML validates against the schema shipped inside the
-installed ray; every `cnnctl shard|train|tune` command line in deploy/ and README.md passes
-`--dry-run` through the real Typer app; the image tag is the package version everywhere; token auth
-is on for every node and pod; the KubeRay dashboard stays inside the cluster; and the GPU shapes hold
-the training mesh (a tower pair on one node).
+installed ray; every `cnnctl shard|train|tune` command line in deploy/, README.md and the manual's
+pages (docs/*.md) passes `--dry-run` through the real Typer app; every relative link in those pages
+resolves, to a file and, where it names one, to a heading, and every repository path they name in
+backticks exists; the image tag is the package version everywhere; token auth is on for every node
+and pod; the KubeRay dashboard stays inside the cluster; and the GPU shapes hold the training mesh (a
+tower pair on one node).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from orchestrator.cli import app
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]  # the front door and the manual
 IMAGE_HOME = "/home/ray/cnnctl"  # WORKDIR of deploy/docker/Dockerfile: the repository as the image holds it
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 IMAGE = f"cnnctl:{VERSION}"
@@ -57,7 +60,7 @@ def strings(node) -> list[str]:
 
 
 def command_lines(path: Path) -> list[str]:
-    """The `cnnctl shard|train|tune ...` command lines in a file: README's fenced code blocks; a
+    """The `cnnctl shard|train|tune ...` command lines in a file: a Markdown page's fenced code blocks; a
     YAML file's comments and string values (a RayJob's entrypoint). Shell continuations are joined.
     A mention inside backticks is prose, not a command line; `shard verify` and `shard info` only
     read, and have no dry run."""
@@ -89,7 +92,7 @@ def argv(line: str) -> list[str]:
     return words[1:]
 
 
-CASES = [(path, line) for path in [*YAMLS, README] for line in command_lines(path)]
+CASES = [(path, line) for path in [*YAMLS, *PAGES] for line in command_lines(path)]
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=rel)
@@ -113,6 +116,86 @@ def test_every_command_line_passes_dry_run(path, line):
     assert res.exit_code == 0, f"{rel(path)}: {line}\n{res.output}"
 
 
+def test_the_front_door_and_the_manual_hold_shard_train_and_tune_lines():
+    """The dry runs above cover the pages only if the pages' command lines are found at all."""
+    for pages in ([README], PAGES[1:]):
+        kinds = {argv(line)[0] for path in pages for line in command_lines(path)}
+        missing = sorted(set(DRY_RUN_COMMANDS) - kinds)
+        assert not missing, f"{', '.join(rel(p) for p in pages)}: no cnnctl {' or '.join(missing)} line"
+
+
+# --- links between README.md and docs/ ---------------------------------------------------------
+
+
+def without_fences(text: str) -> str:
+    return re.sub(r"^```[^\n]*\n.*?^```[^\n]*$", "", text, flags=re.M | re.S)
+
+
+def prose(text: str) -> str:
+    """A Markdown page without its fenced code blocks and code spans, where `#` and `](` are not Markdown."""
+    return re.sub(r"`[^`\n]*`", "", without_fences(text))
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens,
+    a repeated heading suffixed -1, -2, ..."""
+    found, counts = set(), {}
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", without_fences(path.read_text()), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        found.add(f"{slug}-{counts[slug]}" if counts.get(slug) else slug)
+        counts[slug] = counts.get(slug, 0) + 1
+    return found
+
+
+def links(path: Path) -> list[str]:
+    """The relative link targets of a page: `[text](target)` and `![alt](target)` outside code."""
+    found = re.findall(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", prose(path.read_text()))
+    return [t for t in found if not re.match(r"[a-z][a-z0-9+.-]*:", t)]  # http:, https:, mailto: leave the repository
+
+
+LINKS = [(path, target) for path in PAGES for target in links(path)]
+
+
+@pytest.mark.parametrize("path,target", LINKS, ids=[f"{rel(p)}->{t}" for p, t in LINKS])
+def test_every_relative_link_resolves(path, target):
+    file, _, anchor = target.partition("#")
+    dest = (path.parent / file).resolve() if file else path
+    assert dest.exists(), f"{rel(path)}: {target} names {file}, which does not exist"
+    assert ROOT in dest.parents or dest == ROOT, f"{rel(path)}: {target} leaves the repository"
+    if anchor:
+        assert dest.suffix == ".md", f"{rel(path)}: {target}: an anchor into a file that is not a Markdown page"
+        assert anchor in anchors(dest), f"{rel(path)}: {target}: no heading of {rel(dest)} has the anchor #{anchor}"
+
+
+@pytest.mark.parametrize("path", PAGES, ids=rel)
+def test_every_repository_path_a_page_names_exists(path):
+    """A code span that is a path in the repository (`shards/location.py`, `deploy/ray/`, `models/__init__`)
+    names a file or folder that exists, so a module that moves takes the manual's mentions with it."""
+    top = "orchestrator|models|shards|configs|bench|tests|deploy|docs"
+    named = set(re.findall(rf"`((?:{top})/[\w./-]*)`", path.read_text()))
+    gone = sorted(p for p in named if not (ROOT / p).exists() and not (ROOT / f"{p}.py").exists())
+    assert not gone, f"{rel(path)} names {', '.join(gone)}, not in the repository"
+
+
+def test_the_link_check_reads_headings_and_links_as_github_does(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("""# Benchmarks
+## Ray Train's step and its start-up
+## 1. Bytes per step, counted (bench/comm.py)
+## `cnnctl tune`: sweeps
+## Notes
+## Notes
+```bash
+# a shell comment, not a heading: [not](a-link.md)
+```
+See [a page](docs/a.md#notes-1), ![a plot](plot.png), [the web](https://example.org/x.md) and `[code](b.md)`.
+""")
+    assert anchors(page) == {"benchmarks", "ray-trains-step-and-its-start-up", "1-bytes-per-step-counted-benchcommpy",
+                             "cnnctl-tune-sweeps", "notes", "notes-1"}
+    assert links(page) == ["docs/a.md#notes-1", "plot.png"]
+    assert any("#" in t for _, t in LINKS) and README in {p for p, _ in LINKS}
+
+
 def test_the_manifests_hold_a_shard_train_and_tune_command_each():
     for path in [*LAUNCHER, *KUBERAY]:
         kinds = {argv(line)[0] for line in command_lines(path)}
@@ -124,7 +207,7 @@ def test_the_manifests_hold_a_shard_train_and_tune_command_each():
 
 
 def test_image_tag_is_the_package_version_everywhere():
-    for path in [*DEPLOY.rglob("*"), ROOT / ".dockerignore", README]:
+    for path in [*DEPLOY.rglob("*"), ROOT / ".dockerignore", *PAGES]:
         if path.is_file():
             for tag in re.findall(r"\bcnnctl:([\w.-]+)", path.read_text()):
                 assert tag == VERSION, f"{rel(path)}: cnnctl:{tag}, the package is {VERSION}"

@@ -20,7 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.tune_plan import flat
+from orchestrator.tune.plan import flat
 from cnnctl_cli import cli
 
 pytestmark = pytest.mark.timeout(600)

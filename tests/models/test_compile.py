@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from models.alexnet import alexnet_small
 from models.parallel import (Mesh, apply_compile, apply_fc_split, apply_tower_split, canonical_names,
                              canonical_state_dict)
-from orchestrator.cluster import run_local
+from orchestrator.local_ranks import run_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]  # inductor compiles, gloo process groups
 

@@ -9,7 +9,7 @@ import torch
 from models.alexnet import AlexNet, alexnet_small
 from models.owt import OneWeirdTrickAlexNet
 from models.parallel import Mesh, apply_fc_split, canonical_state_dict
-from orchestrator.cluster import run_local
+from orchestrator.local_ranks import run_local
 
 K, B = 2, 3
 
@@ -56,7 +56,7 @@ def test_the_split_refuses_two_towers_and_a_width_k_does_not_divide():
         apply_fc_split(alexnet_small(num_classes=10), mesh)  # towers=2
     with pytest.raises(ValueError, match="K=3"):
         OneWeirdTrickAlexNet(alexnet_small(num_classes=10, towers=1, width=0.5), 0, _Group(3))
-    with pytest.raises(ValueError, match="fc=3 must divide world=2"):
+    with pytest.raises(ValueError, match="K=3 must be at least 2 and divide the world size 2"):
         Mesh(world=2, rank=0, fc=3)
 
 

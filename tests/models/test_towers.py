@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import models
 from models.parallel import Mesh, apply_tower_split, canonical_state_dict
-from orchestrator.cluster import run_local
+from orchestrator.local_ranks import run_local
 from models.towers import TowerParallelAlexNet
 
 
@@ -157,9 +157,9 @@ def test_mp1_returns_the_model_itself():
 @pytest.mark.parametrize(
     "name,overrides,match",
     [
-        ("vgg-a", {}, r"VGG \(towers=1\) has none to split"),
-        ("alexnet", {"towers": 1}, r"AlexNet \(towers=1\) has none to split"),
-        ("alexnet-owt", {}, r"AlexNet \(towers=1\) has none to split"),
+        ("vgg-a", {}, r"parallel.mp: 2 splits a model's two towers over a rank pair; VGG is built with 1"),
+        ("alexnet", {"towers": 1}, r"AlexNet is built with 1"),
+        ("alexnet-owt", {}, r"AlexNet is built with 1"),
     ],
 )
 def test_mp2_refuses_a_model_without_towers(name, overrides, match):

@@ -21,7 +21,7 @@ from pyarrow import fs as pafs
 
 import models
 from orchestrator import checkpoint as ckpt
-from orchestrator import train
+from orchestrator import trainer
 from orchestrator.config import RunConfig
 
 STAGED = "cnnctl-checkpoint-"
@@ -46,7 +46,7 @@ def _model():
 
 def _fake_trainer(model, monkeypatch):
     """What Trainer._checkpoint uses of a Trainer, without data or a process group."""
-    monkeypatch.setattr(train, "canonical_state_dict", lambda m: m.state_dict())
+    monkeypatch.setattr(trainer, "canonical_state_dict", lambda m: m.state_dict())
     return SimpleNamespace(model=model, cfg=RunConfig(), is_logger=True, mean_image=None, last_checkpoint=0.0)
 
 
@@ -70,7 +70,7 @@ def test_enospc_while_staging_removes_the_folder_and_fails_in_one_line(tmpdir_on
     reported = []
     for _ in range(3):  # each retry used to leave another copy on the full disk
         with pytest.raises(ckpt.CheckpointError) as exc:
-            train.Trainer._checkpoint(me, {"epoch": 1}, {"epoch": 1}, {"epoch": 1}, lambda m, f: reported.append(f))
+            trainer.Trainer._checkpoint(me, {"epoch": 1}, {"epoch": 1}, {"epoch": 1}, lambda m, f: reported.append(f))
         assert len(str(exc.value).splitlines()) == 1 and "No space left on device" in str(exc.value)
         assert "state.pt" in str(exc.value)
     assert _staged(tmpdir_only) == [] and reported == []  # nothing staged, nothing handed to the upload
@@ -150,7 +150,7 @@ def test_async_uploads_are_one_at_a_time(tmpdir_only, tmp_path, monkeypatch):
     watcher.start()
     t0 = time.perf_counter()
     for step in range(5):
-        train.Trainer._checkpoint(me, {"step": step}, {"epoch": 0}, {"epoch": 0, "step": step}, report)
+        trainer.Trainer._checkpoint(me, {"step": step}, {"epoch": 0}, {"epoch": 0, "step": step}, report)
     pool.shutdown(wait=True)
     stop.set()
     watcher.join()

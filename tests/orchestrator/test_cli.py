@@ -115,7 +115,7 @@ def test_owt_that_cannot_apply_is_refused_in_one_line_before_ray(monkeypatch, ar
     def no_ray(*a, **kw):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr("orchestrator.cli.connect", no_ray)
+    monkeypatch.setattr("orchestrator.preflight.connect", no_ray)
     res = runner.invoke(app, ["train", *args])
     assert res.exit_code == 1
     (only,) = [l for l in res.output.splitlines() if l.strip()]
@@ -164,8 +164,8 @@ def test_group_help_stays_help_only():
 
 
 def test_tune_resume_dry_run_prints_the_saved_sweep_and_starts_nothing(tmp_path):
-    from orchestrator import search_space
-    from orchestrator import tune as sweeps
+    from orchestrator.tune import space as search_space
+    from orchestrator.tune import sweep as sweeps
     from orchestrator.config import resolve
 
     cfg = resolve("demo-fashion", None, [f"run.storage={tmp_path}", "tune.name=saved", "tune.seeds=2"])
@@ -208,3 +208,91 @@ def test_a_split_smaller_than_one_global_batch_is_refused_before_ray(uneven_fmni
     assert res.exit_code == 1 and "100" in res.output and "128" in res.output, res.output
     res = runner.invoke(app, ["tune", "run", "--data", uneven_fmnist_root, "--set", "data.batch_size=1024", "--num-samples", "1"])
     assert res.exit_code == 1 and "600" in res.output and "1024" in res.output, res.output
+
+
+class _Counted:
+    """A stand-in (or a pass-through to ``real``) that counts its calls."""
+
+    def __init__(self, real=None, returns=None):
+        self.real, self.returns, self.calls = real, returns, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.real(*args, **kwargs) if self.real else self.returns
+
+
+class _FakeConsole:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def callbacks(self) -> list:
+        return []
+
+    def print(self, *args, **kwargs) -> None:
+        pass
+
+
+class _FakeTrainer:
+    """Ray Train's TorchTrainer without Ray: fit() returns a finished Result."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def fit(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(error=None, metrics={"epoch": 0, "val_top1": 0.5}, checkpoint=None)
+
+
+def _count_preflight(monkeypatch) -> dict:
+    """Count every connect (wherever it is looked up), resume check and data check of one command."""
+    from orchestrator import cli, preflight, resume
+
+    counts = {"connect": _Counted(), "resume": _Counted(resume.check), "data": _Counted(preflight.check_data),
+              "preflight": _Counted(preflight.preflight)}
+    monkeypatch.setattr("orchestrator.preflight.connect", counts["connect"])
+    monkeypatch.setattr("orchestrator.cluster.connect", counts["connect"])
+    monkeypatch.setattr("orchestrator.resume.check", counts["resume"])
+    monkeypatch.setattr("orchestrator.preflight.check_data", counts["data"])
+    monkeypatch.setattr(cli, "preflight", counts["preflight"])
+    return counts
+
+
+def test_dry_run_calls_preflight_once_and_connects_nowhere(monkeypatch):
+    counts = _count_preflight(monkeypatch)
+    res = runner.invoke(app, ["train", "--preset", "demo-fashion", "--data", "s3://nowhere/shards", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "# cluster: 1 node(s) x 2 worker(s) = world 2" in res.output
+    assert {k: c.calls for k, c in counts.items()} == {"connect": 0, "resume": 0, "data": 0, "preflight": 1}
+
+
+def test_a_real_run_checks_and_connects_once(monkeypatch, fmnist_root, tmp_path):
+    """The whole `cnnctl train` path (preflight, launch.watched_fit, train.fit, prepare_run,
+    build_trainer) with Ray Train's trainer and the console replaced: one connect, one resume
+    check, one data check."""
+    counts = _count_preflight(monkeypatch)
+    monkeypatch.setattr("orchestrator.console.TrainConsole", _FakeConsole)
+    monkeypatch.setattr("orchestrator.ray_workers.warm_up_train", lambda: None)
+    monkeypatch.setattr("orchestrator.ray_workers.place_workers", lambda *a: None)
+    monkeypatch.setattr("orchestrator.ray_workers.torch_trainer", lambda: _FakeTrainer)
+    res = runner.invoke(app, ["train", "--preset", "demo-fashion", "--data", fmnist_root, "--name", "once",
+                              "--set", f"run.storage={tmp_path}", "--set", "data.batch_size=64"])
+    assert res.exit_code == 0, res.output
+    assert "done: epoch 0 val_top1 0.5000" in res.output
+    assert {k: c.calls for k, c in counts.items()} == {"connect": 1, "resume": 1, "data": 1, "preflight": 1}
+    assert json.loads((tmp_path / "once" / "status.json").read_text())["state"] == "finished"
+    assert (tmp_path / "once" / "config.yaml").exists()  # prepare_run ran
+
+
+def test_preflight_problems_stop_before_ray(monkeypatch, tmp_path):
+    counts = _count_preflight(monkeypatch)
+    res = runner.invoke(app, ["train", "--preset", "demo-fashion", "--data", str(tmp_path / "none")])
+    assert res.exit_code == 1
+    assert res.output.startswith("error: ") and "data" in res.output
+    assert (counts["connect"].calls, counts["resume"].calls, counts["preflight"].calls) == (0, 0, 1)

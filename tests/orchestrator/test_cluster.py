@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from orchestrator import cluster
+from orchestrator import cluster, ray_security
 
 
 def test_cluster_down_leaves_a_process_that_reused_a_recorded_pid_alone(tmp_path):
     """A state file outlives its cluster (a reboot, a crash): its pids may name other processes now."""
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a group leader, as a node was
     try:
-        started = cluster._start_time(other.pid)
+        started = cluster.start_time(other.pid)
         state = tmp_path / "stale"
         state.mkdir()
         record = {"address": "127.0.0.1:1", "token_path": str(state / "auth_token"), "temp_dir": str(tmp_path),
@@ -45,6 +45,6 @@ def test_a_local_rays_token_is_written_or_tightened_to_0600(tmp_path, monkeypatc
         token.parent.mkdir(mode=0o755)
         token.write_text("a" * 64)
         token.chmod(mode)
-    cluster.ensure_private_token()
+    ray_security.ensure_private_token()
     assert token.stat().st_mode & 0o777 == 0o600 and token.parent.stat().st_mode & 0o777 == 0o700
     assert len(token.read_text()) == 64 and (mode is None or token.read_text() == "a" * 64)

@@ -68,8 +68,8 @@ def test_a_yaml_error_in_a_config_file_is_one_line(tmp_path):
                                   b"base: {model: {name: 3}}\nsearch: {space: {}}\n",
                                   b"base: {}\nsearch: {space: {optim.lr: {choice: [0.1]}}}\nplan: {draws: x}\n"])
 def test_a_damaged_sweep_spec_is_one_line_naming_it(tmp_path, text):
-    from orchestrator import tune
     from orchestrator.config import ConfigError
+    from orchestrator.tune import spec as tune
 
     (tmp_path / tune.SPEC).write_bytes(text)
     with pytest.raises(ConfigError) as err:

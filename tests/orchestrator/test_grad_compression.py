@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import models
 from bench.comm import Counter
 from models.parallel import Mesh, apply_data_parallel, apply_fc_split, canonical_state_dict
-from orchestrator.cluster import run_local
+from orchestrator.local_ranks import run_local
 
 pytestmark = pytest.mark.slow  # gloo process groups
 

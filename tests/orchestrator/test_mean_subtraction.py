@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.config import ConfigError, resolve
 from orchestrator.device_batch import Normalize
-from shards.sources import fashion_mnist
+from shards.fashion_mnist import fashion_mnist
 from shards.writer import PackOptions, pack
 from test_precision import run_trainer
 

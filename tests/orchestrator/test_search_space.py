@@ -3,10 +3,11 @@
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator import search_space, tune_plan
 from orchestrator.cli import app
 from orchestrator.config import ConfigError, resolve
-from orchestrator.search_space import SearchSpace, apply, validate
+from orchestrator.tune import plan as tune_plan
+from orchestrator.tune import space as search_space
+from orchestrator.tune.space import SearchSpace, apply, validate
 
 runner = CliRunner()
 
@@ -220,7 +221,7 @@ def test_a_drawn_value_equal_to_the_base_is_the_same_configuration(base):
 def test_optuna_searcher_trains_each_configuration_with_its_seeds_and_tells_tpe_the_mean(base):
     from ray.tune.search import Searcher
 
-    from orchestrator.tune_search import OptunaCells
+    from orchestrator.tune.optuna_cells import OptunaCells
 
     cfg = base.model_copy(deep=True)
     cfg.tune.num_samples, cfg.tune.seeds, cfg.run.seed = 6, 2, 5

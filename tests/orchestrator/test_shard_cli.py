@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from skimage import data as photos
 from typer.testing import CliRunner
@@ -138,3 +139,49 @@ def test_a_split_folder_packs_under_its_datasets_name(image_tree, tmp_path):
     assert names == ["imagenet-train-000000.tar", "imagenet-train-000001.tar", "imagenet-train.manifest.json", "imagenet-train.mean.npy"]
     res = runner.invoke(app, ["shard", str(tmp_path / "imagenet" / "train"), str(tmp_path / "p"), "--shard-size", "30", "--prefix", "in100"])
     assert res.exit_code == 0 and (tmp_path / "p" / "in100-train.manifest.json").exists(), res.output
+
+
+def _plan(args: list[str]) -> dict:
+    res = runner.invoke(app, ["shard", *args, "--dry-run"])
+    assert res.exit_code == 0, res.output
+    return yaml.safe_load(res.output)
+
+
+def test_options_resolve_defaults_then_file_then_set_then_flags(tmp_path):
+    """One precedence for the shard options, as for the training config: defaults < --config <
+    --set < flags (and SOURCE, DEST)."""
+    f = tmp_path / "shard.yaml"
+    f.write_text(yaml.safe_dump({"quality": 70, "seed": 3, "workers": 2, "splits": ["test"], "resize": 64,
+                                 "dest": "ignored", "overwrite": True}))
+    dest = str(tmp_path / "o")
+    defaults = _plan(["fashion-mnist", dest])["options"]
+    assert (defaults["quality"], defaults["seed"], defaults["resize"], defaults["shard_size"]) == (90, 0, None, 1000)
+    plan = _plan(["fashion-mnist", dest, "--config", str(f)])
+    assert (plan["options"]["quality"], plan["options"]["seed"], plan["options"]["resize"]) == (70, 3, 64)
+    assert (plan["splits"], plan["runs_on"], plan["destination"]) == (["test"], "2 local process(es)", dest)
+    assert plan["options"]["existing_shards"] == "rebuilt (--overwrite)"
+    plan = _plan(["fashion-mnist", dest, "--config", str(f), "--set", "quality=80", "--set", "seed=5"])
+    assert (plan["options"]["quality"], plan["options"]["seed"], plan["runs_on"]) == (80, 5, "2 local process(es)")
+    plan = _plan(["fashion-mnist", dest, "--config", str(f), "--set", "quality=80", "--quality", "95", "--resume",
+                  "--split", "train", "--workers", "1"])
+    assert (plan["options"]["quality"], plan["options"]["seed"], plan["splits"]) == (95, 3, ["train"])
+    assert (plan["runs_on"], plan["options"]["existing_shards"]) == ("1 local process(es)", "kept (--resume)")
+
+
+def test_bad_shard_options_one_line_each(tmp_path):
+    res = runner.invoke(app, ["shard", "fashion-mnist", str(tmp_path), "--set", "colour=red", "--set", "quality=101",
+                              "--dry-run"])
+    assert res.exit_code == 1
+    assert sorted(res.output.splitlines()) == ["error: colour: unknown key",
+                                               "error: quality: Input should be less than or equal to 100 (got 101)"]
+    res = runner.invoke(app, ["shard", "fashion-mnist", str(tmp_path), "--config", str(tmp_path / "no.yaml")])
+    assert res.exit_code == 1 and "no such file" in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_shard_config_packs_as_the_flags_do(tmp_path):
+    from orchestrator.shard_config import ShardConfig, resolve_shard
+
+    cfg = resolve_shard(None, ["per_class_limit=2", "shard_bytes=1MB"], {"source": "fashion-mnist", "dest": "d"})
+    assert cfg == ShardConfig(source="fashion-mnist", dest="d", per_class_limit=2, shard_bytes="1MB")
+    assert resolve_shard(None, ["resize=256"], {"source": "s", "dest": "d"}).resize == "256"  # --set gives a number

@@ -9,12 +9,12 @@ import statistics
 import pytest
 from scipy import stats
 
-from orchestrator import tune_stats
 from orchestrator.config import ConfigError, resolve
-from orchestrator.search_space import SearchSpace
-from orchestrator.tune import save_spec
-from orchestrator.tune_plan import CELL, SEED
-from orchestrator.tune_report import write
+from orchestrator.tune import stats as tune_stats
+from orchestrator.tune.plan import CELL, SEED
+from orchestrator.tune.report import write
+from orchestrator.tune.space import SearchSpace
+from orchestrator.tune.spec import save_spec
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4.6, 9, 30])

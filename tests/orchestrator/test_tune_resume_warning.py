@@ -1,7 +1,7 @@
 """`tune --resume` loads Tune's pickled state from run.storage: it says so, in one line, before it does."""
 
-from orchestrator import search_space
-from orchestrator import tune as sweeps
+from orchestrator.tune import space as search_space
+from orchestrator.tune import sweep as sweeps
 from orchestrator.config import RunConfig
 
 

@@ -22,8 +22,8 @@ from PIL import Image
 
 from shards import codec
 from shards import manifest as mf
+from shards.layouts import class_folders
 from shards.reader import ShardStream, Split, loader
-from shards.sources import class_folders
 from shards.transforms import AlexNetCrop, CenterCrop, CropFlip, Full, ScaleJitter, TenCrop
 from shards.writer import PackOptions, pack
 from conftest import photo

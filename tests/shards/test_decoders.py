@@ -12,7 +12,7 @@ import pytest
 from conftest import jpeg_bytes, photo
 from shards import codec, decoders
 from shards import manifest as mf
-from shards.sources import class_folders
+from shards.layouts import class_folders
 from shards.transforms import AlexNetCrop, CenterCrop
 from shards.writer import PackOptions, pack
 

@@ -9,8 +9,8 @@ import simplejpeg
 
 from shards import codec
 from shards import manifest as mf
+from shards.layouts import class_folders
 from shards.reader import ShardStream, Split, loader
-from shards.sources import class_folders
 from shards.transforms import AlexNetCrop, CenterCrop, ScaleJitter
 from shards.writer import PackOptions, pack
 

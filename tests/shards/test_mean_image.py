@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from shards import manifest as mf
+from shards.layouts import class_folders
 from shards.reader import ShardStream, Split, loader
-from shards.sources import class_folders
 from shards.transforms import AlexNetCrop, CenterCrop, TenCrop
 from shards.writer import PackOptions, pack
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from shards import manifest as mf
+from shards.fashion_mnist import fashion_mnist
 from shards.reader import BadSample, ShardStream, Split, loader
 from shards.stages import SkipBad
 from shards.transforms import CenterCrop, CropFlip
 from shards.writer import PackOptions, pack
-from shards.sources import fashion_mnist
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_tar_walk_reads_what_tarfile_writes(tmp_path, fmt):
     import io
     import tarfile
 
-    from shards.tarwalk import tar_samples
+    from shards.shard_tar import tar_samples
 
     fmt_const = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}[fmt]
     deep = "d" * 60 + "/" + "e" * 60 if fmt == "ustar" else "x" * 150  # ustar: prefix field; gnu/pax: long names
@@ -233,7 +233,7 @@ def test_tar_walk_stops_at_a_damaged_header_after_the_members_before_it():
     import io
     import tarfile
 
-    from shards.tarwalk import members as _tar_members
+    from shards.shard_tar import members as _tar_members
 
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as t:
@@ -286,7 +286,7 @@ def test_recycled_buffers_keep_the_last_batch_of_an_epoch_while_the_next_epoch_s
 @pytest.mark.parametrize("workers", [0, 2])
 def test_whole_images_of_several_sizes_batch_by_size_and_cover_the_split_once(tmp_path, workers):
     from PIL import Image
-    from shards.sources import class_folders
+    from shards.layouts import class_folders
     from shards.transforms import Full
 
     sizes = [(30, 20), (20, 30), (24, 24), (26, 22), (22, 26), (28, 21)]  # more than OPEN_SIZES

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from shards import manifest as mf
-from shards import stages, tarwalk
+from shards import shard_tar, stages
+from shards.layouts import class_folders
 from shards.reader import ShardStream, Split, loader
-from shards.sources import class_folders
 from shards.stages import SkipBad
 from shards.transforms import AlexNetCrop, CropFlip, ScaleJitter
 from shards.writer import PackOptions, pack
@@ -101,8 +101,8 @@ def test_a_resume_decodes_nothing_it_skips_and_leaves_used_up_shards_unread(shar
     taken in but not handed on at the cut, or one after it (the replay of the shuffle says which)."""
     reference, positions = epoch_batches(stream(shard_root, 0, CropFlip(32, 4), buffer=buffer), 0, 0)
     opened, decoded = [], []
-    read, decode = tarwalk.tar_samples, stages.decode
-    monkeypatch.setattr(tarwalk, "tar_samples", lambda url: opened.append(url) or read(url))
+    read, decode = shard_tar.tar_samples, stages.decode
+    monkeypatch.setattr(shard_tar, "tar_samples", lambda url: opened.append(url) or read(url))
     monkeypatch.setattr(stages, "decode", lambda raw, *a, **k: decoded.append(raw["__key__"]) or decode(raw, *a, **k))
     cut = len(reference) - 1
     rest, _ = epoch_batches(stream(shard_root, 0, CropFlip(32, 4), buffer=buffer), 0, 0, cut, positions[cut - 1])

@@ -3,9 +3,10 @@
 import pytest
 
 from shards import manifest as mf
+from shards.shard_job import shard_keys
 from shards.sources import open_source
 from shards.verify import verify
-from shards.writer import PackOptions, pack, shard_keys
+from shards.writer import PackOptions, pack
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from conftest import (FIXED, GOOD_PER_CLASS, NAMES, REJECTED, VAL_COUNT, WNIDS, 
 from PIL import Image
 
 from shards import manifest as mf
-from shards.sources import SourceError, open_source
+from shards.listing import SourceError
+from shards.sources import open_source
 from shards.writer import PackOptions, pack
 
 

@@ -9,7 +9,8 @@ import simplejpeg
 import webdataset as wds
 from conftest import REJECTED, VAL_COUNT, WNIDS, jpeg_bytes, photo, val_truth
 
-from shards.sources import SourceError, open_source
+from shards.listing import SourceError
+from shards.sources import open_source
 from shards.writer import PackOptions, pack
 
 

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from conftest import jpeg_bytes, photo, png_bytes
 
-from shards import codec, stages, tarwalk
+from shards import codec, shard_tar, stages
 from shards import manifest as mf
+from shards.fashion_mnist import fashion_mnist
 from shards.reader import BadSample, ShardStream, Split, loader
-from shards.sources import fashion_mnist
+from shards.shard_job import shard_keys
 from shards.stages import SkipBad
 from shards.transforms import CenterCrop
 from shards.verify import verify
-from shards.writer import PackOptions, pack, shard_keys
+from shards.writer import PackOptions, pack
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_forged_tar_size_is_an_error_not_a_hang(small_split, tmp_path, field):
     shard = tmp_path / "s-test-000001.tar"
     shard.write_bytes(forge_size(shard.read_bytes(), 4, field))
     with pytest.raises(BadSample, match=r"s-test-000001.tar: .*member '[^']+'"):
-        list(tarwalk.tar_samples(str(shard)))
+        list(shard_tar.tar_samples(str(shard)))
     # the loader: one line naming the shard under error, a counted skip under skip
     with pytest.raises(BadSample, match=r"s-test-000001.tar") as err:
         list(loader(ShardStream(url, Split(), 8, CenterCrop(28), train=False)))
@@ -105,7 +106,7 @@ def test_member_past_the_end_names_the_file_and_member(small_split, tmp_path):
     shard.write_bytes(forge_size(blob, 2, b"%011o" % (len(blob) * 2)))
     with pytest.raises(BadSample,
                        match=rf"{re.escape(str(shard))}: truncated tar member '[^']+\.\w+' \(\d+ of \d+ bytes\)"):
-        list(tarwalk.tar_samples(str(shard)))
+        list(shard_tar.tar_samples(str(shard)))
 
 
 def test_gnu_base256_size_is_read_and_bounded():
@@ -115,9 +116,9 @@ def test_gnu_base256_size_is_read_and_bounded():
         info.size = 1
         t.addfile(info, io.BytesIO(b"3"))
     blob = forge_size(out.getvalue(), 0, b"\x80" + (1).to_bytes(11, "big"))
-    assert list(tarwalk.members(blob)) == [("k.cls", b"3")]
+    assert list(shard_tar.members(blob)) == [("k.cls", b"3")]
     with pytest.raises(BadSample, match="member .k.cls. \\(size field"):
-        list(tarwalk.members(forge_size(blob, 0, b"\x80" + (2**80).to_bytes(11, "big"))))
+        list(shard_tar.members(forge_size(blob, 0, b"\x80" + (2**80).to_bytes(11, "big"))))
 
 
 # 2. Pixel limit on the read path -----------------------------------------------------------------
@@ -324,5 +325,5 @@ def test_a_member_extension_with_a_newline_stays_one_line():
             info.size = 1
             t.addfile(info, io.BytesIO(b"1"))
     with pytest.raises(BadSample, match="two '.x\\\\ny' members") as err:
-        list(tarwalk.samples(out.getvalue(), "s.tar"))
+        list(shard_tar.samples(out.getvalue(), "s.tar"))
     assert "\n" not in str(err.value) and str(err.value).startswith("s.tar: ")

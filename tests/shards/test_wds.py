@@ -11,7 +11,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from shards import manifest as mf
-from shards import tarwalk
+from shards import shard_tar
 from shards.wds import pipeline
 
 
@@ -21,7 +21,7 @@ def _split(root: str, split: str = "train") -> tuple[str, dict, dict[str, int]]:
     manifest = mf.load(url)
     truth = {}
     for shard, info in zip(mf.shard_urls(url, manifest), manifest["shards"]):
-        got = {s["__key__"]: int(s["cls"]) for s in tarwalk.tar_samples(shard)}
+        got = {s["__key__"]: int(s["cls"]) for s in shard_tar.tar_samples(shard)}
         assert len(got) == info["count"]
         truth |= got
     assert len(truth) == manifest["num_samples"]

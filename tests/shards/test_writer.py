@@ -10,7 +10,8 @@ import pytest
 import webdataset as wds
 
 from shards import manifest as mf
-from shards.sources import class_folders, fashion_mnist
+from shards.fashion_mnist import fashion_mnist
+from shards.layouts import class_folders
 from shards.writer import PackOptions, TooManyErrors, pack
 
 

@@ -29,14 +29,14 @@ from __future__ import annotations
 import json
 import math
 import random
-import typing
-
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from orchestrator.config import CONFIGS_DIR, ConfigError, RunConfig, _deep_merge, _format_errors, _load_yaml, _nest, check, yaml_names
+from orchestrator import yaml_tree
+from orchestrator.config import CONFIGS_DIR, ConfigError, RunConfig, check, yaml_names
+from orchestrator.yaml_tree import deep_merge, format_errors, load_yaml, nest
 
 SEARCH_DIR = CONFIGS_DIR / "search"
 KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
@@ -50,10 +50,15 @@ class Dimension(BaseModel):
 
     choice: list[Any] | None = Field(None, min_length=1, description="Pick one of these values at random.")
     uniform: tuple[float, float] | None = Field(None, description="A float drawn uniformly from [low, high].")
-    loguniform: tuple[float, float] | None = Field(None, description="A float drawn log-uniformly from [low, high]; low > 0.")
-    randint: tuple[int, int] | None = Field(None, description="An integer drawn uniformly from [low, high], both included.")
-    grid: list[Any] | None = Field(None, min_length=1, description="Every value, once per sample (a grid over several paths is their product).")
-    when: dict[str, Any] | None = Field(None, min_length=1, description="Sample this dimension only when every named path has this value (a list: any of these values); otherwise the trial keeps the base config's value.")
+    loguniform: tuple[float, float] | None = Field(
+        None, description="A float drawn log-uniformly from [low, high]; low > 0.")
+    randint: tuple[int, int] | None = Field(
+        None, description="An integer drawn uniformly from [low, high], both included.")
+    grid: list[Any] | None = Field(
+        None, min_length=1, description="Every value, once per sample (a grid over several paths is their product).")
+    when: dict[str, Any] | None = Field(
+        None, min_length=1, description="Sample this dimension only when every named path has this value (a list: any "
+                                        "of these values); otherwise the trial keeps the base config's value.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Dimension":
@@ -172,23 +177,7 @@ class SearchSpace(BaseModel):
 
 def known_path(path: str) -> str | None:
     """None when ``path`` names a leaf field of RunConfig, else why not."""
-    model: type[BaseModel] = RunConfig
-    parts = path.split(".")
-    for i, part in enumerate(parts):
-        field = model.model_fields.get(part)
-        if field is None:
-            where = ".".join(parts[:i]) or "the config"
-            return f"unknown path ({where} has no field {part!r}; known: {', '.join(model.model_fields)})"
-        # a section that may be None (model.lrn: None is the model's own LRN) is still a section
-        options = typing.get_args(field.annotation) or (field.annotation,)
-        annotation = next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), field.annotation)
-        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        if i == len(parts) - 1:
-            return "is a section, not a field" if is_section else None
-        if not is_section:
-            return f"unknown path ({'.'.join(parts[:i + 1])} is a field with no sub-fields)"
-        model = annotation
-    return None
+    return yaml_tree.known_path(RunConfig, path)
 
 
 def lookup(tree: dict, path: str) -> Any:
@@ -205,11 +194,11 @@ def effective_key(base: dict, params: dict) -> str:
 
 
 def _value_problems(base: dict, path: str, value: Any) -> list[str]:
-    merged = _deep_merge(base, _nest(path, value))
+    merged = deep_merge(base, nest(path, value))
     try:
         cfg = RunConfig.model_validate(merged)
     except ValidationError as exc:
-        return _format_errors(exc)
+        return format_errors(exc)
     return check(cfg)
 
 
@@ -242,7 +231,7 @@ def validate(space: SearchSpace, base: RunConfig) -> list[str]:
                 if not lines and (held := lookup(apply(base_dict, {cond: v}).model_dump(mode="json"), cond)) != v:
                     lines = [f"the config holds it as {held!r}, which never equals {v!r}: write {held!r}"]
                 problems += [f"search {path}: when {cond}={v!r}: {line}" for line in lines]
-            probe_base = _deep_merge(probe_base, _nest(cond, want[0] if isinstance(want, list) else want))
+            probe_base = deep_merge(probe_base, nest(cond, want[0] if isinstance(want, list) else want))
         if bad_when:
             continue
         for value in dim.probes():
@@ -260,7 +249,7 @@ def load(name_or_file: str) -> SearchSpace:
             known = ", ".join(yaml_names(SEARCH_DIR))
             raise ConfigError([f"search preset {name_or_file!r}: not found in configs/search/ (known: {known})"])
         path = Path(str(path))
-    data = _load_yaml(path, "search file")
+    data = load_yaml(path, "search file")
     try:
         return SearchSpace.model_validate(data)
     except ValidationError as exc:
@@ -279,5 +268,5 @@ def apply(base: dict, params: dict) -> RunConfig:
     for path, value in params.items():
         if "." not in path:
             continue
-        merged = _deep_merge(merged, _nest(path, value))
+        merged = deep_merge(merged, nest(path, value))
     return RunConfig.model_validate(merged)

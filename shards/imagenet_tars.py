@@ -1,10 +1,11 @@
-"""Tar archives read in place: ImageNet's tars are indexed, never extracted.
+"""ImageNet's original tars (or any tar of images), read in place: indexed, never extracted.
 
 ``ILSVRC2012_img_train.tar`` holds one uncompressed tar per class, so every image is a byte range
 of the outer file: the outer member's data offset plus the inner member's data offset. The index
 is built by walking the headers once; images are then read with one seek each, in any process.
 Nothing in an archive is ever written anywhere, so no member name can escape the output; members
-that could (absolute paths, ``..``), links and devices are still rejected with a reason.
+that could (absolute paths, ``..``), links and devices are still rejected with a reason. cnnctl's
+own shard tars are read elsewhere (shards/shard_tar.py).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def unsafe_reason(info: tarfile.TarInfo) -> str | None:
     return None
 
 
-def _walk(f, start: int, size: int, where: str, nested: bool, members: list[Member], rejected: list[dict], archive: str) -> None:
+def _walk(f, start: int, size: int, where: str, nested: bool, members: list[Member], rejected: list[dict],
+          archive: str) -> None:
     try:
         tar = tarfile.open(fileobj=io.BufferedReader(_Window(f, start, size), 1 << 16), mode="r:")
     except tarfile.TarError as exc:
@@ -81,7 +83,8 @@ def _walk(f, start: int, size: int, where: str, nested: bool, members: list[Memb
             try:
                 info = tar.next()
             except tarfile.TarError as exc:
-                rejected.append({"source": where or archive, "reason": f"corrupt tar header, the rest is unreadable ({exc})"})
+                reason = f"corrupt tar header, the rest is unreadable ({exc})"
+                rejected.append({"source": where or archive, "reason": reason})
                 return
             if info is None:
                 return

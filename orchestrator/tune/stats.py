@@ -39,7 +39,8 @@ def _betainc(a: float, b: float, x: float) -> float:
     """The regularised incomplete beta function I_x(a, b)."""
     if x <= 0 or x >= 1:
         return 0.0 if x <= 0 else 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    front = math.exp(log_front)
     if x < (a + 1) / (a + b + 2):
         return front * _betacf(a, b, x) / a
     return 1 - front * _betacf(b, a, 1 - x) / b
@@ -118,8 +119,9 @@ def verdict(name: str, against: str, a: list[float], b: list[float], metric: str
     if test is None:
         return (f"{name} vs {against}: {metric} {statistics.fmean(a) - statistics.fmean(b):+.4f}; "
                 f"not testable with {seeds} (Welch's t-test needs at least 2 on each side: use --seeds 2 or more).")
+    said = (f"{name} vs {against}: {metric} {test.diff:+.4f} "
+            f"(Welch t = {test.t:.2f}, df = {test.df:.1f}, p = {test.p:.3g}): ")
     if test.resolved:
-        return (f"{name} vs {against}: {metric} {test.diff:+.4f} (Welch t = {test.t:.2f}, df = {test.df:.1f}, p = {test.p:.3g}): "
-                f"resolved at {seeds}, {'higher' if test.diff > 0 else 'lower'} beyond the seed-to-seed noise (p < {ALPHA:g}).")
-    return (f"{name} vs {against}: {metric} {test.diff:+.4f} (Welch t = {test.t:.2f}, df = {test.df:.1f}, p = {test.p:.3g}): "
-            f"not resolved at {seeds}; the difference is within the seed-to-seed noise.")
+        return (said + f"resolved at {seeds}, {'higher' if test.diff > 0 else 'lower'} beyond the seed-to-seed noise "
+                f"(p < {ALPHA:g}).")
+    return said + f"not resolved at {seeds}; the difference is within the seed-to-seed noise."

@@ -14,7 +14,7 @@ from ray.tune import Callback
 from rich.console import Console
 from rich.live import Live
 
-from orchestrator import tune_plan
+from orchestrator.tune import plan as tune_plan
 
 
 def _value(v) -> str:
@@ -44,14 +44,16 @@ class TuneConsole(Callback):
             self.live.start()
 
     def _print(self, text: str) -> None:
-        (self.live.console if self.live else self.out or Console(highlight=False, soft_wrap=True)).print(text, markup=False)
+        out = self.live.console if self.live else self.out or Console(highlight=False, soft_wrap=True)
+        out.print(text, markup=False)
 
     def _summary(self, trials) -> None:
         if self.live is None:
             return
         running = sum(t.status == "RUNNING" for t in trials)
         best = "" if self.best is None else f"  best {self.metric} {self.best[0]:.4f} ({self.best[1]})"
-        self.live.update(f"{len(trials)} trial(s): {running} running, {self.finished} finished, {self.failed} failed{best}", refresh=True)
+        self.live.update(f"{len(trials)} trial(s): {running} running, {self.finished} finished, "
+                         f"{self.failed} failed{best}", refresh=True)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.started.setdefault(trial.trial_id, time.monotonic())
@@ -63,7 +65,8 @@ class TuneConsole(Callback):
     def _row(self, trial, status: str) -> None:
         result = trial.last_result or {}
         config = tune_plan.flat(trial.config or {})  # a planned trial's paths sit under one key
-        params = {k: v for k, v in config.items() if k not in (tune_plan.CELL, tune_plan.SEED) and not isinstance(v, dict)}
+        params = {k: v for k, v in config.items()
+                  if k not in (tune_plan.CELL, tune_plan.SEED) and not isinstance(v, dict)}
         if not self.header:
             self._print("  ".join(["trial", *params, "seed", "epochs", self.metric, "time", "status"]))
             self.header = True

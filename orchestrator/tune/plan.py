@@ -1,6 +1,6 @@
 """What a sweep trains: the space's draws reduced to distinct configurations, each times its seeds.
 
-Two draws are one configuration when their resolved RunConfigs are equal (`search_space.effective_key`):
+Two draws are one configuration when their resolved RunConfigs are equal (`space.effective_key`):
 a dimension whose `when:` failed was never drawn, and a value equal to the base's changes nothing.
 A configuration drawn again is not trained again: under ``tune.trial_seeds=same`` it is dropped (it
 would repeat a run exactly), under ``distinct`` it becomes ``tune.seeds`` more seeds of that
@@ -13,8 +13,9 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from orchestrator.config import RunConfig
-from orchestrator.search_space import SearchSpace, effective_key
+from orchestrator.config import ConfigError, RunConfig
+from orchestrator.tune.space import SearchSpace, effective_key, lookup
+from orchestrator.yaml_tree import parse_assignments
 
 CELL, SEED = "_cell", "_seed"  # a trial's configuration number and training seed, beside its dotted paths
 TRIAL = "_trial"  # random search: the planned trial, one value of a Tune grid
@@ -81,24 +82,12 @@ def make(cfg: RunConfig, space: SearchSpace, start: dict | None = None) -> Plan:
 
 def parse_baseline(text: str) -> dict:
     """``path=value[,path=value...]`` (values read as --set reads them: false, 1e-4, cosine) -> {path: value}."""
-    from orchestrator.config import ConfigError, _scalar
-    from orchestrator.search_space import known_path
-
-    out, problems = {}, []
-    for item in text.split(","):
-        path, eq, value = item.strip().partition("=")
-        why = "expected path=value" if not eq or not path else known_path(path)
-        if why:
-            problems.append(f"tune.baseline {item.strip()!r}: {why}")
-        else:
-            out[path] = _scalar(value)
-    if problems:
-        raise ConfigError(problems)
-    return out
+    return parse_assignments(text, RunConfig, "tune.baseline")
 
 
 def _same(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+    numbers = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)]
+    if all(numbers):
         return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
     return a == b
 
@@ -106,9 +95,6 @@ def _same(a, b) -> bool:
 def baseline_cell(text: str, cells: list[dict], base: dict, labels: list[str] | None = None) -> int:
     """The one configuration the baseline names (its paths read from the drawn values, or the base
     config's where a configuration did not draw them); ConfigError when it names none or several."""
-    from orchestrator.config import ConfigError
-    from orchestrator.search_space import lookup
-
     want = parse_baseline(text)
     hits = [i for i, values in enumerate(cells)
             if all(_same(values[p] if p in values else lookup(base, p), v) for p, v in want.items())]

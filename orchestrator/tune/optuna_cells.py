@@ -1,7 +1,7 @@
 """`cnnctl tune --search-alg optuna`: Ray Tune's OptunaSearch behind a searcher that turns each
 suggestion into a configuration's seeds and never trains a configuration twice. It is saved with
 Tune's experiment state, so `--resume` goes on where it stopped. (A random search needs no searcher:
-its trials are planned up front, `tune_plan.make`, and handed to Tune as a grid, which PBT accepts.)
+its trials are planned up front, `plan.make`, and handed to Tune as a grid, which PBT accepts.)
 
 Imported only once Ray is connected (ray.tune reads the auth settings when it is imported).
 """
@@ -15,8 +15,8 @@ import statistics
 from ray.tune.search import Searcher
 
 from orchestrator.config import RunConfig
-from orchestrator.search_space import SearchSpace, effective_key
-from orchestrator.tune_plan import CELL, SEED, trial_seed
+from orchestrator.tune.plan import CELL, SEED, trial_seed
+from orchestrator.tune.space import SearchSpace, effective_key
 from shards import location as loc
 
 MAX_REPEATS = 50  # optuna: draws in a row that repeat a configuration before the search is called done
@@ -109,7 +109,8 @@ class OptunaCells(Searcher):
             return
         values = self.values[cell]
         for asked in self.waiting[cell]:
-            self.inner.on_trial_complete(asked, {self.metric: statistics.fmean(values)} if values else None, error=not values)
+            result = {self.metric: statistics.fmean(values)} if values else None
+            self.inner.on_trial_complete(asked, result, error=not values)
         self.waiting[cell] = []
 
 

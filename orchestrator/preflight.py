@@ -1,0 +1,91 @@
+"""What `cnnctl train` checks on the driver before any worker starts, in one function, run once.
+
+`preflight` finds, in order, what would otherwise fail later in a worker's traceback: a store that
+cannot be reached (data.root, run.storage, model.init_from), splits that are missing or too small
+for one global batch, a source that cannot initialise the model, a tracker that cannot be used, and
+a rerun that would resume mid-epoch at another layout; then it starts (or joins) Ray. A dry run
+calls it too and stops before the checks that read a store or start anything, so it works where the
+data is not (a README line naming a bucket).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+from orchestrator import tracking
+from orchestrator.cluster import connect
+from orchestrator.config import ConfigError, RunConfig
+from shards import location as loc
+
+
+class PreflightError(ConfigError):
+    """What stops a run before Ray starts: one line per problem."""
+
+
+def check_data(cfg: RunConfig) -> list[str]:
+    """Problems with the stores, the configured splits and model.init_from, found before Ray or any
+    worker starts."""
+    from shards.manifest import check_splits
+
+    # an object store that cannot be reached (no bucket, no credentials) is one line, not a worker's trace
+    unreachable = [line for what, url in (("data.root", cfg.data.root), ("run.storage", cfg.run.storage),
+                                          ("model.init_from", cfg.model.init_from or ""))
+                   if (line := loc.check_access(url, what))]
+    if unreachable:
+        return unreachable
+    problems = check_splits(cfg.data.root, cfg.data.prefix, [cfg.data.train_split, cfg.data.val_split])
+    if not problems and (line := epoch_has_steps(cfg)):
+        problems.append(line)
+    if cfg.model.init_from:  # a source that cannot initialise this model is refused before Ray starts
+        from orchestrator.modeling import init_source
+
+        try:
+            init_source(cfg)
+        except ValueError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def epoch_has_steps(cfg: RunConfig) -> str | None:
+    """One line when the training split holds less than one global batch: every dp rank takes
+    (samples // dp) // (batch_size // dp) steps an epoch (shards/reader.py), here none."""
+    from shards import manifest as mf
+
+    d, dp = cfg.data, cfg.parallel.dp
+    samples = mf.load(mf.manifest_url(d.root, d.prefix, d.train_split))["num_samples"]
+    samples = samples if d.limit is None else min(d.limit, samples)
+    if (samples // dp) // max(d.batch_size // dp, 1) == 0:
+        limited = " (data.limit)" if d.limit is not None and d.limit <= samples else ""
+        return (f"data ({d.train_split}): {samples} samples{limited}, fewer than one global batch of {d.batch_size} "
+                f"(data.batch_size, over dp={dp}): an epoch would have no step; lower data.batch_size or use a "
+                f"larger split")
+    return None
+
+
+def preflight(cfg: RunConfig, *, dry_run: bool = False, verbose: bool = False) -> str:
+    """Check ``cfg`` before a run and, unless ``dry_run``, connect to Ray (every check of a real run
+    reads stores, so a dry run stops before them). Returns the cluster shape line; raises
+    PreflightError with every problem found."""
+    shape = cfg.parallel.shape()
+    if dry_run:
+        return shape
+    if problems := check_data(cfg) + tracking.check(cfg):
+        raise PreflightError(problems)
+    from orchestrator import resume  # torch: only a real run pays for it
+
+    try:  # a rerun that would resume mid-epoch at another layout: refused before Ray starts
+        resume.check(cfg, loc.join(loc.absolute(cfg.run.storage), cfg.run.name))
+    except ValueError as exc:
+        raise PreflightError([str(exc)]) from None
+    # Importing the training code and torch (seconds) overlaps with starting Ray, which stays on this
+    # thread (Ray ends the processes it starts when the thread that started them ends). Ray Train is
+    # imported later, by build_trainer: only after connect() has set a cluster's auth env.
+    importer = threading.Thread(target=importlib.import_module, args=("orchestrator.train",), daemon=True)
+    importer.start()
+    try:
+        connect(cfg.parallel.address, cpus_needed=cfg.parallel.world * cfg.parallel.cpus_per_worker, verbose=verbose)
+    except RuntimeError as exc:  # a cluster that cannot be joined
+        raise PreflightError([str(exc)]) from None
+    importer.join()
+    return shape
