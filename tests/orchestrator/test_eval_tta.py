@@ -118,12 +118,12 @@ def test_eval_prints_a_table_by_default(checkpoint, tmp_path):
      "error: --scales [16]: dense evaluation needs every Q >= the crop size 28"),
 ])
 def test_eval_on_workers_refuses_bad_paths_in_one_line_before_ray_starts(checkpoint, monkeypatch, args, message):
-    import orchestrator.cli
+    from orchestrator import cluster
 
     def no_ray(*a, **k):
         raise AssertionError("Ray must not start")
 
-    monkeypatch.setattr(orchestrator.cli, "connect", no_ray)
+    monkeypatch.setattr(cluster, "connect", no_ray)  # eval_ray imports it when it starts Ray
     res = runner.invoke(app, ["eval", *[a.format(ckpt=checkpoint) for a in args]])
     assert res.exit_code == 1 and len(res.output.splitlines()) == 1 and res.output.startswith(message), res.output
 
