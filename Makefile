@@ -6,7 +6,7 @@ FMNIST    := /usr/share/datasets/fashion-mnist
 STAMP     := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup data jpeg-headers demo test bench fuzz clean
+.PHONY: setup data jpeg-headers demo lint test test-fast bench fuzz clean
 
 setup: $(STAMP) data
 
@@ -40,9 +40,18 @@ demo: setup
 	$(VENV)/bin/cnnctl report runs/demo-fashion && \
 	echo "demo wall time: $$(( $$(date +%s) - start )) s"
 
+# ruff first (its rules: pyproject.toml), over the whole tree.
+lint: setup
+	$(PY) -m ruff check .
+
 # pytest exits 5 when it collected no tests; that is a failure here, never a silent pass.
-test: setup
+# `make test` is both tiers (CI runs it); `make test-fast` leaves out the slow tier (tests marked
+# `slow`: tests/e2e, the tests on the session's Ray cluster, process groups; docs/DESIGN.md, Tests).
+test: lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: lint
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/lrn.py

@@ -198,11 +198,13 @@ def main() -> None:
                 try:
                     rows.append(run(layout, k, args.batch, tmp))
                 except Exception as exc:  # noqa: BLE001 - a K that does not fit in memory: say so, go on
-                    print(f"{layout} K={k}: did not run ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]})", flush=True)
+                    print(f"{layout} K={k}: did not run ({type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[-1][:200]})", flush=True)
                     continue
                 r = rows[-1]
                 print(f"{layout} K={k}: {max(r['sent_per_rank']) / 1e6:,.1f} MB sent per rank per step "
-                      f"(ranks {'equal' if len(set(r['sent_per_rank'])) == 1 else 'DIFFER'}); wall {time.perf_counter() - t0:.0f} s, "
+                      f"(ranks {'equal' if len(set(r['sent_per_rank'])) == 1 else 'DIFFER'}); "
+                      f"wall {time.perf_counter() - t0:.0f} s, "
                       f"counted step {min(r['step_seconds']):.1f}-{max(r['step_seconds']):.1f} s", flush=True)
     print(table(rows))
     if args.json:

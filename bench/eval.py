@@ -14,8 +14,8 @@ Each contender's img/s is end to end (a Ray run's from dispatch to the merged su
 model loading included; the process's from plan to sums) and its CPU-seconds per image the whole
 process tree's (bench/cputime.py: with a local Ray that is every Ray process too, idle daemons
 included), as the median and spread [min-max] over rounds. Also printed: the ratios per round, each
-Ray run's merge overhead (from the last worker's finish to the merged summary, `merge_s`). The goal: ray-2 >= 1.8x ray-1 in
-img/s where the machine has 2 free cores (a shared machine gives less), merge overhead << 1 s.
+Ray run's merge overhead (from the last worker's finish to the merged summary, `merge_s`). The goal:
+ray-2 >= 1.8x ray-1 in img/s where the machine has 2 free cores (a shared machine gives less), merge overhead << 1 s.
 
 Usage: python bench/eval.py [--images 4000] [--workers 2] [--rounds 3] [--tta center|ten-crop|dense]
 """
@@ -69,7 +69,6 @@ def main() -> None:
         plan = plan_eval([setup(Path(tmp), args.images)], split="test", tta=args.tta)
         connect(None, cpus_needed=args.workers)
         merge: dict[str, list[float]] = {}
-        loop: dict[str, list[float]] = {}
         results: dict[str, dict] = {}
 
         def process() -> int:
@@ -104,12 +103,13 @@ def main() -> None:
         print(rounds.ratio(f"ray-{args.workers}", "ray-1", f"ray-1 / ray-{args.workers}"))
         print(rounds.ratio("process", "ray-1", "ray-1 / process (Ray's cost for one worker)"))
         speed = [b / a for a, b in zip(rounds.rate["ray-1"], rounds.rate[f"ray-{args.workers}"])]
-        print(f"img/s ray-{args.workers} over ray-1: {statistics.median(speed):.2f}x [{min(speed):.2f}-{max(speed):.2f}]; rounds: "
+        print(f"img/s ray-{args.workers} over ray-1: {statistics.median(speed):.2f}x "
+              f"[{min(speed):.2f}-{max(speed):.2f}]; rounds: "
               + " ".join(f"{v:.2f}" for v in speed))
         for name, values in merge.items():
             ms = [v * 1e3 for v in values]
-            print(f"merge overhead {name}: {statistics.median(ms):.1f} ms [{min(ms):.1f}-{max(ms):.1f}] from the last worker's "
-                  "finish to the merged summary")
+            print(f"merge overhead {name}: {statistics.median(ms):.1f} ms [{min(ms):.1f}-{max(ms):.1f}] "
+                  "from the last worker's finish to the merged summary")
         one = results["process"]
         for name, sums in results.items():  # the check the tests make, on this run's numbers
             assert (sums["top1"], sums["top5"], sums["count"]) == (one["top1"], one["top5"], one["count"]), name

@@ -47,7 +47,7 @@ def run(name: str, strategy, check, seconds: float, out: Path, run_seed: int) ->
         tried += 1
         try:
             fz.run_one(check, case)
-        except Exception as exc:  # the property broke: count it, keep the input, go on
+        except Exception as exc:  # noqa: BLE001 - the property broke: count it, keep the input, go on
             what = "HUNG" if isinstance(exc, fz.Hang) else f"FAILED {type(exc).__name__}"
             failures[what] += 1
             fz.record(name, what)
@@ -82,7 +82,8 @@ def main() -> int:
         res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         res["rss_growth_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
         summary[name], broke = res, broke + res["failures"]
-        print(f"  {name}: {res['tried']} inputs in {res['seconds']:.0f} s, {res['failures']} broke the property", flush=True)
+        print(f"  {name}: {res['tried']} inputs in {res['seconds']:.0f} s, {res['failures']} broke the property",
+              flush=True)
     print()
     print(f"{'family':<16}{'inputs':>8}{'in/s':>7}{'broke':>7}{'hung':>6}{'peak RSS':>10}  outcomes (count  kind)")
     for name, res in summary.items():
@@ -91,15 +92,18 @@ def main() -> int:
             if fam == name or fam.startswith(name + "-") or (name == "image" and fam.startswith("image-")):
                 counts.update(c)
         hung = counts.get("HUNG", 0)
-        head = f"{name:<16}{res['tried']:>8}{res['tried'] / max(res['seconds'], 1e-9):>7.1f}{res['failures']:>7}{hung:>6}{res['peak_rss_mib']:>8.0f}Mi"
+        rate = res['tried'] / max(res['seconds'], 1e-9)
+        head = f"{name:<16}{res['tried']:>8}{rate:>7.1f}{res['failures']:>7}{hung:>6}{res['peak_rss_mib']:>8.0f}Mi"
         rows = counts.most_common()
         print(f"{head}  {rows[0][1]:>6}  {rows[0][0]}" if rows else head)
         for outcome, n in rows[1:12]:
             print(f"{'':<54}  {n:>6}  {outcome}")
         if len(rows) > 12:
             print(f"{'':<54}  {sum(n for _, n in rows[12:]):>6}  ({len(rows) - 12} other kinds)")
-    print(f"\n{'no input broke the property' if not broke else f'{broke} inputs broke the property: see {args.out}/'}; none hung"
-          if not any(fz.OUTCOMES[f].get("HUNG") for f in fz.OUTCOMES) else f"\n{broke} inputs broke the property (some hung): see {args.out}/")
+    any_hung = any(fz.OUTCOMES[f].get("HUNG") for f in fz.OUTCOMES)
+    found = "no input broke the property" if not broke else f"{broke} inputs broke the property: see {args.out}/"
+    print(f"\n{found}; none hung" if not any_hung
+          else f"\n{broke} inputs broke the property (some hung): see {args.out}/")
     return 1 if broke else 0
 
 

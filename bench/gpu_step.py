@@ -59,7 +59,8 @@ class Variant:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="alexnet", help="a `cnnctl models` name (alexnet: the paper's two-tower net at mp=1)")
+    ap.add_argument("--model", default="alexnet",
+                    help="a `cnnctl models` name (alexnet: the paper's two-tower net at mp=1)")
     ap.add_argument("--batch", type=int, default=128, help="images per step (the paper: 128)")
     ap.add_argument("--steps", type=int, default=30, help="timed steps per variant per round")
     ap.add_argument("--rounds", type=int, default=3)

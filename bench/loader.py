@@ -117,7 +117,8 @@ class NaivePIL(Dataset):
         img = Image.open(io.BytesIO(self.jpegs[i])).convert("RGB")
         w, h = img.size
         side = min(w, h)
-        left, top = (w - side) // 2 + random.randrange(side - CROP + 1), (h - side) // 2 + random.randrange(side - CROP + 1)
+        left = (w - side) // 2 + random.randrange(side - CROP + 1)
+        top = (h - side) // 2 + random.randrange(side - CROP + 1)
         img = img.crop((left, top, left + CROP, top + CROP))
         if random.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
@@ -182,13 +183,15 @@ def run_codec(pool: ProcessPoolExecutor, jpegs: list[bytes], workers: int, loop=
 
 
 def run_naive(jpegs: list[bytes], workers: int, batch: int) -> int:
-    data = DataLoader(NaivePIL(jpegs, [0] * len(jpegs)), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers)
+    data = DataLoader(NaivePIL(jpegs, [0] * len(jpegs)), batch_size=batch, shuffle=True, drop_last=True,
+                      num_workers=workers)
     return sum(len(images) for images, _ in data)
 
 
 def compare_vgg(url: str, args: argparse.Namespace) -> None:
     """VGG scale jitter: windowed decoding against whole-image decoding, the same loader otherwise."""
-    streams = {way: ShardStream(url, Split(), args.batch, ScaleJitter(224, 256, 512), seed=0, windowed=way == "windowed")
+    streams = {way: ShardStream(url, Split(), args.batch, ScaleJitter(224, 256, 512), seed=0,
+                                windowed=way == "windowed")
                for way in ("whole", "windowed")}
     for stream in streams.values():
         run_loader(stream, args.workers[0], 0)  # start the persistent workers, untimed
@@ -200,7 +203,8 @@ def compare_vgg(url: str, args: argparse.Namespace) -> None:
     print(rounds.line("whole", "loader, VGG scale jitter, whole-image decode"))
     print(rounds.line("windowed", "loader, VGG scale jitter, windowed decode"))
     print(rounds.ratio("windowed", "whole", "windowed / whole"))
-    print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs")
 
 
 def main() -> None:
@@ -213,7 +217,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     ap.add_argument("--batch", type=int, default=128, help="batch size")
     ap.add_argument("--augment", choices=("alexnet", "vgg"), default="alexnet", help="the train transform measured")
-    ap.add_argument("--decoder", choices=decoders.CHOICES, default="auto", help="the loader's JPEG decoder (data.decoder)")
+    ap.add_argument("--decoder", choices=decoders.CHOICES, default="auto",
+                    help="the loader's JPEG decoder (data.decoder)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,11 +226,13 @@ def main() -> None:
         t0 = time.perf_counter()
         build_corpus(root, args.images)
         manifest, _ = pack(class_folders(root, "train"), str(dest), "bench",
-                           PackOptions(resize=256, quality=90, shard_size=250, workers=min(max(args.workers), os.cpu_count() or 1)))
+                           PackOptions(resize=256, quality=90, shard_size=250,
+                                       workers=min(max(args.workers), os.cpu_count() or 1)))
         url = mf.manifest_url(str(dest), "bench", "train")
         jpegs = tar_jpegs(sorted(dest.glob("bench-train-*.tar")))
         sizes = [simplejpeg.decode_jpeg_header(j)[:2] for j in jpegs[:200]]
-        print(f"corpus: {len(jpegs)} JPEGs in {len(manifest['shards'])} shards, shorter side 256 (e.g. {sizes[0][1]}x{sizes[0][0]}), "
+        print(f"corpus: {len(jpegs)} JPEGs in {len(manifest['shards'])} shards, shorter side 256 "
+              f"(e.g. {sizes[0][1]}x{sizes[0][0]}), "
               f"{sum(map(len, jpegs)) / len(jpegs) / 1024:.1f} KiB each; built in {time.perf_counter() - t0:.1f}s")
         if args.augment == "vgg":
             return compare_vgg(url, args)
@@ -236,7 +243,8 @@ def main() -> None:
         load0 = os.getloadavg()[0]  # other jobs on the machine skew wall-clock ratios: say how busy it was
         if len(args.workers) > 1:
             compare_workers(url, transform, windowed, args)
-            print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+            print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on "
+                  f"{os.cpu_count()} CPUs")
             return
         rounds, w = Rounds(), args.workers[0]
         with ProcessPoolExecutor(w) as pool:
@@ -249,7 +257,8 @@ def main() -> None:
                 rounds.run("codec", run_codec, pool, jpegs, w)
                 rounds.run("window", run_codec, pool, jpegs, w, window_loop)
                 rounds.run("naive", run_naive, jpegs, w, args.batch)
-        print(f"medians and [min-max] over {args.rounds} interleaved rounds; CPU-s: user + sys of every process involved")
+        print(f"medians and [min-max] over {args.rounds} interleaved rounds; "
+              "CPU-s: user + sys of every process involved")
         print(rounds.line("loader", f"loader (ShardStream, AlexNet crop+flip, {w} workers, batch {args.batch})"))
         print(rounds.line("codec", f"codec  (bare simplejpeg decode+crop+flip loop x {w} processes)"))
         print(rounds.line("window", f"window (bare windowed-decode loop x {w} processes)"))
@@ -257,8 +266,10 @@ def main() -> None:
         fastest = min(("codec", "window"), key=lambda k: statistics.median(rounds.cpu[k]))
         print(rounds.ratio("loader", fastest, f"loader / fastest bare loop ({fastest})") + "  (goal >= 0.9x)")
         print(rounds.ratio("loader", "naive", "loader / naive PIL") + "  (goal >= 1.8x)")
-        print(rounds.ratio("loader", "window", "loader / window loop") + "  (the loader's own overhead over its decoder)")
-        print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(rounds.ratio("loader", "window", "loader / window loop")
+              + "  (the loader's own overhead over its decoder)")
+        print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on "
+              f"{os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def main() -> None:
         "cnnctl_lrn": lambda a: lrn(a, *p),
     }
     ms = fwd_bwd_ms(candidates, x, grad, args.repeat)
-    print(f"shape={tuple(x.shape)} {args.dtype} {args.device} {'channels_last' if args.channels_last else 'contiguous'} "
+    layout = "channels_last" if args.channels_last else "contiguous"
+    print(f"shape={tuple(x.shape)} {args.dtype} {args.device} {layout} "
           f"threads={torch.get_num_threads()} torch={torch.__version__} lrn={tuple(p)} (paper convention)")
     for name, t in ms.items():
         print(f"  {name:<11} fwd+bwd {t:8.2f} ms   {t / ms['relu']:6.2f}x relu")

@@ -46,14 +46,14 @@ def wnid(label: int) -> str:
     return f"n{90000000 + label}"
 
 
-def _tint(label: int) -> np.ndarray:
+def tint(label: int) -> np.ndarray:
     """Per-channel gains of a class's colour: a fixed hue per Fashion-MNIST class, half saturated."""
     return np.array(colorsys.hsv_to_rgb(label / len(FASHION_MNIST_CLASSES), 0.5, 1.0))
 
 
 def _image(rec: Record, shape: tuple[int, int]) -> tuple[bytes, tuple[int, int, int, int]]:
     """JPEG bytes of a tinted, bilinearly upscaled record, and the box (inclusive) of its non-black pixels."""
-    rgb = (rec.pixels[..., None] * _tint(rec.label)).astype(np.uint8)
+    rgb = (rec.pixels[..., None] * tint(rec.label)).astype(np.uint8)
     img = Image.fromarray(rgb).resize(shape, Image.BILINEAR)
     left, top, right, bottom = img.getbbox() or (0, 0, *shape)
     out = io.BytesIO()
@@ -145,7 +145,8 @@ def main() -> None:
     a = p.parse_args()
     start = time.perf_counter()
     try:
-        res = write(a.out, classes=a.classes, train_per_class=a.train_per_class, val_per_class=a.val_per_class, size=a.size, seed=a.seed)
+        res = write(a.out, classes=a.classes, train_per_class=a.train_per_class, val_per_class=a.val_per_class,
+                    size=a.size, seed=a.seed)
     except (FileExistsError, ValueError) as exc:
         p.error(str(exc))
     took = time.perf_counter() - start

@@ -87,7 +87,8 @@ def restart(args, url: str) -> None:
         if step == cut:
             positions = stream.position(cut)
             break
-    print(f"\n1. restart to the first batch after step {cut} of {len(stream)} ({cut * 128} samples skipped), one reader:")
+    print(f"\n1. restart to the first batch after step {cut} of {len(stream)} "
+          f"({cut * 128} samples skipped), one reader:")
     way = {"resumed (positions)": [], "decode the skipped": []}
     for r in range(args.rounds):
         resumed = first_batch(url, cut, positions)
@@ -109,7 +110,8 @@ def restart(args, url: str) -> None:
             t0 = time.perf_counter()
             stages.replay(length, 2000, random.Random(0), int(length * args.cut))
             times.append(time.perf_counter() - t0)
-        print(f"   ImageNet, {readers:>2} reader(s) ({length:,} samples each, buffer 2000): the shuffle's replay to {args.cut:.0%} "
+        print(f"   ImageNet, {readers:>2} reader(s) ({length:,} samples each, buffer 2000): "
+              f"the shuffle's replay to {args.cut:.0%} "
               f"{spread(times, 's')}")
 
 
@@ -163,7 +165,8 @@ def stall_loop(config: dict) -> None:
                 sopt.step()
                 if mode == "on" and i % every == 0:
                     folder = tempfile.mkdtemp(prefix="cnnctl-bench-")
-                    ckpt.save(folder, small.state_dict(), cfg, {"optimizer": sopt.state_dict(), "epoch": 0, "step": i}, {"epoch": 0, "step": i})
+                    ckpt.save(folder, small.state_dict(), cfg, {"optimizer": sopt.state_dict(), "epoch": 0, "step": i},
+                              {"epoch": 0, "step": i})
                     reports["async"]({"round": r, "mode": "steady"}, folder)
             step_s[mode].append((time.perf_counter() - t0) / steps)
     weights_mb = sum(t.numel() * t.element_size() for t in weights.values()) / 1e6
@@ -197,8 +200,8 @@ def stall(args) -> None:
 
         out = Path(tempfile.mkdtemp(prefix="cnnctl-bench-")) / "stall.json"  # the worker runs on this machine
         trainer = torch_trainer()(
-            stall_loop, train_loop_config={"rounds": args.rounds, "settle_s": 8.0, "steps": args.steps, "every": args.every,
-                                           "out": str(out)},
+            stall_loop, train_loop_config={"rounds": args.rounds, "settle_s": 8.0, "steps": args.steps,
+                                           "every": args.every, "out": str(out)},
             torch_config=TorchConfig(backend="gloo"), scaling_config=ray.train.ScalingConfig(num_workers=1),
             run_config=ray.train.RunConfig(name="bench-resume", storage_path="s3://bench/runs",
                                            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
@@ -216,7 +219,8 @@ def stall(args) -> None:
     print(f"   async / serialisation: {spread([a / b for a, b in zip(s['async'], s['save'][1::2])], 'x')}; "
           f"sync / async: {spread([a / b for a, b in zip(s['sync'], s['async'])], 'x')}")
     st = m["step_s"]
-    print(f"\n3. steady state, alexnet-small batch 64 on one CPU thread, a step checkpoint every {args.every} steps against none:")
+    print(f"\n3. steady state, alexnet-small batch 64 on one CPU thread, "
+          f"a step checkpoint every {args.every} steps against none:")
     print(f"   step, checkpoints off   {spread(st['off'], 'ms', 1e3)}")
     print(f"   step, checkpoints on    {spread(st['on'], 'ms', 1e3)}")
     print(f"   on / off: {spread([a / b for a, b in zip(st['on'], st['off'])], 'x')}")
@@ -245,7 +249,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             root, dest = Path(tmp, "corpus"), Path(tmp, "shards")
             build_corpus(root, args.images)
-            pack(class_folders(root, "train"), str(dest), "bench", PackOptions(resize=256, quality=90, shard_size=250, workers=2))
+            pack(class_folders(root, "train"), str(dest), "bench",
+                 PackOptions(resize=256, quality=90, shard_size=250, workers=2))
             restart(args, mf.manifest_url(str(dest), "bench", "train"))
     if args.only in (None, "stall"):
         stall(args)

@@ -26,7 +26,8 @@ LINKS_GBIT = (100, 200, 400)
 NODES, PER_NODE = (1, 4, 8), 8
 IMAGENET, EPOCHS = 1_281_167, 90
 LAYOUTS = ("dp", "dp+bf16", "towers", "owt", "owt+bf16", "owt+amp")
-NAMES = {"dp": "dp", "dp+bf16": "dp, bf16 gradients", "towers": "hybrid (towers mp=2 x dp)", "owt": "owt (K=8 per node) x dp",
+NAMES = {"dp": "dp", "dp+bf16": "dp, bf16 gradients", "towers": "hybrid (towers mp=2 x dp)",
+         "owt": "owt (K=8 per node) x dp",
          "owt+bf16": "owt x dp, bf16 gradients", "owt+amp": "owt x dp, bf16 gradients and activations"}
 COMPRESSED = ("dp+bf16", "owt+bf16", "owt+amp")  # gradients through bf16_compress_hook
 
@@ -75,7 +76,8 @@ def images_per_second(rows, layout, nodes, gbit, overlap, in_node: float = NVLIN
 
 def pcie_table(rows: list[dict]) -> str:
     """One node of 8 GPUs on PCIe 4.0 only (no NVLink): the paper's setting, where OWT pays."""
-    out = ["| layout (1x8, PCIe 4.0) | img/s, overlap | efficiency | img/s, no overlap | efficiency |", "|---|---|---|---|---|"]
+    out = ["| layout (1x8, PCIe 4.0) | img/s, overlap | efficiency | img/s, no overlap | efficiency |",
+           "|---|---|---|---|---|"]
     for layout in LAYOUTS:
         cells = [f"{ips:,.0f} | {ips / (PER_NODE * IMG_S):.0%}"
                  for ips in (images_per_second(rows, layout, 1, 0, o, PCIE) for o in (True, False))]
@@ -102,10 +104,12 @@ def table(rows: list[dict]) -> str:
 
 
 def bytes_table(rows: list[dict]) -> str:
-    out = ["| layout | sent per GPU per step in the node (MB) | one replica's gradients across nodes, S (MB) |", "|---|---|---|"]
+    out = ["| layout | sent per GPU per step in the node (MB) | one replica's gradients across nodes, S (MB) |",
+           "|---|---|---|"]
     for layout in LAYOUTS:
         m = measured(rows, layout)
-        out.append(f"| {NAMES[layout]} | {(m['exchange'] + m['grad_sent']) / 1e6:,.1f} | {replica_gradient_bytes(rows, layout) / 1e6:,.1f} |")
+        out.append(f"| {NAMES[layout]} | {(m['exchange'] + m['grad_sent']) / 1e6:,.1f} | "
+                   f"{replica_gradient_bytes(rows, layout) / 1e6:,.1f} |")
     return "\n".join(out)
 
 

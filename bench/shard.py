@@ -42,7 +42,8 @@ QUALITY = 90
 
 def build_corpus(root: Path, n: int, seed: int = 0) -> list[Path]:
     rng = np.random.default_rng(seed)
-    srcs = [photos.astronaut(), photos.coffee(), photos.chelsea(), photos.rocket(), photos.immunohistochemistry(), photos.hubble_deep_field()]
+    srcs = [photos.astronaut(), photos.coffee(), photos.chelsea(), photos.rocket(), photos.immunohistochemistry(),
+            photos.hubble_deep_field()]
     paths = []
     for i in range(n):
         src = srcs[rng.integers(len(srcs))]
@@ -88,7 +89,8 @@ def naive_loop(paths: list[Path]) -> int:
 
 def run_pack(root: Path, dest: Path, workers: int, out: dict) -> int:
     _, _, [listing] = open_source(str(root))
-    manifest, _ = pack(listing, str(dest), "bench", PackOptions(resize=SHORT, quality=QUALITY, workers=workers, overwrite=True))
+    manifest, _ = pack(listing, str(dest), "bench", PackOptions(resize=SHORT, quality=QUALITY, workers=workers,
+                                                                overwrite=True))
     out["shard_bytes"] = sum(s["bytes"] for s in manifest["shards"])
     return manifest["num_samples"]
 
@@ -122,7 +124,8 @@ def main() -> None:
         t0 = time.perf_counter()
         paths = build_corpus(root, args.images)
         mean_in = sum(p.stat().st_size for p in paths) / len(paths)
-        print(f"corpus: {len(paths)} JPEGs, ~500x375 q96, {mean_in / 1024:.1f} KiB each, built in {time.perf_counter() - t0:.1f}s; "
+        print(f"corpus: {len(paths)} JPEGs, ~500x375 q96, {mean_in / 1024:.1f} KiB each, "
+              f"built in {time.perf_counter() - t0:.1f}s; "
               f"statistics from {writer.STATS_SAMPLE} of them (--stats-fraction {args.stats_fraction:.4g})")
         n, out = len(paths), {}
         codec_loop(paths[:20]), naive_loop(paths[:20])  # warm the page cache and imports
@@ -133,14 +136,17 @@ def main() -> None:
             rounds.run("codec", run_codec, paths, args.workers)
             rounds.run("naive", run_naive, paths[: n // 4])  # a quarter is enough for a one-process baseline
         codec_bytes = codec_loop(paths[:200]) / 200
-        print(f"medians and [min-max] over {args.rounds} interleaved rounds; CPU-s: user + sys of every process involved")
+        print(f"medians and [min-max] over {args.rounds} interleaved rounds; "
+              "CPU-s: user + sys of every process involved")
         print(rounds.line("pack", f"pack  (cnnctl shard --resize {SHORT} --workers {args.workers}, listing included)"))
         print(rounds.line("codec", f"codec (decode->resize->encode x {args.workers} processes)"))
         print(rounds.line("naive", "naive (one-process PIL loop)"))
         print(rounds.ratio("pack", "codec", "pack / codec limit") + "  (goal >= 0.9x)")
         print(rounds.ratio("pack", "naive", "pack / naive PIL"))
-        print(f"bytes per image: {out['shard_bytes'] / n:.0f} in shards (tar headers, .cls, .json included), {codec_bytes:.0f} JPEG alone")
-        print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"bytes per image: {out['shard_bytes'] / n:.0f} in shards (tar headers, .cls, .json included), "
+              f"{codec_bytes:.0f} JPEG alone")
+        print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on "
+              f"{os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def bare(args) -> tuple[float, float]:
     if cfg.parallel.channels_last:  # as the Trainer runs it
         model = model.to(memory_format=torch.channels_last)
     o = cfg.optim
-    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                          weight_decay=o.weight_decay)
     stream = train_stream(cfg, Split())
     norm = device_batch(cfg, stream.manifest)  # the Trainer's device stage (no lighting in this preset)
     rate = cpu = 0.0
@@ -75,7 +76,8 @@ def bare(args) -> tuple[float, float]:
 def bare_alone(args) -> tuple[float, float]:
     """`bare` in a fresh process: once this one has started a local Ray, its daemons are this
     process's children, and their CPU would count as the bare loop's."""
-    out = subprocess.run([sys.executable, __file__, "--bare-only", "--samples", str(args.samples), "--storage", args.storage],
+    out = subprocess.run([sys.executable, __file__, "--bare-only", "--samples", str(args.samples),
+                          "--storage", args.storage],
                          capture_output=True, text=True, check=True)
     return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -107,7 +109,8 @@ def time_to_first_step(args) -> tuple[float, dict]:
            "--set", f"run.storage={args.storage}", "--set", "run.log_every=1", "--set", "data.limit=2560",
            "--epochs", "1", "--data", str(ROOT / "data/fashion-mnist")]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "RAY_DEDUP_LOGS": "0"})
     seen = {}
     for line in proc.stdout:
         for phase, marker in PHASES:
@@ -137,7 +140,8 @@ TorchTrainer(loop, torch_config=TorchConfig(backend="gloo"), scaling_config=ray.
 
 def ray_floor(args) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", FLOOR, args.storage], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR, args.storage], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     first = float("nan")
     for line in proc.stdout:
         if first != first and " step 1/" in line:
@@ -150,10 +154,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=12800, help="training samples per epoch")
     ap.add_argument("--storage", default="/tmp/cnnctl-bench-runs")
-    ap.add_argument("--first-step-runs", type=int, default=3, help="time to first step: runs (the median is the figure)")
+    ap.add_argument("--first-step-runs", type=int, default=3,
+                    help="time to first step: runs (the median is the figure)")
     ap.add_argument("--first-step-only", action="store_true", help="skip the throughput comparison")
     ap.add_argument("--rounds", type=int, default=3, help="bare / Ray / bare rounds (the median ratio is the figure)")
-    ap.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)  # one bare run, as JSON (see bare_alone)
+    # one bare run, as JSON (see bare_alone)
+    ap.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare_only:
         return print(json.dumps(bare(args)))
@@ -188,8 +194,9 @@ def main():
         print(f"  {phase:<38}" + "".join(f"{v:8.1f}" for v in at) + f"{statistics.median(at):8.1f}")
     print(f"cnnctl train -> first step, local Ray: median {statistics.median(times):.1f} s of "
           f"{', '.join(f'{t:.1f}' for t in times)}  (goal <= 10 s)")
-    print(f"Ray's floor (local Ray + 2-worker TorchTrainer, a print as the step): median {statistics.median(floors):.1f} s of "
-          f"{', '.join(f'{t:.1f}' for t in floors)}; cnnctl / floor {statistics.median(times) / statistics.median(floors):.2f}")
+    print(f"Ray's floor (local Ray + 2-worker TorchTrainer, a print as the step): "
+          f"median {statistics.median(floors):.1f} s of {', '.join(f'{t:.1f}' for t in floors)}; "
+          f"cnnctl / floor {statistics.median(times) / statistics.median(floors):.2f}")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ def counts(num_samples: int) -> tuple[float, float, float]:
         base = cfg.model_dump(mode="json")
         old = tune_plan.make(cfg, unconditional)
         # what an old trial effectively trained: its values with those LRN off ignores left out
-        old_distinct = len({effective_key(base, {p: v for p, v in c.items() if lrn.space[p].holds(c, base)}) for c in old.cells})
+        old_distinct = len({effective_key(base, {p: v for p, v in c.items() if lrn.space[p].holds(c, base)})
+                            for c in old.cells})
         new = tune_plan.make(cfg, lrn)
         distinct.append(old_distinct)
         before.append(sum(old.draws))  # every draw was a trial
@@ -70,7 +71,8 @@ def counts(num_samples: int) -> tuple[float, float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sweep", type=Path, default=Path("runs/lrn-reference"), help="A finished sweep whose trials give the CPU-seconds of one trial.")
+    ap.add_argument("--sweep", type=Path, default=Path("runs/lrn-reference"),
+                    help="A finished sweep whose trials give the CPU-seconds of one trial.")
     ap.add_argument("--out", type=Path, default=Path("docs/tune-dedup.png"))
     args = ap.parse_args()
     per_trial = trial_cpu_seconds(args.sweep)
@@ -78,7 +80,8 @@ def main() -> None:
     print(f"one trial: {per_trial:.1f} CPU-s (mean over {args.sweep}'s trials)")
     print("num_samples  distinct  trials_before  trials_after  cpu_s_before  cpu_s_after  saved")
     for n, d, b, a in rows:
-        print(f"{n:11d}  {d:8.1f}  {b:13.1f}  {a:12.1f}  {b * per_trial:12.0f}  {a * per_trial:11.0f}  {1 - a / b:5.0%}")
+        print(f"{n:11d}  {d:8.1f}  {b:13.1f}  {a:12.1f}  {b * per_trial:12.0f}  {a * per_trial:11.0f}  "
+              f"{1 - a / b:5.0%}")
     fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
     ds = [r[1] for r in rows]
     ax.plot(ds, [r[2] for r in rows], "o-", label="before: every draw a trial")

@@ -102,7 +102,8 @@ def ray_cluster(tmp_path_factory, s3_server):
     from orchestrator.cli import app
 
     state = tmp_path_factory.mktemp("cluster")
-    up = CliRunner().invoke(app, ["cluster", "up", "--local", "--nodes", "2", "--cpus-per-node", "2", "--state-dir", str(state)])
+    up = CliRunner().invoke(app, ["cluster", "up", "--local", "--nodes", "2", "--cpus-per-node", "2",
+                                  "--state-dir", str(state)])
     assert up.exit_code == 0, up.output
     c = cluster.load(state)
     assert c.address in up.output and c.address.startswith("127.")
@@ -139,18 +140,51 @@ def _can_mount_tmpfs() -> bool:
     return True
 
 
+# The slow tier (`make test` runs both tiers, `make test-fast` only the other): every test in these
+# folders of tests/ (real runs on the session's Ray cluster), every test that asks for the
+# `ray_cluster` fixture, and every test marked `slow` by hand (process groups, a wheel build, anything
+# that takes more than a few seconds).
+SLOW_FOLDERS = {"e2e"}
+TESTS = Path(__file__).parent
+
+
+def in_slow_tier(item) -> bool:
+    folder = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else None
+    return folder in SLOW_FOLDERS or "ray_cluster" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on the marks
 def pytest_collection_modifyitems(config, items):
-    """Tests that need what this machine lacks are deselected, so a run reports no skips: `gpu` (CUDA),
-    `dali` (NVIDIA DALI, not a dependency), `tmpfs` (mounting one: root with CAP_SYS_ADMIN)."""
+    """Marks the slow tier `slow`. Tests that need what this machine lacks are deselected, so a run
+    reports no skips: `gpu` (CUDA), `dali` (NVIDIA DALI, not a dependency), `tmpfs` (mounting one: root
+    with CAP_SYS_ADMIN)."""
     import importlib.util
 
     import torch
 
+    for item in items:
+        if in_slow_tier(item) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
     lacking = {"gpu": lambda: not torch.cuda.is_available(),
-               "dali": lambda: importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None,
+               "dali": lambda: (importlib.util.find_spec("nvidia") is None
+                                or importlib.util.find_spec("nvidia.dali") is None),
                "tmpfs": lambda: not _can_mount_tmpfs()}
     for marker, lacks in lacking.items():
         marked = [item for item in items if item.get_closest_marker(marker)]
         if marked and lacks():
             config.hook.pytest_deselected(items=marked)
             items[:] = [item for item in items if not item.get_closest_marker(marker)]
+
+
+@pytest.fixture(autouse=True)
+def fast_tier_starts_no_ray(request, monkeypatch):
+    """A test outside the slow tier that starts Ray fails at the call, naming the rule: its ray.init
+    (which Ray Data, Train and Tune call too) fails the test. Importing Ray costs ~1 s, once."""
+    if not request.node.get_closest_marker("slow"):
+        import ray
+
+        def refuse(*args, **kwargs):
+            pytest.fail(f"{request.node.nodeid} starts Ray: the fast tier never does (mark the test `slow`)",
+                        pytrace=False)
+
+        monkeypatch.setattr(ray, "init", refuse)

@@ -132,7 +132,8 @@ def corpus() -> dict:
     pack(jl, str(root / "jpg"), "j", PackOptions(resize=40, shard_size=6))
     _CORPUS.update(
         root=root,
-        shards={"png": (root / "png" / "f-test-000000.tar").read_bytes(), "jpg": (root / "jpg" / "j-train-000000.tar").read_bytes()},
+        shards={"png": (root / "png" / "f-test-000000.tar").read_bytes(),
+                "jpg": (root / "jpg" / "j-train-000000.tar").read_bytes()},
         manifests={"png": json.loads((root / "png" / "f-test.manifest.json").read_text()),
                    "jpg": json.loads((root / "jpg" / "j-train.manifest.json").read_text())},
         images={"jpg": encoded(pics[0], "JPEG", quality=85), "jpg-gray": encoded(pics[1][:, :, 0], "JPEG"),
@@ -168,7 +169,8 @@ def mutated(draw, blob: bytes, hot: list[tuple[int, int]] | None = None, max_ops
         if op == "flip":
             data[pos] ^= 1 << draw(st.integers(0, 7))
         elif op == "byte":
-            data[pos] = draw(st.sampled_from([0, 0x20, 0x2D, 0x30, 0x37, 0x38, 0x7F, 0x80, 0xFF, draw(st.integers(0, 255))]))
+            data[pos] = draw(st.sampled_from([0, 0x20, 0x2D, 0x30, 0x37, 0x38, 0x7F, 0x80, 0xFF,
+                                              draw(st.integers(0, 255))]))
         elif op == "bytes":
             chunk = draw(st.binary(min_size=1, max_size=12))
             data[pos : pos + len(chunk)] = chunk
@@ -179,8 +181,9 @@ def mutated(draw, blob: bytes, hot: list[tuple[int, int]] | None = None, max_ops
         elif op == "delete":
             del data[pos : pos + draw(st.integers(1, 600))]
         else:  # numbers as a writer of another tool, or an attacker, would put them
-            text = draw(st.sampled_from([b"-0001000", b"-1", b"7777777777", b"99999999999", b"0x1f", b"+12", b" 1 2", b"\x80\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00",
-                                         b"\xff" * 12, b"00000000000\x00", b"", b"\x00" * 12]))
+            text = draw(st.sampled_from([b"-0001000", b"-1", b"7777777777", b"99999999999", b"0x1f", b"+12", b" 1 2",
+                                         b"\x80\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00", b"\xff" * 12,
+                                         b"00000000000\x00", b"", b"\x00" * 12]))
             data[pos : pos + len(text)] = text
     return bytes(data)
 
@@ -299,7 +302,8 @@ def member_inputs():
     """Members of arbitrary names, kinds and payloads, written by tarfile in each format."""
     name = st.one_of(
         st.text(_KEY_CHARS, min_size=0, max_size=140),  # any text: long names, slashes, dots
-        st.tuples(st.text(_KEY_CHARS, min_size=0, max_size=100), st.sampled_from(["cls", "png", "jpg", "json", "cls.png", "", "\n"]))
+        st.tuples(st.text(_KEY_CHARS, min_size=0, max_size=100),
+                  st.sampled_from(["cls", "png", "jpg", "json", "cls.png", "", "\n"]))
         .map(".".join),  # a sample's members: key.ext
     )
     member = st.tuples(
@@ -307,7 +311,8 @@ def member_inputs():
         st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE]),
         st.one_of(st.sampled_from([b"1", b"0", b"-100", b"9", b"", b"\xd9\xa3"]), st.binary(max_size=40)),
     )
-    return st.tuples(st.sampled_from([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]), st.lists(member, max_size=8))
+    return st.tuples(st.sampled_from([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]),
+                     st.lists(member, max_size=8))
 
 
 def check_members(case, tmp: Path) -> str:
@@ -358,7 +363,8 @@ def image_inputs():
     c = corpus()
     imgs = c["images"]
     return st.sampled_from(sorted(imgs)).flatmap(
-        lambda k: st.tuples(st.just(k), mutated(imgs[k], jpeg_hot(imgs[k]) if k.startswith("jpg") else png_hot(imgs[k]), 3)))
+        lambda k: st.tuples(st.just(k),
+                            mutated(imgs[k], jpeg_hot(imgs[k]) if k.startswith("jpg") else png_hot(imgs[k]), 3)))
 
 
 def check_image(case: tuple[str, bytes], tmp: Path) -> str:
@@ -374,7 +380,8 @@ def check_image(case: tuple[str, bytes], tmp: Path) -> str:
     outcomes = []
     with guard():
         for windowed in (True, False):
-            for transform, into in ((CenterCrop(16), np.empty((16, 16, 3), np.uint8)), (CenterCrop(16), None), (ScaleJitter(16, 16, 32), None)):
+            for transform, into in ((CenterCrop(16), np.empty((16, 16, 3), np.uint8)), (CenterCrop(16), None),
+                                    (ScaleJitter(16, 16, 32), None)):
                 try:
                     img, _ = stages.decode(raw, transform, random.Random(0), into, windowed=windowed)
                     outcomes.append("ok")
@@ -394,9 +401,12 @@ def check_image(case: tuple[str, bytes], tmp: Path) -> str:
 # Manifests
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
-_NAMES = st.sampled_from(["../x.tar", "/etc/passwd", "s3://b/x.tar", "a/../../x.tar", "..", ".", "x.tar", "f-test-000000.tar",
-                          "C:\\x.tar", "~/x.tar", "pipe:cat x.tar", "x.npy", "../m.npy", "\x00.tar", ""])
+                     lambda inner: (st.lists(inner, max_size=3)
+                                    | st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                     max_leaves=8)
+_NAMES = st.sampled_from(["../x.tar", "/etc/passwd", "s3://b/x.tar", "a/../../x.tar", "..", ".", "x.tar",
+                          "f-test-000000.tar", "C:\\x.tar", "~/x.tar", "pipe:cat x.tar", "x.npy", "../m.npy",
+                          "\x00.tar", ""])
 
 
 def _pick_field(draw, m: dict) -> tuple[object, object] | None:
@@ -475,7 +485,8 @@ def check_manifest(case: tuple[str, bytes], tmp: Path) -> str:
             stream = ShardStream(url, Split(), 4, CenterCrop(24), train=False)
             list(stream)
             verify(url)
-        except (BadSample, FileNotFoundError, ValueError) as exc:  # a shard the manifest names that is not there, or not as it says
+        # a shard the manifest names that is not there, or not as it says
+        except (BadSample, FileNotFoundError, ValueError) as exc:
             one_line(exc, "")
             outcome = "loads; reading: " + kind(str(exc))[:40]
         else:
@@ -515,8 +526,8 @@ def check_labels(case: tuple[str, bytes], tmp: Path) -> str:
     from shards import labels
 
     which, data = case
-    path = tmp / {"csv": "LOC_val_solution.csv", "truth": "ILSVRC2012_validation_ground_truth.txt", "idmap": "synsets.txt",
-                  "names": "LOC_synset_mapping.txt"}[which]
+    path = tmp / {"csv": "LOC_val_solution.csv", "truth": "ILSVRC2012_validation_ground_truth.txt",
+                  "idmap": "synsets.txt", "names": "LOC_synset_mapping.txt"}[which]
     path.write_bytes(data)
     ids = {449: "n01440764", 450: "n01443537", 442: "n01484850"}
     with guard():
@@ -569,7 +580,8 @@ def check_meta(data: bytes, tmp: Path) -> str:
         try:
             meta = ckpt.load_meta(folder)
         except ckpt.CheckpointError as exc:
-            outcome = "error:" + kind(one_line(exc, str(folder / "meta.json")).removeprefix(str(folder / "meta.json") + ": "))
+            meta_file = str(folder / "meta.json")
+            outcome = "error:" + kind(one_line(exc, meta_file).removeprefix(meta_file + ": "))
         else:
             assert isinstance(meta["epoch"], int) and isinstance(meta.get("step", -1), int)
             outcome = "ok"
@@ -600,8 +612,9 @@ space:
   model.lrn.n: {grid: [3, 5]}
   model.lrn.beta: {uniform: [0.5, 0.9], when: "model.lrn.n == 5"}
 """
-_YAML_BITS = st.sampled_from([b"&a [*a, *a]", b"*x", b"!!python/object:os.system", b"{", b": :", b"\t", b"---\n---", b"\x00", b"\xff",
-                              b"a: &b [1,2]\nc: [*b, *b, *b]", b"1e999", b"~", b"model: []", b"!!binary AAAA", b"<<: *a",
+_YAML_BITS = st.sampled_from([b"&a [*a, *a]", b"*x", b"!!python/object:os.system", b"{", b": :", b"\t", b"---\n---",
+                              b"\x00", b"\xff", b"a: &b [1,2]\nc: [*b, *b, *b]", b"1e999", b"~", b"model: []",
+                              b"!!binary AAAA", b"<<: *a",
                               b"x: " + b"[" * 200, b"? [1]\n: 2"])
 
 

@@ -16,8 +16,9 @@ LOG_EVERY = 5
 # The bound: the start line, one line per LOG_EVERY steps, the table header, the epoch's row, its
 # checkpoint, and the done line. Any Ray line on top breaks it.
 BOUND = 1 + STEPS // LOG_EVERY + 3 + 1
-RAY_INTERNALS = ("PlacementGroupCleaner", "TrainingReport", "Reporting training result", "Checkpoint successfully created",
-                 "Token authentication", "Started a local Ray instance", "training worker group", "Setting up process group")
+RAY_INTERNALS = ("PlacementGroupCleaner", "TrainingReport", "Reporting training result",
+                 "Checkpoint successfully created", "Token authentication", "Started a local Ray instance",
+                 "training worker group", "Setting up process group")
 
 
 def train_args(fmnist_root: str, storage: Path, name: str) -> list[str]:
@@ -73,25 +74,27 @@ def test_tune_to_a_pipe_prints_a_row_per_finished_trial(ray_cluster, fmnist_root
     grid = tmp_path / "grid.yaml"
     grid.write_text("space:\n  optim.lr: {grid: [0.02, 0.01]}\n")
     state = str(Path(ray_cluster.token_path).parent)
-    rc, lines = run_cnnctl("tune", "--preset", "demo-fashion", "--search", str(grid), "--num-samples", "1", "--epochs", "1",
-                           "--name", "quiet", "--data", fmnist_root, "--address", ray_cluster.address,
+    rc, lines = run_cnnctl("tune", "--preset", "demo-fashion", "--search", str(grid), "--num-samples", "1",
+                           "--epochs", "1", "--name", "quiet", "--data", fmnist_root, "--address", ray_cluster.address,
                            *sets(f"run.storage={tmp_path}", "data.batch_size=32", "model.width=0.5"),
                            env=clean_env(CNNCTL_CLUSTER_DIR=state))
     text = "\n".join(lines)
     assert rc == 0, text
-    assert not [w for w in (*RAY_INTERNALS, "Trial status", "Current time:", "Logical resource usage") if w in text], text
+    noise = (*RAY_INTERNALS, "Trial status", "Current time:", "Logical resource usage")
+    assert not [w for w in noise if w in text], text
     header = [i for i, line in enumerate(lines) if line.startswith("trial  optim.lr  seed  epochs  val_top1")]
     assert len(header) == 1, text
     rows = [line.split() for line in lines[header[0] + 1:header[0] + 3]]
-    assert sorted(r[1] for r in rows) == ["0.01", "0.02"] and all(r[2:4] == ["0", "1"] and r[-1] == "finished" for r in rows), text
+    assert sorted(r[1] for r in rows) == ["0.01", "0.02"], text
+    assert all(r[2:4] == ["0", "1"] and r[-1] == "finished" for r in rows), text
     assert not [a for a, b in zip(lines, lines[1:]) if a == b], text
     assert len(lines) <= 40, text
 
 
 def test_a_workers_error_shows_under_its_name_and_ends_in_one_error_line(fmnist_root, tmp_path):
     """A crop larger than the images fails in the workers' data pipeline, past the driver's checks."""
-    rc, lines = run_cnnctl(*train_args(fmnist_root, tmp_path, "broken"), *sets("data.image_size=64", "run.max_failures=0"),
-                           env=clean_env())
+    rc, lines = run_cnnctl(*train_args(fmnist_root, tmp_path, "broken"),
+                           *sets("data.image_size=64", "run.max_failures=0"), env=clean_env())
     text = "\n".join(lines)
     assert rc == 1, text
     assert re.search(r"\(RayTrainWorker pid=\d+.*\).*BadSample: .*smaller than the 64px crop", text), text
@@ -119,7 +122,7 @@ def test_a_second_run_of_the_same_name_in_one_process_keeps_its_console(ray_clus
     with first:
         pass
     out = io.StringIO()
-    with TrainConsole(run, 1, 1, console=Console(file=out, width=200)) as second:
+    with TrainConsole(run, 1, 1, console=Console(file=out, width=200)):
         del first
         gc.collect()  # the first console's actor handle goes now, while the second run is on
         worker = WorkerConsole.find("same-name", 1)

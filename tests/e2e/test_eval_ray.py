@@ -87,9 +87,12 @@ def test_the_table_names_the_workers(ray_cluster, pair, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--nodes", "3"], "error: the cluster has 2 live node(s), 2 with 1 CPU free for 1 worker(s) each; --nodes 3 needs 3"),
-    (["--workers", "5"], "error: the cluster has 2 live node(s), holding 4 worker(s) of 1 CPU between them; --workers 5 needs 5"),
-    (["--workers", "2", "--threads", "3"], "error: the cluster has 2 live node(s), holding 0 worker(s) of 3 CPU between them; --workers 2 needs 2"),
+    (["--nodes", "3"],
+     "error: the cluster has 2 live node(s), 2 with 1 CPU free for 1 worker(s) each; --nodes 3 needs 3"),
+    (["--workers", "5"],
+     "error: the cluster has 2 live node(s), holding 4 worker(s) of 1 CPU between them; --workers 5 needs 5"),
+    (["--workers", "2", "--threads", "3"],
+     "error: the cluster has 2 live node(s), holding 0 worker(s) of 3 CPU between them; --workers 2 needs 2"),
 ], ids=["nodes", "workers", "cpus"])
 def test_a_cluster_that_cannot_hold_the_workers_is_one_line(ray_cluster, pair, args, message):
     args = ["--threads", "1", *args] if "--threads" not in args else args

@@ -102,25 +102,29 @@ def init_run(s3_run, shards, ray_cluster) -> str:
 
 
 def test_config_and_init_from_read_from_s3(s3_run, shards, init_run, s3_server, capfd):
-    resolved = yaml.safe_load(cli("train", "--config", f"{s3_run['run']}/config.yaml", "--dry-run").rsplit("# cluster", 1)[0])
+    printed = cli("train", "--config", f"{s3_run['run']}/config.yaml", "--dry-run")
+    resolved = yaml.safe_load(printed.rsplit("# cluster", 1)[0])
     assert resolved["run"]["name"] == "s3run" and resolved["data"]["root"] == shards
     config = yaml.safe_load(s3_server.cat_file("cnn/runs/from-s3/config.yaml"))
     assert config["model"]["init_from"].startswith(f"{s3_run['run']}/checkpoint_")  # the one checkpoint all ranks load
-    assert f"init_from {config['model']['init_from']} (tensors matching by name and shape): copied" in init_run + capfd.readouterr().out
+    copied = f"init_from {config['model']['init_from']} (tensors matching by name and shape): copied"
+    assert copied in init_run + capfd.readouterr().out
 
 
 def test_two_s3_runs_fused_under_dense_evaluation(s3_run, init_run, tmp_path):
-    cli("eval", s3_run["run"], f"{BUCKET}/runs/from-s3", "--split", "test", "--tta", "dense", "--flip", "--out", str(tmp_path / "fused.json"))
+    cli("eval", s3_run["run"], f"{BUCKET}/runs/from-s3", "--split", "test", "--tta", "dense", "--flip", "--out",
+        str(tmp_path / "fused.json"))
     fused = json.loads((tmp_path / "fused.json").read_text())
-    assert fused["count"] == 400 and len(fused["checkpoints"]) == 2 and all(c.startswith(f"{BUCKET}/runs/") for c in fused["checkpoints"])
+    assert fused["count"] == 400 and len(fused["checkpoints"]) == 2
+    assert all(c.startswith(f"{BUCKET}/runs/") for c in fused["checkpoints"])
 
 
 def test_a_sweep_stored_in_s3_and_its_report(s3_run, shards, ray_cluster, s3_server):
     # two workers a trial: each trial is a Ray Train run whose checkpoints Tune takes from the store
     # one draw of the space, two seeds of it: two trials of one configuration
-    cli("tune", "--preset", "demo-fashion", "--search", "lrn", "--num-samples", "1", "--seeds", "2", "--max-concurrent", "1",
-        "--trial-workers", "2", "--epochs", "1", "--name", "s3sweep", "--data", shards, "--address", ray_cluster.address,
-        *sets(f"run.storage={BUCKET}/runs", *SMALL))
+    cli("tune", "--preset", "demo-fashion", "--search", "lrn", "--num-samples", "1", "--seeds", "2",
+        "--max-concurrent", "1", "--trial-workers", "2", "--epochs", "1", "--name", "s3sweep", "--data", shards,
+        "--address", ray_cluster.address, *sets(f"run.storage={BUCKET}/runs", *SMALL))
     s3_server.rm("cnn/runs/s3sweep/results.csv")
     out = cli("tune", "report", f"{BUCKET}/runs/s3sweep")
     assert f"wrote {BUCKET}/runs/s3sweep/results.csv" in out
@@ -128,7 +132,8 @@ def test_a_sweep_stored_in_s3_and_its_report(s3_run, shards, ray_cluster, s3_ser
     assert [(r["seeds"], r["status"]) for r in rows] == [("2", "done")]  # one configuration, both seeds done
     assert s3_server.exists("cnn/runs/s3sweep/best.yaml") and s3_server.exists("cnn/runs/s3sweep/learning_curves.png")
     trials = [p for p in s3_server.ls("cnn/runs/s3sweep") if p.rsplit("/", 1)[1].startswith("trial_")]
-    assert len(trials) == 2 and all(s3_server.ls(t) and any("checkpoint_" in c for c in s3_server.ls(t)) for t in trials)
+    assert len(trials) == 2
+    assert all(s3_server.ls(t) and any("checkpoint_" in c for c in s3_server.ls(t)) for t in trials)
     results = {t: s3_server.cat_file(f"{t}/result.json") for t in trials}
     starts = sorted(s3_server.ls("cnn/runs/s3sweep/train"))
     # --resume of a sweep stored in s3://: the finished trials are kept as they are, none restarts
@@ -139,12 +144,18 @@ def test_a_sweep_stored_in_s3_and_its_report(s3_run, shards, ray_cluster, s3_ser
 
 
 @pytest.mark.parametrize("args,line", [
-    (["train", "--preset", "demo-fashion", "--data", "s3://no-such-bucket/fm"], "error: data.root s3://no-such-bucket/fm: bucket 'no-such-bucket' not found"),
-    (["eval", "s3://no-such-bucket/runs/x"], "error: checkpoint s3://no-such-bucket/runs/x: bucket 'no-such-bucket' not found"),
-    (["report", "s3://no-such-bucket/runs/x"], "error: run s3://no-such-bucket/runs/x: bucket 'no-such-bucket' not found"),
-    (["shard", "fashion-mnist", "s3://no-such-bucket/fm"], "error: DEST s3://no-such-bucket/fm: bucket 'no-such-bucket' not found"),
-    (["shard", "verify", "s3://no-such-bucket/fm"], "error: URL s3://no-such-bucket/fm: bucket 'no-such-bucket' not found"),
-    (["tune", "--preset", "demo-fashion", "--set", "run.storage=s3://no-such-bucket/runs"], "error: run.storage s3://no-such-bucket/runs: bucket 'no-such-bucket' not found"),
+    (["train", "--preset", "demo-fashion", "--data", "s3://no-such-bucket/fm"],
+     "error: data.root s3://no-such-bucket/fm: bucket 'no-such-bucket' not found"),
+    (["eval", "s3://no-such-bucket/runs/x"],
+     "error: checkpoint s3://no-such-bucket/runs/x: bucket 'no-such-bucket' not found"),
+    (["report", "s3://no-such-bucket/runs/x"],
+     "error: run s3://no-such-bucket/runs/x: bucket 'no-such-bucket' not found"),
+    (["shard", "fashion-mnist", "s3://no-such-bucket/fm"],
+     "error: DEST s3://no-such-bucket/fm: bucket 'no-such-bucket' not found"),
+    (["shard", "verify", "s3://no-such-bucket/fm"],
+     "error: URL s3://no-such-bucket/fm: bucket 'no-such-bucket' not found"),
+    (["tune", "--preset", "demo-fashion", "--set", "run.storage=s3://no-such-bucket/runs"],
+     "error: run.storage s3://no-such-bucket/runs: bucket 'no-such-bucket' not found"),
 ])
 def test_a_missing_bucket_is_one_line_and_exit_1(args, line, s3_server):
     res = CliRunner().invoke(app, args)
@@ -163,11 +174,14 @@ def test_missing_credentials_are_one_line_and_exit_1(shards, s3_run, monkeypatch
     try:
         for args, line in [
             (["train", "--preset", "demo-fashion", "--data", shards], f"error: data.root {shards}: {no_creds}"),
-            (["tune", "--preset", "demo-fashion", "--set", f"run.storage={BUCKET}/runs"], f"error: run.storage {BUCKET}/runs: {no_creds}"),
-            (["train", "--config", f"{BUCKET}/runs/s3run/config.yaml"], f"error: --config {BUCKET}/runs/s3run/config.yaml: {no_creds}"),
+            (["tune", "--preset", "demo-fashion", "--set", f"run.storage={BUCKET}/runs"],
+             f"error: run.storage {BUCKET}/runs: {no_creds}"),
+            (["train", "--config", f"{BUCKET}/runs/s3run/config.yaml"],
+             f"error: --config {BUCKET}/runs/s3run/config.yaml: {no_creds}"),
             (["eval", f"{BUCKET}/runs/s3run"], f"error: checkpoint {BUCKET}/runs/s3run: {no_creds}"),
         ]:
             res = CliRunner().invoke(app, args)
-            assert res.exit_code == 1 and [out for out in res.output.splitlines() if out.startswith("error")] == [line], args
+            errors = [out for out in res.output.splitlines() if out.startswith("error")]
+            assert res.exit_code == 1 and errors == [line], args
     finally:
         s3fs.S3FileSystem.clear_instance_cache()

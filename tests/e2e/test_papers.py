@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -19,12 +18,12 @@ import pytest
 import torch
 
 import models
+from bench import mini_imagenet as mini
 from cnnctl_cli import cli, sets
 from orchestrator import checkpoint as ckpt
 from orchestrator.metrics import read
 
 pytestmark = pytest.mark.timeout(900)
-ROOT = Path(__file__).resolve().parents[2]
 CLASSES, VAL = 10, 100
 # Top-1 a reduced recipe must beat: 21 or more of the 100 val images right, which a model at chance
 # (0.10) gets with probability 8e-4. (It was 0.25, p = 4e-6, until each sample's augmentation drew
@@ -38,11 +37,8 @@ def mini_imagenet(tmp_path_factory) -> Path:
     original layout: prefix `imagenet` from ILSVRC2012_img_train.tar plus the flat val/ (80 px squares
     with their mean image, as AlexNet's shards: --resize --center-crop), prefix `imagenet-full` from
     train/<wnid>/ plus val/ (shorter side 64, whole images, as VGG's)."""
-    spec = importlib.util.spec_from_file_location("mini_imagenet", ROOT / "bench" / "mini_imagenet.py")
-    writer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(writer)
     raw, out = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("shards")
-    writer.write(raw, classes=CLASSES, train_per_class=60, val_per_class=VAL // CLASSES)
+    mini.write(raw, classes=CLASSES, train_per_class=60, val_per_class=VAL // CLASSES)
     squares = ["--prefix", "imagenet", "--resize", "80", "--center-crop", "--shard-size", "200"]
     cli("shard", str(raw / "ILSVRC2012_img_train.tar"), str(out), *squares)
     cli("shard", str(raw / "val"), str(out), *squares)
@@ -92,7 +88,8 @@ VGG_REDUCED = ["data.image_size=32", "data.scale_min=36", "data.scale_max=56", "
                "data.batch_size=32", "schedule.epochs=12", "parallel.workers_per_node=2", "eval.scales=[36,46,56]",
                "data.prefix=imagenet-full"]
 REDUCED = {
-    "imagenet-alexnet": ["data.image_size=72", "model.width=0.25", "model.init=kaiming", "data.batch_size=32", "schedule.epochs=8"],
+    "imagenet-alexnet": ["data.image_size=72", "model.width=0.25", "model.init=kaiming", "data.batch_size=32",
+                         "schedule.epochs=8"],
     "imagenet-alexnet-owt": ["data.image_size=72", "model.width=0.25", "data.batch_size=32", "schedule.epochs=16",
                              "parallel.workers_per_node=2"],
     **{f"imagenet-vgg-{v}": VGG_REDUCED for v in ("a", "a-lrn", "b", "c", "d", "e")},
@@ -106,7 +103,8 @@ def rehearsal_runs(tmp_path_factory) -> Path:
 
 def rehearse(preset: str, ray_cluster, mini_imagenet, storage: Path, *extra: str) -> tuple[Path, dict, str]:
     """The preset at reduced size through `cnnctl train` and `cnnctl eval`: run folder, eval result, train output."""
-    run, printed = train(ray_cluster, mini_imagenet, storage, preset, "--preset", preset, *sets(*REDUCED[preset], *extra))
+    run, printed = train(ray_cluster, mini_imagenet, storage, preset, "--preset", preset,
+                         *sets(*REDUCED[preset], *extra))
     out = storage / f"{preset}-eval.json"
     print(cli("eval", str(run), "--split", "val", "--out", str(out)))
     result = json.loads(out.read_text())
@@ -144,4 +142,5 @@ def test_vgg_columns_rehearse_from_a(column, vgg_a, ray_cluster, mini_imagenet, 
     run, result, printed = rehearse(f"imagenet-vgg-{column}", ray_cluster, mini_imagenet, rehearsal_runs, *extra)
     assert result["tta"] == "dense" and result["top1"] > LEARNED, result
     if column != "a-lrn":  # §3.1 reached the workers: A's four convs and three FC layers were copied
-        assert "(VGG §3.1: A's first four convs and three FC layers): copied 14 tensors" in printed + capfd.readouterr().out
+        copied = "(VGG §3.1: A's first four convs and three FC layers): copied 14 tensors"
+        assert copied in printed + capfd.readouterr().out

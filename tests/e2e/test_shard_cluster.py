@@ -30,6 +30,6 @@ def test_shard_without_the_clusters_token_is_one_clear_error(ray_cluster, image_
     rc, lines = run_cnnctl("shard", str(image_tree), str(tmp_path / "o"), "--address", ray_cluster.address,
                            env=clean_env(CNNCTL_CLUSTER_DIR=str(tmp_path / "no-state")), timeout=120)
     assert rc != 0
-    assert any(line.startswith(f"error: cannot join the Ray cluster at {ray_cluster.address}") and "CNNCTL_CLUSTER_DIR" in line
-               for line in lines), "\n".join(lines)
+    refusal = f"error: cannot join the Ray cluster at {ray_cluster.address}"
+    assert any(line.startswith(refusal) and "CNNCTL_CLUSTER_DIR" in line for line in lines), "\n".join(lines)
     assert not list((tmp_path / "o").glob("*.manifest.json"))

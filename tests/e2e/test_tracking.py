@@ -1,11 +1,11 @@
 """`run.tracker=mlflow`: a real `mlflow server` (SQLite backend) on 127.0.0.1, started here and
 stopped by its process id; `cnnctl train` on the session's cluster logs the resolved config, each
-epoch's rank-0 metrics and the final checkpoint into it. A tracker that is down is one warning line."""
+epoch's rank-0 metrics and the final checkpoint into it. A tracker that is down, and tracking off:
+tests/orchestrator/test_tracking_without_server.py."""
 
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import tracking
+from orchestrator.cluster import free_port
 from orchestrator.config import resolve
 from tests.e2e.cnnctl_cli import cli, sets
 
@@ -23,20 +23,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SMALL = ["data.limit=64", "data.batch_size=32", "model.width=0.25", "run.log_every=1000"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     pytest.importorskip("mlflow", reason="the extra `track` (make setup installs it)")
     tmp = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen([str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db", "--default-artifact-root", str(tmp / "artifacts")],
+                             "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+                             "--default-artifact-root", str(tmp / "artifacts")],
                             stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -83,37 +78,3 @@ def test_a_run_is_logged_to_mlflow(mlflow_server, ray_cluster, fmnist_root, tmp_
     assert {"train_loss", "train_top1", "val_loss", "val_top5", "lr", "images_per_sec"} <= set(run.data.metrics)
     assert run.data.tags["cnnctl.checkpoint"] == str(tmp_path / "tracked" / Path(done.group(2)).name)
     assert run.data.tags["cnnctl.run_dir"] == str(tmp_path / "tracked")
-
-
-def test_a_tracker_that_is_down_is_one_warning_line():
-    """Down at the start: one line and no tracker (`train.fit` then runs as with tracking off, the
-    path the run above takes without it); gone mid-run: one line, then nothing more is sent."""
-    pytest.importorskip("mlflow", reason="the extra `track`")
-    down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
-    said: list[str] = []
-    cfg = resolve(preset="demo-fashion", sets=["run.tracker=mlflow", f"run.tracker_uri={down}"])
-    t0 = time.monotonic()
-    assert tracking.start(cfg, "runs/x", say=said.append) is None
-    assert time.monotonic() - t0 < 20  # few retries: seconds, not MLflow's default minutes
-    assert len(said) == 1 and said[0].startswith(f"warning: tracker mlflow at {down}: starting a run failed ("), said
-    assert said[0].endswith("training goes on without it")
-    said.clear()
-    tracker = tracking.MlflowTracker(down, "cnnctl", said.append)
-    tracker.run_id = "0" * 32  # as if the server went away after the run was created
-    for epoch in range(3):
-        tracker.log_epoch({"epoch": epoch, "val_top1": 0.5, "train_loss": 1.0})
-    tracker.finish("FINISHED", "runs/x/checkpoint_000002")
-    assert len(said) == 1 and "logging epoch 0 failed" in said[0], said
-
-
-def test_tracking_is_off_by_default_and_a_missing_mlflow_is_one_line(monkeypatch):
-    assert resolve(preset="demo-fashion").run.tracker == "none"
-    assert tracking.start(resolve(preset="demo-fashion"), "runs/x") is None
-    cfg = resolve(preset="demo-fashion", sets=["run.tracker=mlflow"])
-    real = tracking.importlib.util.find_spec
-    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
-    assert tracking.check(cfg) == ["run.tracker=mlflow needs mlflow: pip install 'cnnctl[track]'"]
-
-
-def test_flat_params():
-    assert tracking.flat({"a": {"b": 1, "c": None, "d": [1, 2]}, "e": {}}) == {"a.b": "1", "a.c": "null", "a.d": "[1, 2]", "e": "{}"}

@@ -56,7 +56,8 @@ def test_eval_cli_reproduces_the_final_val_accuracy(trained, tmp_path):
     written = json.loads(out.read_text())
     assert written["count"] == 200
     # the same weights on the same split: eval equals what the last epoch reported
-    assert written["top1"] == pytest.approx(read(run_dir(cfg))[-1]["val_top1"], abs=1.5 / 200)  # batch-size rounding may flip a near tie
+    # batch-size rounding may flip a near tie
+    assert written["top1"] == pytest.approx(read(run_dir(cfg))[-1]["val_top1"], abs=1.5 / 200)
     assert 0 <= written["top1"] <= written["top5"] <= 1
 
 
@@ -84,8 +85,9 @@ def test_two_nodes_data_parallel(ray_cluster, fmnist_root, tmp_path):
 def test_more_nodes_than_the_cluster_has_fails_fast(ray_cluster, fmnist_root, tmp_path):
     from orchestrator.cluster import ClusterError
 
-    cfg = resolve("demo-fashion", None, [f"data.root={fmnist_root}", f"run.storage={tmp_path}", "parallel.nodes=3", "data.batch_size=96",
-                                         "parallel.workers_per_node=1", f"parallel.address={ray_cluster.address}"])
+    cfg = resolve("demo-fashion", None, [f"data.root={fmnist_root}", f"run.storage={tmp_path}", "parallel.nodes=3",
+                                         "data.batch_size=96", "parallel.workers_per_node=1",
+                                         f"parallel.address={ray_cluster.address}"])
     with pytest.raises(ClusterError, match="--nodes 3 needs 3"):
         fit(cfg)
 

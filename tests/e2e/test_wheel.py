@@ -53,7 +53,8 @@ def installed(tmp_path_factory) -> tuple[Path, dict, Path]:
     elsewhere = tmp / "elsewhere"
     elsewhere.mkdir()
     where = subprocess.run([str(py), "-c", "import models, orchestrator, orchestrator.config as c, shards.reader as r; "
-                            "print(*orchestrator.__path__, c.__file__, r.__file__, models.__file__, c.CONFIGS_DIR, sep='\\n')"],
+                            "print(*orchestrator.__path__, c.__file__, r.__file__, models.__file__, c.CONFIGS_DIR, "
+                            "sep='\\n')"],
                            cwd=elsewhere, env=env, check=True, capture_output=True, text=True).stdout.split()
     assert all(Path(p).is_relative_to(target) for p in where), (target, where)
     assert Path(where[-1]) == target / "orchestrator" / "configs", where

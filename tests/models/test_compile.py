@@ -20,7 +20,7 @@ from models.parallel import (Mesh, apply_compile, apply_fc_split, apply_tower_sp
                              canonical_state_dict)
 from orchestrator.local_ranks import run_local
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]  # inductor compiles, gloo process groups
 
 
 def small(towers: int) -> torch.nn.Module:

@@ -37,6 +37,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow  # paper-size models: ~10 s of CPU in all
 @pytest.mark.parametrize("name,overrides,large,side", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_dense_matches_logits_and_grows(name, overrides, large, side):
     model = build_with_signal(name, **overrides)

@@ -28,11 +28,13 @@ def _rank(rank: int, world: int, dropout_first: bool, out: str) -> None:
     canonical = small(dropout_first)
     model = apply_fc_split(canonical, mesh).train()
     gathered, want = canonical_state_dict(model), canonical.state_dict()
-    assert list(gathered) == list(want) and all(torch.equal(gathered[k], w) for k, w in want.items())  # slices gather back
+    # the slices gather back
+    assert list(gathered) == list(want) and all(torch.equal(gathered[k], w) for k, w in want.items())
     torch.manual_seed(7)  # the group's shared dropout stream, as the Trainer seeds it by Mesh.replica
     torch.save(model(images(world * B)[rank * B:(rank + 1) * B]).detach(), f"{out}-{rank}.pt")
 
 
+@pytest.mark.slow  # a gloo process group
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("dropout_first", [False, True], ids=["paper", "torchvision"])
 def test_dropout_masks_are_the_one_device_masks_of_the_group_batch(tmp_path, dropout_first):

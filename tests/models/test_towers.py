@@ -115,6 +115,7 @@ def _round_trip(rank: int, world: int, out: str) -> None:
 
 # --- tests -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a gloo process group
 @pytest.mark.timeout(60)
 def test_mp2_matches_grouped_alexnet_small():
     # width 0.3 leaves 5 conv1 maps per tower: odd halves, uneven against the LRN window.
@@ -122,17 +123,20 @@ def test_mp2_matches_grouped_alexnet_small():
     run_local(_equivalence, 2, configs, timeout_s=45)
 
 
+@pytest.mark.slow  # a gloo process group
 @pytest.mark.timeout(90)
 def test_mp2_matches_grouped_alexnet_paper_size():
     # The paper's net at 227 px: 60,965,224 parameters, every crossing at full width.
     run_local(_equivalence, 2, [("alexnet", {}, 2)], timeout_s=75)
 
 
+@pytest.mark.slow  # a gloo process group
 @pytest.mark.timeout(60)
 def test_tower_dropout_draws_independent_halves():
     run_local(_dropout, 2, timeout_s=45)
 
 
+@pytest.mark.slow  # a gloo process group
 @pytest.mark.timeout(60)
 def test_canonical_round_trip_and_mp2_state_on_one_device(tmp_path):
     out = str(tmp_path / "mp2.pt")
@@ -170,6 +174,7 @@ def test_mp2_needs_the_pair_group():
         apply_tower_split(small(), Mesh(world=2, rank=0, mp=2))
 
 
+@pytest.mark.slow  # a gloo process group
 @pytest.mark.timeout(30)
 def test_a_hung_rank_fails_instead_of_hanging():
     with pytest.raises(TimeoutError, match="still running"):

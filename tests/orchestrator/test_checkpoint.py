@@ -13,7 +13,9 @@ from orchestrator.config import RunConfig
 
 def _save(folder, epoch, complete=True):
     model = models.build("alexnet-small", num_classes=10, width=0.25)
-    ckpt.save(folder, model.state_dict(), RunConfig(), {"optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(), "epoch": epoch, "step": 3}, {"epoch": epoch})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1).state_dict()
+    ckpt.save(folder, model.state_dict(), RunConfig(), {"optimizer": optimizer, "epoch": epoch, "step": 3},
+              {"epoch": epoch})
     if not complete:
         (folder / ckpt.MARKER).unlink()
     return model

@@ -8,6 +8,7 @@ write that fills it to raise OSError(ENOSPC)."""
 
 import errno
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
+import torch
 from pyarrow import fs as pafs
 
 import models
@@ -56,7 +58,8 @@ def _full_disk(name):
 
 def _complete(folder, epoch):
     model = _model()
-    ckpt.save(folder, model.state_dict(), RunConfig(), {"optimizer": {}, "epoch": epoch, "step": epoch}, {"epoch": epoch, "step": epoch})
+    ckpt.save(folder, model.state_dict(), RunConfig(), {"optimizer": {}, "epoch": epoch, "step": epoch},
+              {"epoch": epoch, "step": epoch})
 
 
 def test_enospc_while_staging_removes_the_folder_and_fails_in_one_line(tmpdir_only, tmp_path, monkeypatch):
@@ -167,3 +170,35 @@ def test_a_full_disk_while_rewriting_metrics_keeps_the_old_rows_and_no_temp(tmp_
         log.write({"epoch": 1, "train_loss": 0.5})
     assert [r["epoch"] for r in read(str(tmp_path / "run"))] == [0]
     assert sorted(os.listdir(tmp_path / "run")) == ["metrics.jsonl", "tensorboard"]
+
+
+def test_upload_cut_short_leaves_no_complete_looking_checkpoint(tmp_path, monkeypatch):
+    """checkpoint.upload_marker_last to a real local filesystem through pyarrow, with the copy
+    failing after the first file (an injected OSError: a killed upload thread cannot be timed here
+    otherwise): the folder it leaves is not complete, and find passes over it."""
+    run = tmp_path / "run"
+    for i, step in enumerate((10, 20)):
+        folder = tmp_path / f"local{i}"
+        ckpt.save(folder, {"w": torch.full((4,), float(step))}, RunConfig(), {"epoch": 0, "step": step},
+                  {"epoch": 0, "step": step, "mid_epoch": True})
+        if i == 1:
+            calls = []
+            real = pafs.copy_files
+
+            def failing(*a, **k):
+                calls.append(a[0])
+                if len(calls) > 1:
+                    raise OSError("connection reset")
+                return real(*a, **k)
+
+            monkeypatch.setattr(pafs, "copy_files", failing)
+        try:
+            ckpt.upload_marker_last(str(folder), pafs.LocalFileSystem(), str(run / f"checkpoint_{i}"), backoff_s=0)
+        except ckpt.CheckpointError as exc:  # after its retries, one line; what landed is removed
+            assert i == 1 and "no COMPLETE marker was written" in str(exc) and len(calls) == 1 + ckpt.UPLOAD_TRIES
+    assert ckpt.is_complete(str(run / "checkpoint_0")) and not ckpt.is_complete(str(run / "checkpoint_1"))
+    assert not (run / "checkpoint_1" / ckpt.MARKER).exists()
+    assert ckpt.find(str(run)).endswith("checkpoint_0")
+    shutil.rmtree(run / "checkpoint_0")
+    with pytest.raises(ckpt.CheckpointError, match="no complete checkpoint"):
+        ckpt.find(str(run))

@@ -26,7 +26,8 @@ def checkpoint(fmnist_root, tmp_path_factory):
     model = models.build("alexnet-small", num_classes=10, width=0.25)
     cfg.model.width = 0.25
     folder = tmp_path_factory.mktemp("ckpt") / "checkpoint_000000"
-    ckpt.save(folder, model.state_dict(), cfg, {"optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(), "epoch": 0, "step": 0}, {"epoch": 0})
+    ckpt.save(folder, model.state_dict(), cfg, {"optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(),
+                                                "epoch": 0, "step": 0}, {"epoch": 0})
     return folder
 
 
@@ -46,6 +47,7 @@ def test_dense_multi_scale_flip_runs_on_a_real_checkpoint(checkpoint, tmp_path):
     assert r["tta"] == "dense" and r["scales"] == [28, 36, 44] and r["flip"] is True
 
 
+@pytest.mark.slow  # every TTA form over a real checkpoint: seconds
 @pytest.mark.timeout(300)
 def test_tta_forms_agree_where_they_must_and_fuse(checkpoint, tmp_path):
     center = _eval(tmp_path, str(checkpoint))
@@ -96,27 +98,32 @@ def test_eval_prints_a_table_by_default(checkpoint, tmp_path):
     assert res.exit_code == 0, res.output
     written = json.loads(out.read_text())
     lines = res.output.splitlines()
-    assert "softmax averaged" in lines[0] and lines[1].split() == ["split", "images", "views", "top-1", "top-5", "loss", "time"]
+    assert "softmax averaged" in lines[0] and lines[1].split() == ["split", "images", "views", "top-1",
+                                                                   "top-5", "loss", "time"]
     row = lines[3].split()
-    assert row[:4] == ["test", "200", "centre", "crop"] and row[4] == f"{written['top1']:.2%}" and row[5] == f"{written['top5']:.2%}"
+    assert row[:4] == ["test", "200", "centre", "crop"]
+    assert row[4] == f"{written['top1']:.2%}" and row[5] == f"{written['top5']:.2%}"
     assert lines[-1] == f"wrote {out}" and len(lines) == 5
 
 
 @pytest.mark.parametrize("args, message", [
     (["/nonexistent/run", "--workers", "2"], "error: /nonexistent/run: no complete checkpoint found"),
-    (["{ckpt}", "--workers", "2", "--data", "/nonexistent/shards"], "error: /nonexistent/shards/fashion-mnist-test.manifest.json: no manifest"),
+    (["{ckpt}", "--workers", "2", "--data", "/nonexistent/shards"],
+     "error: /nonexistent/shards/fashion-mnist-test.manifest.json: no manifest"),
     (["{ckpt}", "--workers", "2", "--gpus", "--split", "nosuch"], "error: "),
     (["{ckpt}", "--workers", "3", "--nodes", "2"], "error: --workers 3 is not a multiple of --nodes 2"),
-    (["{ckpt}", "--workers", "4", "--nodes", "3", "--workers-per-node", "2"], "error: --workers 4: --nodes 3 x --workers-per-node 2 = 6"),
-    (["{ckpt}", "--workers", "2", "--tta", "dense", "--scales", "16"], "error: --scales [16]: dense evaluation needs every Q >= the crop size 28"),
+    (["{ckpt}", "--workers", "4", "--nodes", "3", "--workers-per-node", "2"],
+     "error: --workers 4: --nodes 3 x --workers-per-node 2 = 6"),
+    (["{ckpt}", "--workers", "2", "--tta", "dense", "--scales", "16"],
+     "error: --scales [16]: dense evaluation needs every Q >= the crop size 28"),
 ])
 def test_eval_on_workers_refuses_bad_paths_in_one_line_before_ray_starts(checkpoint, monkeypatch, args, message):
-    import orchestrator.cli
+    from orchestrator import cluster
 
     def no_ray(*a, **k):
         raise AssertionError("Ray must not start")
 
-    monkeypatch.setattr(orchestrator.cli, "connect", no_ray)
+    monkeypatch.setattr(cluster, "connect", no_ray)  # eval_ray imports it when it starts Ray
     res = runner.invoke(app, ["eval", *[a.format(ckpt=checkpoint) for a in args]])
     assert res.exit_code == 1 and len(res.output.splitlines()) == 1 and res.output.startswith(message), res.output
 

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 import fuzzing as fz
 
 settings.register_profile("cnnctl-ci", max_examples=25, deadline=None, derandomize=True, database=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                 HealthCheck.filter_too_much])
 settings.load_profile("cnnctl-ci")
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(120)]
@@ -41,8 +42,9 @@ def test_fuzz_sweep_spec(data):
 # Found by the fuzz harness ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, problem", [(b'{"epoch": 3', "not JSON"), (b"\xfb{}", "not JSON"), (b'{"epoch": "3"}', "epoch"),
-                                           (b"[]", "not an object"), (b'{"epoch": 2, "mid_epoch": true}', "layout")])
+@pytest.mark.parametrize("text, problem", [(b'{"epoch": 3', "not JSON"), (b"\xfb{}", "not JSON"),
+                                           (b'{"epoch": "3"}', "epoch"), (b"[]", "not an object"),
+                                           (b'{"epoch": 2, "mid_epoch": true}', "layout")])
 def test_a_bad_meta_json_is_one_line_naming_it_and_sorts_last(tmp_path, text, problem):
     from orchestrator import checkpoint as ckpt
 
@@ -62,7 +64,8 @@ def test_a_yaml_error_in_a_config_file_is_one_line(tmp_path):
     assert len(err.value.lines) == 1 and "\n" not in err.value.lines[0] and "line 3" in err.value.lines[0]
 
 
-@pytest.mark.parametrize("text", [b"base: {}\nsearch: [\n", b"- 1\n", b"search: {}\n", b"\xff", b"base: {model: {name: 3}}\nsearch: {space: {}}\n",
+@pytest.mark.parametrize("text", [b"base: {}\nsearch: [\n", b"- 1\n", b"search: {}\n", b"\xff",
+                                  b"base: {model: {name: 3}}\nsearch: {space: {}}\n",
                                   b"base: {}\nsearch: {space: {optim.lr: {choice: [0.1]}}}\nplan: {draws: x}\n"])
 def test_a_damaged_sweep_spec_is_one_line_naming_it(tmp_path, text):
     from orchestrator.config import ConfigError
@@ -72,7 +75,8 @@ def test_a_damaged_sweep_spec_is_one_line_naming_it(tmp_path, text):
     with pytest.raises(ConfigError) as err:
         tune.load_spec(str(tmp_path))
         tune.load_draws(str(tmp_path))
-    assert len(err.value.lines) == 1 and str(tmp_path / tune.SPEC) in err.value.lines[0] and "\n" not in err.value.lines[0]
+    assert len(err.value.lines) == 1
+    assert str(tmp_path / tune.SPEC) in err.value.lines[0] and "\n" not in err.value.lines[0]
 
 
 def test_a_bad_meta_json_is_still_a_value_error_for_callers_that_pass_over_torn_ones(tmp_path):

@@ -4,19 +4,16 @@ parallel.fc=model only the data-parallel parts' all-reduce halves, the FC exchan
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import models
+from bench.comm import Counter
 from models.parallel import Mesh, apply_data_parallel, apply_fc_split, canonical_state_dict
 from orchestrator.local_ranks import run_local
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from comm import Counter  # noqa: E402  (bench/ is not a package: it is on the path here)
+pytestmark = pytest.mark.slow  # gloo process groups
 
 STEPS = 8
 

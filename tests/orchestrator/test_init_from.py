@@ -35,8 +35,9 @@ def test_vgg_d_from_a_copies_exactly_a_s_layers_and_draws_the_rest(tmp_path):
     torch.manual_seed(0)
     fresh = build_model(cfg, 10).state_dict()
     message = initialise(d, cfg)
-    a_positions = dict(zip(D_FROM_A, [a[k] for k in [f"features.{i}.{p}" for i in (0, 3, 6, 8) for p in ("weight", "bias")]
-                                      + [f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")]]))
+    a_names = ([f"features.{i}.{p}" for i in (0, 3, 6, 8) for p in ("weight", "bias")]
+               + [f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")])
+    a_positions = dict(zip(D_FROM_A, [a[k] for k in a_names]))
     for name, tensor in d.state_dict().items():
         if name in a_positions:
             assert torch.equal(tensor, a_positions[name]), name
@@ -57,12 +58,17 @@ def test_fine_tuning_matches_names_and_shapes(tmp_path):
 
 
 @pytest.mark.parametrize("target,source,mode,line", [
-    (["model.name=vgg-d"], ("alexnet-small", "model.num_classes=10"), "vgg-a", "VGG §3.1 needs a trained vgg-a, this checkpoint is alexnet-small"),
+    (["model.name=vgg-d"], ("alexnet-small", "model.num_classes=10"), "vgg-a",
+     "VGG §3.1 needs a trained vgg-a, this checkpoint is alexnet-small"),
     (["model.name=vgg-a"], ("vgg-a", *SMALL), "vgg-a", "VGG §3.1 initialises VGG B-E from A, not vgg-a"),
-    (["model.name=vgg-d", "model.width=0.25"], ("vgg-a", *SMALL), "auto", "its vgg-a has width 0.125, vgg-d here has width 0.25"),
-    (["model.name=vgg-d"], ("alexnet-small", "model.num_classes=5"), "matching", "no tensor of its alexnet-small matches vgg-d"),
-    (["model.name=vgg-d"], ("alexnet", "model.num_classes=10"), "auto", "VGG §3.1 starts vgg-d from a trained vgg-a, this checkpoint is alexnet"),
-    (["model.name=vgg-d", "model.width=0.125"], ("vgg-a", "model.width=0.125", "model.num_classes=5"), "vgg-a", r"classifier.6.weight is \(10, 512\) but A's is \(5, 512\)"),
+    (["model.name=vgg-d", "model.width=0.25"], ("vgg-a", *SMALL), "auto",
+     "its vgg-a has width 0.125, vgg-d here has width 0.25"),
+    (["model.name=vgg-d"], ("alexnet-small", "model.num_classes=5"), "matching",
+     "no tensor of its alexnet-small matches vgg-d"),
+    (["model.name=vgg-d"], ("alexnet", "model.num_classes=10"), "auto",
+     "VGG §3.1 starts vgg-d from a trained vgg-a, this checkpoint is alexnet"),
+    (["model.name=vgg-d", "model.width=0.125"], ("vgg-a", "model.width=0.125", "model.num_classes=5"), "vgg-a",
+     r"classifier.6.weight is \(10, 512\) but A's is \(5, 512\)"),
 ])
 def test_a_source_that_cannot_serve_is_refused(tmp_path, target, source, mode, line):
     path, _ = checkpoint(tmp_path, source[0], *source[1:])

@@ -55,6 +55,7 @@ def fmnist32(tmp_path_factory) -> str:
     return _pack(tmp_path_factory.mktemp("fmnist32"), [("train", 300), ("test", 100)], 32)
 
 
+@pytest.mark.slow  # a Trainer on a gloo process group
 @pytest.mark.timeout(300)
 def test_training_and_evaluation_subtract_the_mean_image(fmnist32, tmp_path):
     sets = ["parallel.precision=fp32", "schedule.epochs=1", "data.augment=alexnet", "data.image_size=28",
@@ -63,7 +64,8 @@ def test_training_and_evaluation_subtract_the_mean_image(fmnist32, tmp_path):
     assert len(metrics) == 1 and np.isfinite(metrics[0]["train_loss"]) and metrics[0]["val_count"] == 100
     ckpt = tmp_path / "checkpoint_000000"
     # the checkpoint carries the mean image, so a folder holding only the test split evaluates it
-    np.testing.assert_array_equal(np.load(ckpt / "mean_image.npy"), np.load(Path(fmnist32) / "fashion-mnist-train.mean.npy"))
+    np.testing.assert_array_equal(np.load(ckpt / "mean_image.npy"),
+                                  np.load(Path(fmnist32) / "fashion-mnist-train.mean.npy"))
     test_only = tmp_path / "test-only"
     test_only.mkdir()
     for f in Path(fmnist32).glob("fashion-mnist-test*"):
@@ -72,7 +74,8 @@ def test_training_and_evaluation_subtract_the_mean_image(fmnist32, tmp_path):
     results = {}
     for tta in ("center", "ten-crop"):
         out = tmp_path / f"{tta}.json"
-        res = runner.invoke(app, ["eval", str(ckpt), "--data", str(test_only), "--tta", tta, "--out", str(out), "--threads", "1"])
+        res = runner.invoke(app, ["eval", str(ckpt), "--data", str(test_only), "--tta", tta, "--out", str(out),
+                                  "--threads", "1"])
         assert res.exit_code == 0, res.output
         results[tta] = json.loads(out.read_text())
         assert results[tta]["count"] == 100
@@ -93,4 +96,5 @@ def test_training_and_evaluation_subtract_the_mean_image(fmnist32, tmp_path):
     for tta in ("center", "ten-crop"):
         res = runner.invoke(app, ["eval", str(ckpt), "--data", other, "--tta", tta, "--threads", "1"])
         assert res.exit_code != 0
-        assert "fashion-mnist-test-000000.tar: sample" in res.output and "central square is 36px, not the mean image's 32px" in res.output
+        assert "fashion-mnist-test-000000.tar: sample" in res.output
+        assert "central square is 36px, not the mean image's 32px" in res.output

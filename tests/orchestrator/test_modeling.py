@@ -28,7 +28,8 @@ def test_every_model_builds_as_registered_after_serialisation(name):
     with torch.device("meta"):
         built, registered = build_model(cfg, 10), models.build(name, num_classes=10)
     assert type(built) is type(registered)
-    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in registered.state_dict().items()}
+    shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in (built, registered)]
+    assert shapes[0] == shapes[1]
     assert built.towers == registered.towers and built.lrn == registered.lrn
 
 
@@ -52,8 +53,10 @@ def test_set_fields_survive_and_unset_ones_stay_the_models_own():
 
 @pytest.mark.parametrize("sets,line", [
     (["model.name=vgg-a", "model.towers=2"], "model.towers: does not apply to vgg-a (it takes width, dropout, init)"),
-    (["model.name=vgg16", "model.lrn.alpha=1e-3"], "model.lrn: does not apply to vgg-d (it takes width, dropout, init)"),
-    (["model.name=alexnet", "model.init=glorot"], "model.init: 'glorot' is not an init of alexnet (one of paper, kaiming, torch)"),
+    (["model.name=vgg16", "model.lrn.alpha=1e-3"],
+     "model.lrn: does not apply to vgg-d (it takes width, dropout, init)"),
+    (["model.name=alexnet", "model.init=glorot"],
+     "model.init: 'glorot' is not an init of alexnet (one of paper, kaiming, torch)"),
     (["model.name=resnet50"], "model.name: unknown model 'resnet50'; known models: alexnet, alexnet-owt"),
 ])
 def test_a_field_the_model_does_not_take_is_refused_on_the_driver(sets, line):
@@ -77,16 +80,16 @@ def test_the_catalog_knows_each_models_towers_and_mp2_needs_two(name):
     else:
         with pytest.raises(ConfigError) as err:
             resolve(None, None, sets)
-        assert err.value.lines == [f"parallel.mp: 2 splits a model's two towers over a rank pair; {name} is built with 1 "
-                                   "(set model.towers=2 for an AlexNet, or parallel.mp=1)"]
+        assert err.value.lines == [f"parallel.mp: 2 splits a model's two towers over a rank pair; {name} is built "
+                                   "with 1 (set model.towers=2 for an AlexNet, or parallel.mp=1)"]
 
 
 def test_the_model_catalog_imports_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from orchestrator.config import resolve; resolve('demo-fashion'); resolve(None, None, ['model.name=vgg-a']);"
-            " print('torch' in sys.modules)")
+    code = ("import sys; from orchestrator.config import resolve; resolve('demo-fashion'); "
+            "resolve(None, None, ['model.name=vgg-a']); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -109,8 +112,10 @@ def test_demo_preset_leaves_the_models_own_defaults_to_the_model():
 
 @pytest.mark.parametrize("sets,line", [
     (["eval.scales=[256]"], "eval.scales: apply to eval.tta dense only, not center"),
-    (["eval.tta=dense", "eval.scales=[20,28]", "data.image_size=24"], "eval.scales: every Q must be at least the crop size data.image_size=24"),
-    (["model.name=vgg-d", "tune.scheduler=pbt", "tune.pbt_lrn=true"], "tune.pbt_lrn: vgg-d has no LRN for PBT to mutate"),
+    (["eval.tta=dense", "eval.scales=[20,28]", "data.image_size=24"],
+     "eval.scales: every Q must be at least the crop size data.image_size=24"),
+    (["model.name=vgg-d", "tune.scheduler=pbt", "tune.pbt_lrn=true"],
+     "tune.pbt_lrn: vgg-d has no LRN for PBT to mutate"),
 ])
 def test_eval_and_pbt_settings_that_cannot_work_are_refused_before_training(sets, line):
     with pytest.raises(ConfigError) as err:

@@ -19,6 +19,8 @@ from models.parallel import (Mesh, apply_data_parallel, apply_fc_split, apply_to
                              canonical_optimizer_state, canonical_state_dict, load_canonical_optimizer, unwrap)
 from orchestrator.local_ranks import run_local
 
+pytestmark = pytest.mark.slow  # gloo process groups of 2-4 ranks
+
 BATCH, STEPS = 8, 3
 
 
@@ -50,7 +52,8 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, dp_ran
         if not first:
             split, by_id = unwrap(model), {id(p): p for p in unwrap(model).parameters()}
             grads = {name: by_id[i].grad for i, name in canonical_names(model).items()}  # canonical order
-            first = {"logits": logits.detach(), "grads": split.gather_canonical(grads) if hasattr(split, "gather_canonical") else grads}
+            first = {"logits": logits.detach(),
+                     "grads": split.gather_canonical(grads) if hasattr(split, "gather_canonical") else grads}
         optimizer.step()
     return first
 
@@ -90,7 +93,8 @@ def reference(towers: int = 2) -> dict[str, dict[str, torch.Tensor]]:
     return {"model": state, "momentum": momentum(state, optimizer.state_dict()), **first}
 
 
-def check(out: str, world: int, want: dict[str, dict[str, torch.Tensor]], towers: int = 2, parts=("model", "momentum")) -> None:
+def check(out: str, world: int, want: dict[str, dict[str, torch.Tensor]], towers: int = 2,
+          parts=("model", "momentum")) -> None:
     start = build(towers).state_dict()
     for rank in range(world):  # every rank: the replicated fc8 and every dp replica must agree too
         got = torch.load(f"{out}-{rank}.pt", weights_only=True)

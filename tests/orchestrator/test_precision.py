@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -47,6 +48,7 @@ def run_trainer(data: str, out, backend: str, sets: list[str]) -> tuple[set, lis
     return seen, metrics
 
 
+@pytest.mark.slow  # a Trainer on a gloo process group
 def test_bf16_autocast_on_cpu(fmnist_root, tmp_path):
     seen, metrics = run_trainer(fmnist_root, tmp_path, backend="gloo", sets=["schedule.epochs=1", "data.limit=256"])
     assert seen == {("cpu", torch.bfloat16, True)}

@@ -17,13 +17,15 @@ PAPER_LRN = {"enabled": True, "k": 2.0, "n": 5, "alpha": 1e-4, "beta": 0.75}
 ALEXNET = {
     "data.batch_size": 128, "data.image_size": 227, "data.augment": "alexnet", "data.lighting_std": 0.1,
     "data.mean_image": True, "model.name": "alexnet", "model.towers": 2, "model.dropout": 0.5, "model.lrn": PAPER_LRN,
-    "model.init": "paper", "optim.lr": 0.01, "optim.momentum": 0.9, "optim.weight_decay": 5e-4, "optim.scale_lr": "none",
+    "model.init": "paper", "optim.lr": 0.01, "optim.momentum": 0.9, "optim.weight_decay": 5e-4,
+    "optim.scale_lr": "none",
     "schedule.kind": "plateau", "schedule.max_drops": 3, "schedule.epochs": 90, "schedule.warmup_epochs": 0.0,
     "parallel.mp": 2, "parallel.workers_per_node": 2, "eval.tta": "ten-crop",
 }
 ALEXNET_OWT = {
     "data.batch_size": 256, "data.image_size": 224, "data.augment": "alexnet", "data.lighting_std": 0.0,
-    "data.mean_image": False, "model.name": "alexnet-owt", "model.towers": None, "model.lrn": None, "model.dropout": 0.5,
+    "data.mean_image": False, "model.name": "alexnet-owt", "model.towers": None, "model.lrn": None,
+    "model.dropout": 0.5,
     "model.init": "torch", "optim.lr": 0.01, "optim.momentum": 0.9, "optim.weight_decay": 1e-4,
     "schedule.kind": "step", "schedule.step_epochs": 30, "schedule.gamma": 0.1, "schedule.epochs": 90,
     "parallel.mp": 1, "eval.tta": "center",
@@ -44,7 +46,8 @@ def expected(preset: str) -> dict:
     name = preset.removeprefix("imagenet-")
     deeper = name not in ("vgg-a", "vgg-a-lrn")
     return {**VGG, "model.name": name, "model.lrn": PAPER_LRN if name == "vgg-a-lrn" else None,
-            "model.init_from": "runs/imagenet-vgg-a" if deeper else None, "model.init_mode": "vgg-a" if deeper else "auto"}
+            "model.init_from": "runs/imagenet-vgg-a" if deeper else None,
+            "model.init_mode": "vgg-a" if deeper else "auto"}
 
 
 def dry_run(preset: str) -> dict:

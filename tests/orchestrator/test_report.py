@@ -8,7 +8,8 @@ from orchestrator.cli import app
 
 def test_report_draws_a_png(tmp_path):
     rows = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.1 / (e + 1), "train_top1": 0.5 + e / 20,
-             "val_top1": 0.5 + e / 25, "val_top5": 0.9, "lr": 0.01 * 0.5**e, "images_per_sec": 900 + e} for e in range(5)]
+             "val_top1": 0.5 + e / 25, "val_top5": 0.9, "lr": 0.01 * 0.5**e, "images_per_sec": 900 + e}
+            for e in range(5)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 0, res.output

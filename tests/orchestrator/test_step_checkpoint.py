@@ -24,8 +24,9 @@ from orchestrator.train import Trainer, prepare_run
 def train(data: str, out: Path, name: str, sets: list[str], resume_from: str | None = None) -> list[tuple[dict, Path]]:
     """Two epochs of 75 steps; returns (metrics, checkpoint copy) of every report with a checkpoint."""
     cfg = prepare_run(resolve("demo-fashion", None, [
-        f"data.root={data}", f"run.storage={out}", f"run.name={name}", "parallel.workers_per_node=1", "run.log_every=1000",
-        "schedule.epochs=2", "data.batch_size=8", "model.width=0.5", "data.loader_workers=2", "run.checkpoint_every_steps=10",
+        f"data.root={data}", f"run.storage={out}", f"run.name={name}", "parallel.workers_per_node=1",
+        "run.log_every=1000", "schedule.epochs=2", "data.batch_size=8", "model.width=0.5", "data.loader_workers=2",
+        "run.checkpoint_every_steps=10",
         *sets]))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     dist.init_process_group("gloo", rank=0, world_size=1)
@@ -51,6 +52,7 @@ def rows(out: Path, name: str) -> list[dict]:
 AUGMENT = {"crop-flip": [], "alexnet-lighting": ["data.augment=alexnet", "data.image_size=24"]}
 
 
+@pytest.mark.slow  # a Trainer on a gloo process group
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("augment", AUGMENT)
 def test_a_trainer_started_from_a_step_checkpoint_ends_bitwise_equal(uneven_fmnist_root, tmp_path, augment):
@@ -60,7 +62,8 @@ def test_a_trainer_started_from_a_step_checkpoint_ends_bitwise_equal(uneven_fmni
     # every 10 global steps: an epoch is 75, so the second epoch's fall at its steps 5, 15, ...
     assert [m["step_in_epoch"] for m, _ in mids] == [10, 20, 30, 40, 50, 60, 70, 5, 15, 25, 35, 45, 55, 65]
     expected = ckpt.load_weights(str(reference[-1][1]))
-    for k, (metrics, path) in enumerate((mids[2], mids[9])):  # epoch 1 step 30; epoch 2 step 25 (a persistent loader's second epoch)
+    # epoch 1 step 30; epoch 2 step 25 (a persistent loader's second epoch)
+    for k, (metrics, path) in enumerate((mids[2], mids[9])):
         name = f"resumed{k}"
         out = train(uneven_fmnist_root, tmp_path, name, sets, resume_from=str(path))
         final = ckpt.load_weights(str(out[-1][1]))
@@ -81,14 +84,17 @@ def test_another_layout_is_refused_in_one_line():
     assert resume.refusal(saved, resolve("demo-fashion", None, ["data.loader_workers=2"]), "x") is None
 
 
+@pytest.mark.slow  # a Trainer on a gloo process group
 @pytest.mark.timeout(300)
 def test_checkpoint_minutes_asks_the_clock_every_20_steps(uneven_fmnist_root, tmp_path):
     """run.checkpoint_minutes alone, so short that every look at the clock finds it due."""
-    kept = train(uneven_fmnist_root, tmp_path, "minutes", ["run.checkpoint_every_steps=null", "run.checkpoint_minutes=1e-9", "schedule.epochs=1"])
+    kept = train(uneven_fmnist_root, tmp_path, "minutes", ["run.checkpoint_every_steps=null",
+                                                           "run.checkpoint_minutes=1e-9", "schedule.epochs=1"])
     assert [m["step_in_epoch"] for m, _ in kept if m.get("mid_epoch")] == [20, 40, 60]
     assert [m.get("mid_epoch") for m, _ in kept][-1] is None  # then the end-of-epoch checkpoint
 
 
+@pytest.mark.slow  # a Trainer on a gloo process group
 @pytest.mark.timeout(300)
 def test_a_step_checkpoint_over_other_shards_is_refused(uneven_fmnist_root, tmp_path):
     """The same images packed into other shards: the saved positions would name other samples."""
@@ -102,10 +108,12 @@ def test_a_step_checkpoint_over_other_shards_is_refused(uneven_fmnist_root, tmp_
         train(str(other), tmp_path, "second", ["schedule.epochs=1", "data.limit=320"], resume_from=str(step))
 
 
+@pytest.mark.slow  # a Trainer on a gloo process group
 def test_an_epoch_without_a_step_ends_without_a_crash(uneven_fmnist_root, tmp_path):
     """A split smaller than one global batch (the CLI refuses it; a Trainer built directly must not
     crash with names unbound): the epoch reports no step and NaN training metrics."""
-    kept = train(uneven_fmnist_root, tmp_path, "empty", ["schedule.epochs=1", "data.batch_size=1024", "run.checkpoint_every_steps=null"])
+    kept = train(uneven_fmnist_root, tmp_path, "empty", ["schedule.epochs=1", "data.batch_size=1024",
+                                                         "run.checkpoint_every_steps=null"])
     [(metrics, _)] = kept
     assert metrics["steps_per_rank"] == [0] and metrics["train_loss"] != metrics["train_loss"]  # NaN
     assert metrics["lr"] > 0 and metrics["val_count"] > 0

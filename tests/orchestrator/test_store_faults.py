@@ -28,6 +28,8 @@ from orchestrator.cli import app
 from orchestrator.config import RunConfig
 from shards import location as loc
 
+pytestmark = pytest.mark.slow  # retries and backoffs through a faulty proxy: seconds each
+
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
              b'<Message>Please reduce your request rate.</Message><RequestId>fault</RequestId></Error>')
 LIFETIME_S = 120  # the proxy stops itself after this, whatever the test does
@@ -67,13 +69,16 @@ class FaultProxy:
                 if action and action[0] == "fail":
                     status, headers, data = 503, {"Content-Type": "application/xml"}, SLOW_DOWN
                 else:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection", "content-length")}
+                    drop = ("transfer-encoding", "connection", "content-length")
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in drop}
                     conn = http.client.HTTPConnection(*proxy.upstream, timeout=10)
                     try:
-                        conn.request(self.command, self.path, body=body if body or self.command in ("PUT", "POST") else None, headers=headers)
+                        conn.request(self.command, self.path,
+                                     body=body if body or self.command in ("PUT", "POST") else None, headers=headers)
                         resp = conn.getresponse()
                         status, data = resp.status, resp.read()
-                        drop = ("transfer-encoding", "connection") + (() if self.command == "HEAD" else ("content-length",))
+                        drop = ("transfer-encoding", "connection")
+                        drop += () if self.command == "HEAD" else ("content-length",)
                         headers = {k: v for k, v in resp.getheaders() if k.lower() not in drop}
                     finally:
                         conn.close()
@@ -206,12 +211,14 @@ def _store_fs(proxy, attempts=2):
     """Ray Train's storage filesystem for an s3:// run.storage is pyarrow's S3FileSystem."""
     host = proxy.url.removeprefix("http://")
     return pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
-                             endpoint_override=host, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts))
+                             endpoint_override=host,
+                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts))
 
 
 def _stage(epoch):
     model = models.build("alexnet-small", num_classes=10, width=0.25)
-    return ckpt.stage(model.state_dict(), RunConfig(), {"optimizer": {}, "epoch": epoch, "step": epoch}, {"epoch": epoch, "step": epoch})
+    return ckpt.stage(model.state_dict(), RunConfig(), {"optimizer": {}, "epoch": epoch, "step": epoch},
+                      {"epoch": epoch, "step": epoch})
 
 
 @pytest.fixture

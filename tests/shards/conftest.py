@@ -17,7 +17,8 @@ from PIL import Image
 from skimage import data as photos
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
-NAMES = {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius auratus", "n01484850": "great white shark"}
+NAMES = {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius auratus",
+         "n01484850": "great white shark"}
 ILSVRC_IDS = {"n01440764": 449, "n01443537": 450, "n01484850": 442}  # the devkit's IDs: not sorted-wnid order
 GOOD_PER_CLASS = 6
 VAL_COUNT = 9
@@ -35,7 +36,8 @@ REJECTED = {  # source -> a word of the reason
 
 def photo(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     """A random crop at a random scale of one of scikit-image's photos, resized to w x h."""
-    src = [photos.astronaut, photos.coffee, photos.chelsea, photos.rocket, photos.immunohistochemistry][rng.integers(5)]()
+    kinds = [photos.astronaut, photos.coffee, photos.chelsea, photos.rocket, photos.immunohistochemistry]
+    src = kinds[rng.integers(5)]()
     sh, sw = src.shape[:2]
     ch, cw = int(sh * rng.uniform(0.4, 1)), int(sw * rng.uniform(0.4, 1))
     top, left = rng.integers(0, sh - ch + 1), rng.integers(0, sw - cw + 1)
@@ -115,10 +117,12 @@ def write_kaggle_csv(path: Path) -> None:
 def write_devkit(folder: Path, map_kind: str) -> None:
     """ILSVRC2012_validation_ground_truth.txt plus meta.mat (map_kind 'mat') or an '<ID> <wnid>' text map."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{ILSVRC_IDS[w]}\n" for w in val_truth().values()))
+    truth = "".join(f"{ILSVRC_IDS[w]}\n" for w in val_truth().values())
+    (folder / "ILSVRC2012_validation_ground_truth.txt").write_text(truth)
     ids = {**ILSVRC_IDS, "n00001740": 1001}  # an ancestor synset: meta.mat lists those too
     if map_kind == "mat":
-        synsets = np.zeros((len(ids), 1), dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")])
+        synsets = np.zeros((len(ids), 1), dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"),
+                                                 ("num_children", "O")])
         for row, (wnid, i) in enumerate(ids.items()):
             synsets[row, 0] = (i, wnid, NAMES.get(wnid, "entity"), 0 if i <= 1000 else 3)
         scipy.io.savemat(folder / "meta.mat", {"synsets": synsets})

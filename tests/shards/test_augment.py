@@ -23,6 +23,7 @@ def jpeg(arr: np.ndarray, quality: int = 95) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.slow  # ~50 s: 40 crops searched over every offset
 def test_alexnet_crop_is_a_227_crop_of_the_central_square_maybe_flipped():
     img = np.random.default_rng(0).integers(0, 256, (256, 300, 3), dtype=np.uint8)
     square = img[:, 22:278]
@@ -30,8 +31,8 @@ def test_alexnet_crop_is_a_227_crop_of_the_central_square_maybe_flipped():
     for seed in range(40):
         out = AlexNetCrop(227)(img, random.Random(seed))
         assert out.shape == (227, 227, 3)
-        hits = [(t, l, f) for t in range(30) for l in range(30) for f in (0, 1)
-                if (square[t:t + 227, l:l + 227][:, ::-1 if f else 1] == out).all()]
+        hits = [(top, left, f) for top in range(30) for left in range(30) for f in (0, 1)
+                if (square[top:top + 227, left:left + 227][:, ::-1 if f else 1] == out).all()]
         assert len(hits) == 1
         flips += hits[0][2]
     assert 5 < flips < 35

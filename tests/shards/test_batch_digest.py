@@ -103,14 +103,16 @@ def device_digest(root: Path, augment: str, mean_image: bool) -> str:
     from orchestrator.device_batch import device_batch
 
     size = 40 if augment == "alexnet" else 32
-    cfg = RunConfig.model_validate({"data": {"root": str(root), "prefix": "square", "augment": augment, "image_size": size,
-                                             "batch_size": 8, "mean_image": mean_image, "shuffle_buffer": 16, "loader_workers": 0},
+    cfg = RunConfig.model_validate({"data": {"root": str(root), "prefix": "square", "augment": augment,
+                                             "image_size": size, "batch_size": 8, "mean_image": mean_image,
+                                             "shuffle_buffer": 16, "loader_workers": 0},
                                     "run": {"seed": 5}})
     mean = load_mean(cfg)
     h = hashlib.sha256()
     for rank in range(2):
         stream = train_stream(cfg, Split(rank, 2), None if mean is None else mean.shape[0])
-        batches = device_batch(cfg, stream.manifest, mean, lighting_seed=cfg.run.seed * 1000 + rank)  # as the Trainer seeds it
+        # seeded as the Trainer seeds it
+        batches = device_batch(cfg, stream.manifest, mean, lighting_seed=cfg.run.seed * 1000 + rank)
         for epoch in range(2):
             stream.set_epoch(epoch)
             batches.set_epoch(epoch)
@@ -120,7 +122,8 @@ def device_digest(root: Path, augment: str, mean_image: bool) -> str:
     return h.hexdigest()
 
 
-DEVICE_CASES = {"alexnet-mean-image": ("alexnet", True), "alexnet-per-channel": ("alexnet", False), "vgg": ("vgg", False)}
+DEVICE_CASES = {"alexnet-mean-image": ("alexnet", True), "alexnet-per-channel": ("alexnet", False),
+                "vgg": ("vgg", False)}
 
 
 @pytest.mark.timeout(300)

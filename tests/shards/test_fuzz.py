@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 import fuzzing as fz
 
 settings.register_profile("cnnctl-ci", max_examples=25, deadline=None, derandomize=True, database=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                 HealthCheck.filter_too_much])
 settings.load_profile("cnnctl-ci")
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(120)]

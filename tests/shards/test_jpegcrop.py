@@ -19,7 +19,8 @@ from conftest import jpeg_bytes, photo
 
 def test_the_decoder_is_built():
     # Optional for an install (pyproject.toml); `make setup` installs the headers it needs, so here it is built.
-    assert codec.WINDOWED, "shards._jpegcrop is not built: install libjpeg-turbo's headers (Debian: libjpeg62-turbo-dev), then reinstall"
+    assert codec.WINDOWED, ("shards._jpegcrop is not built: install libjpeg-turbo's headers "
+                            "(Debian: libjpeg62-turbo-dev), then reinstall")
 
 
 def _images() -> list[tuple[str, bytes]]:
@@ -28,7 +29,8 @@ def _images() -> list[tuple[str, bytes]]:
     out = [(f"{w}x{h} {sub}", jpeg_bytes(photo(rng, w, h), subsampling=sub))
            for w, h in sizes for sub in (0, 1, 2)]  # 4:4:4, 4:2:2, 4:2:0; odd sizes end mid-iMCU
     for sub in ("440", "411"):  # samplings Pillow does not write; libjpeg-turbo upsamples them on their own paths
-        out.append((f"301x263 {sub}", simplejpeg.encode_jpeg(photo(rng, 301, 263), quality=90, colorspace="RGB", colorsubsampling=sub)))
+        out.append((f"301x263 {sub}", simplejpeg.encode_jpeg(photo(rng, 301, 263), quality=90, colorspace="RGB",
+                                                             colorsubsampling=sub)))
     out.append(("grey", jpeg_bytes(photo(rng, 300, 260), mode="L")))
     out.append(("progressive", jpeg_bytes(photo(rng, 320, 256), progressive=True)))
     return out
@@ -44,13 +46,14 @@ def test_a_window_equals_the_same_window_of_a_whole_decode(name, data):
     h, w = codec.jpeg_size(data)
     rng = random.Random(name)
     windows = [(0, 0, 227, 227), (h - 227, w - 227, 227, 227), (0, w - 224, 224, 224), (h - 1, 0, 1, w), (0, 0, h, w)]
-    windows += [(t, l, rng.randint(1, h - t), rng.randint(1, w - l)) for t, l in
+    windows += [(top, left, rng.randint(1, h - top), rng.randint(1, w - left)) for top, left in
                 ((rng.randrange(h), rng.randrange(w)) for _ in range(20))]
     for top, left, wh, ww in windows:
         for flip in (False, True):
             out = np.empty((wh, ww, 3), np.uint8)
             codec.decode_window(data, out, top, left, flip)
-            np.testing.assert_array_equal(out, _whole(data, top, left, wh, ww, flip), err_msg=f"{name} {top, left, wh, ww, flip}")
+            np.testing.assert_array_equal(out, _whole(data, top, left, wh, ww, flip),
+                                          err_msg=f"{name} {top, left, wh, ww, flip}")
 
 
 def test_bad_input_is_a_value_error_naming_the_problem():
@@ -64,7 +67,8 @@ def test_bad_input_is_a_value_error_naming_the_problem():
         codec.decode_window(data[: len(data) * 9 // 10], np.empty((50, 50, 3), np.uint8), 0, 0, False)
     with pytest.raises(ValueError, match="Not a JPEG file"):
         codec.decode_window(b"GIF89a" + bytes(200), out, 0, 0, False)
-    for bad in (np.empty((227, 454, 3), np.uint8)[:, ::2], np.empty((227, 227, 3), np.float32), np.empty((227, 227), np.uint8)):
+    for bad in (np.empty((227, 454, 3), np.uint8)[:, ::2], np.empty((227, 227, 3), np.float32),
+                np.empty((227, 227), np.uint8)):
         with pytest.raises(ValueError, match="C-contiguous HxWx3 uint8"):
             codec.decode_window(data, bad, 0, 0, False)
 
@@ -77,13 +81,17 @@ def jpeg_shards(tmp_path_factory) -> str:
     for i in range(200):
         folder = root / "src" / "train" / f"c{i % 4}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{i}.jpg").write_bytes(jpeg_bytes(photo(rng, int(rng.integers(300, 500)), int(rng.integers(260, 400)))))
-    pack(class_folders(root / "src" / "train", "train"), str(root / "shards"), "pj", PackOptions(resize=256, shard_size=60))
+        (folder / f"{i}.jpg").write_bytes(jpeg_bytes(photo(rng, int(rng.integers(300, 500)),
+                                                           int(rng.integers(260, 400)))))
+    pack(class_folders(root / "src" / "train", "train"), str(root / "shards"), "pj",
+         PackOptions(resize=256, shard_size=60))
     return mf.manifest_url(str(root / "shards"), "pj", "train")
 
 
-@pytest.mark.parametrize("transform, train, workers", [(AlexNetCrop(227), True, 0), (AlexNetCrop(227), True, 2), (CenterCrop(224), False, 0)])
-def test_the_reader_gives_the_same_batches_with_and_without_windowed_decoding(jpeg_shards, monkeypatch, transform, train, workers):
+@pytest.mark.parametrize("transform, train, workers", [(AlexNetCrop(227), True, 0), (AlexNetCrop(227), True, 2),
+                                                       (CenterCrop(224), False, 0)])
+def test_the_reader_gives_the_same_batches_with_and_without_windowed_decoding(jpeg_shards, monkeypatch, transform,
+                                                                              train, workers):
     def batches():
         stream = ShardStream(jpeg_shards, Split(0, 1), 16, transform, train=train, seed=5, frame=256)
         stream.set_epoch(1)

@@ -38,7 +38,8 @@ def test_files_round_trip_in_every_store(store, tmp_path, request):
     assert loc.listdir(run) == [] and not loc.exists(loc.join(run, "a.txt"))
     assert loc.write_bytes(loc.join(run, "a.txt"), b"alpha") == loc.join(run, "a.txt")
     loc.write_bytes(loc.join(run, "sub", "b.bin"), b"\x00\x01")
-    assert loc.read_text(loc.join(run, "a.txt")) == "alpha" and loc.read_bytes(loc.join(run, "sub", "b.bin")) == b"\x00\x01"
+    assert loc.read_text(loc.join(run, "a.txt")) == "alpha"
+    assert loc.read_bytes(loc.join(run, "sub", "b.bin")) == b"\x00\x01"
     assert loc.listdir(run) == [loc.join(run, "a.txt"), loc.join(run, "sub")]  # entries keep the scheme
     local = tmp_path / "folder"
     (local / "deep").mkdir(parents=True)

@@ -43,7 +43,8 @@ def _stored(url: str, manifest: dict) -> list[np.ndarray]:
     out = []
     for shard in mf.shard_urls(url, manifest):
         with tarfile.open(shard) as t:
-            out += [np.asarray(Image.open(io.BytesIO(t.extractfile(m).read()))) for m in t.getmembers() if m.name.endswith(".png")]
+            out += [np.asarray(Image.open(io.BytesIO(t.extractfile(m).read())))
+                    for m in t.getmembers() if m.name.endswith(".png")]
     return out
 
 
@@ -86,7 +87,8 @@ def test_a_frame_needs_a_windowed_transform_and_an_image_of_its_size(coded, tmp_
     with pytest.raises(ValueError, match="TenCrop is not one window"):
         ShardStream(url, Split(), 8, TenCrop(CROP), train=False, frame=SIDE)
     stream = ShardStream(url, Split(), 8, CenterCrop(CROP), train=False, frame=SIDE + 4)
-    with pytest.raises(Exception, match=r"m-train-00000\d.tar: sample 'im\d+': its central square is 32px, not the mean image's 36px"):
+    with pytest.raises(Exception, match=r"m-train-00000\d.tar: sample 'im\d+': "
+                                        r"its central square is 32px, not the mean image's 36px"):
         list(loader(stream))
 
 

@@ -5,7 +5,6 @@ labels and pixels, and val must be labelled as the CSV says."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import tarfile
 from pathlib import Path
@@ -15,28 +14,18 @@ import pytest
 import simplejpeg
 from typer.testing import CliRunner
 
+from bench import mini_imagenet as mini
 from orchestrator.cli import app
 from shards.fashion_mnist import FASHION_MNIST_CLASSES
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "mini_imagenet.py"
 CLASSES, TRAIN, VAL, SIDE = 4, 6, 3, 64
 WNIDS = [f"n{90000000 + i}" for i in range(CLASSES)]
 runner = CliRunner()
 
 
-def _module():
-    """bench/ is not a package: load the script by its path."""
-    spec = importlib.util.spec_from_file_location("mini_imagenet", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mini = _module()
-
-
 def _shard(source: Path, dest: Path) -> None:
-    res = runner.invoke(app, ["shard", str(source), str(dest), "--resize", str(SIDE), "--center-crop", "--shard-size", "10"])
+    res = runner.invoke(app, ["shard", str(source), str(dest), "--resize", str(SIDE), "--center-crop",
+                              "--shard-size", "10"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["shard", "verify", str(dest)])
     assert res.exit_code == 0, res.output
@@ -50,7 +39,8 @@ def _split(dest: Path, prefix: str, split: str) -> tuple[dict, dict[str, tuple[i
         with tarfile.open(dest / shard["name"]) as tar:
             members |= {m.name: tar.extractfile(m).read() for m in tar}
     keys = {name.rsplit(".", 1)[0] for name in members}
-    samples = {k: (int(members[f"{k}.cls"]), json.loads(members[f"{k}.json"])["wnid"], members[f"{k}.jpg"]) for k in keys}
+    samples = {k: (int(members[f"{k}.cls"]), json.loads(members[f"{k}.json"])["wnid"],
+                   members[f"{k}.jpg"]) for k in keys}
     assert len(members) == 3 * len(samples) == 3 * manifest["num_samples"]
     return manifest, samples
 
@@ -68,7 +58,8 @@ def packed(tmp_path_factory) -> dict:
 def test_classes_and_counts(packed):
     classes = [{"index": i, "wnid": w, "name": FASHION_MNIST_CLASSES[i]} for i, w in enumerate(WNIDS)]
     assert sorted(p.name for p in (packed["root"] / "train").iterdir()) == WNIDS
-    for dest, prefix, split, count in ((packed["folders"], "mini", "train", TRAIN), (packed["folders"], "mini", "val", VAL),
+    for dest, prefix, split, count in ((packed["folders"], "mini", "train", TRAIN),
+                                       (packed["folders"], "mini", "val", VAL),
                                        (packed["tar"], "imagenet", "train", TRAIN)):
         manifest, samples = _split(dest, prefix, split)
         assert manifest["classes"] == classes and manifest["rejected"] == []
@@ -97,7 +88,7 @@ def test_val_labels_are_the_csv(packed):
 
 def test_labels_are_the_images_classes(packed):
     """Each image carries its class's tint, so a label that is not the image's true class shows."""
-    tints = np.array([mini._tint(label) for label in range(CLASSES)])
+    tints = np.array([mini.tint(label) for label in range(CLASSES)])
     tints /= tints.max(1, keepdims=True)
     for split in ("train", "val"):
         for label, _, data in _split(packed["folders"], "mini", split)[1].values():
@@ -106,6 +97,7 @@ def test_labels_are_the_images_classes(packed):
             assert np.abs(tints - colour / colour.max()).sum(1).argmin() == label
 
 
+@pytest.mark.slow  # ~9 s: three miniature ImageNets
 def test_same_seed_same_bytes(tmp_path):
     a = mini.write(tmp_path / "a", classes=2, train_per_class=3, val_per_class=2, size=32, seed=1)
     b = mini.write(tmp_path / "b", classes=2, train_per_class=3, val_per_class=2, size=32, seed=1)

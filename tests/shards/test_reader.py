@@ -98,8 +98,9 @@ def test_crop_flip_is_a_crop_of_the_padded_image():
     out = CropFlip(28, 2)(img, random.Random(0))
     assert out.shape == (28, 28, 3)
     padded = np.pad(img, ((2, 2), (2, 2), (0, 0)))
-    found = any((padded[t:t + 28, l:l + 28] == out).all() or (padded[t:t + 28, l:l + 28][:, ::-1] == out).all()
-                for t in range(5) for l in range(5))
+    found = any((padded[top:top + 28, left:left + 28] == out).all()
+                or (padded[top:top + 28, left:left + 28][:, ::-1] == out).all()
+                for top in range(5) for left in range(5))
     assert found
 
 
@@ -171,7 +172,8 @@ def test_skip_counts_bad_samples_and_evaluation_reads_the_rest(seven_shards, tmp
 def test_skip_keeps_steps_equal(seven_shards, tmp_path, prefix, dp_size, workers):
     truncate = 3 if prefix == "seven" else 0
     url, _ = _damage(seven_shards, tmp_path, prefix, corrupt=[(truncate, 1), (0, 2)], truncate=truncate)
-    streams = [ShardStream(url, Split(r, dp_size), 32, CropFlip(28, 2), seed=1, on_bad=SkipBad()) for r in range(dp_size)]
+    streams = [ShardStream(url, Split(r, dp_size), 32, CropFlip(28, 2), seed=1, on_bad=SkipBad())
+               for r in range(dp_size)]
     steps = [len(list(loader(s, workers=workers))) for s in streams]
     assert steps == [700 // dp_size // 32] * dp_size
     assert sum(s.bad_samples for s in streams) > 0
@@ -199,9 +201,11 @@ def test_tar_walk_reads_what_tarfile_writes(tmp_path, fmt):
             info.size = len(data)
             t.addfile(info, io.BytesIO(data))
     samples = list(tar_samples(str(path)))
-    assert [(s["__key__"], s["cls"], s["png"]) for s in samples] == [("a1", b"1", b"png-bytes"), (f"{deep}/k2", b"2", b"img")]
+    assert [(s["__key__"], s["cls"], s["png"]) for s in samples] == [("a1", b"1", b"png-bytes"),
+                                                                     (f"{deep}/k2", b"2", b"img")]
 
 
+@pytest.mark.slow  # ~8 s
 def test_recycled_buffers_give_a_training_loop_the_same_batches(seven_shards):
     # A consumer that lets go of each batch within its step, as the train and eval loops do.
     url = mf.manifest_url(str(seven_shards), "seven", "test")
@@ -254,7 +258,8 @@ def test_an_epoch_that_fits_the_shuffle_buffer_is_one_permutation_of_the_part(se
     url = mf.manifest_url(str(seven_shards), prefix, "test")
     stream = ShardStream(url, Split(0, 1), 50, CenterCrop(28), seed=2)
     epoch = sorted(x.numpy().tobytes() for xs, _ in loader(stream, workers=workers) for x in xs)
-    every = sorted(x.numpy().tobytes() for xs, _ in loader(ShardStream(url, Split(0, 1), 50, CenterCrop(28), train=False)) for x in xs)
+    every = sorted(x.numpy().tobytes() for xs, _ in loader(ShardStream(url, Split(0, 1), 50, CenterCrop(28),
+                                                                       train=False)) for x in xs)
     assert epoch == every
 
 
@@ -290,7 +295,8 @@ def test_whole_images_of_several_sizes_batch_by_size_and_cover_the_split_once(tm
         folder.mkdir(parents=True, exist_ok=True)
         w, h = sizes[i % 6] if i % 5 else sizes[(i + 1) % 6]
         Image.fromarray(np.full((h, w, 3), i, np.uint8)).save(folder / f"im{i}.png")
-    pack(class_folders(tmp_path / "src", "train"), str(tmp_path / "out"), "v", PackOptions(image_format="png", resize=None, shard_size=10))
+    pack(class_folders(tmp_path / "src", "train"), str(tmp_path / "out"), "v",
+         PackOptions(image_format="png", resize=None, shard_size=10))
     url = mf.manifest_url(str(tmp_path / "out"), "v", "train")
     seen = []
     for rank in range(2):
@@ -300,6 +306,7 @@ def test_whole_images_of_several_sizes_batch_by_size_and_cover_the_split_once(tm
     assert sorted(seen) == list(range(45))
 
 
+@pytest.mark.slow  # ~10 s: 14 loader workers
 def test_fourteen_workers_recycle_rings_and_give_the_same_batches_to_a_consumer_holding_three(seven_shards):
     """With many workers each keeps 2 batches in flight (ring of 5): a consumer that still holds the
     batch before last and the one before that sees them unchanged, as without rings."""

@@ -57,7 +57,8 @@ def epoch_batches(s: ShardStream, epoch: int, workers: int, resume_at: int | Non
 
 
 def same(a, b) -> bool:
-    return len(a) == len(b) and all(torch_equal(x, y) for (xa, ya), (xb, yb) in zip(a, b) for x, y in ((xa, xb), (ya, yb)))
+    return len(a) == len(b) and all(torch_equal(x, y)
+                                    for (xa, ya), (xb, yb) in zip(a, b) for x, y in ((xa, xb), (ya, yb)))
 
 
 def torch_equal(x, y) -> bool:
@@ -135,7 +136,8 @@ def test_resume_past_a_truncated_shard_skips_the_same_holes(shard_root, tmp_path
     for rank in range(2):
         reference, positions = epoch_batches(stream(root, rank, CropFlip(32, 4), on_bad=policy), 0, 2)
         for cut in (1, 3):
-            resumed, _ = epoch_batches(stream(root, rank, CropFlip(32, 4), on_bad=SkipBad()), 0, 2, cut, positions[cut - 1])
+            resumed, _ = epoch_batches(stream(root, rank, CropFlip(32, 4), on_bad=SkipBad()), 0, 2, cut,
+                                       positions[cut - 1])
             assert same(resumed, reference[cut:])
     assert policy.count == 2 * 7  # its 7 missing samples, at each of the 2 passes its reader makes (3 left of 10)
 

@@ -16,6 +16,7 @@ def s3(s3_server):
     return s3_server
 
 
+@pytest.mark.slow  # ~10 s
 def test_pack_to_s3_with_workers_resume_and_verify(s3, imagenet, tmp_path):
     _, _, [listing] = open_source(str(imagenet / "val"))
     local, _ = pack(listing, str(tmp_path), "v", PackOptions(resize=40, shard_size=2))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import simplejpeg
 import webdataset as wds
-from conftest import (FIXED, GOOD_PER_CLASS, NAMES, REJECTED, VAL_COUNT, WNIDS, jpeg_bytes, make_val_images, photo, val_truth,
-                      write_devkit, write_kaggle_csv, write_names)
+from conftest import (FIXED, GOOD_PER_CLASS, NAMES, REJECTED, VAL_COUNT, WNIDS, jpeg_bytes, make_val_images, photo,
+                      val_truth, write_devkit, write_kaggle_csv, write_names)
 from PIL import Image
 
 from shards import manifest as mf
@@ -33,7 +33,7 @@ def packed_train(imagenet, tmp_path_factory):
 
 def test_root_is_detected_with_both_splits_and_names(imagenet):
     name, layout, listings = open_source(str(imagenet))
-    assert layout == "imagenet" and [l.split for l in listings] == ["train", "val"]
+    assert layout == "imagenet" and [listing.split for listing in listings] == ["train", "val"]
     for listing in listings:  # indices follow the sorted wnids; names from LOC_synset_mapping.txt
         assert listing.classes == [{"index": i, "wnid": w, "name": NAMES[w]} for i, w in enumerate(WNIDS)]
     val = listings[1]
@@ -60,7 +60,8 @@ def test_bad_inputs_are_fixed_or_rejected_with_a_reason(packed_train):
 def test_cmyk_and_gray_keep_their_colours(packed_train, imagenet):
     _, dest, manifest = packed_train
     got = samples(dest, manifest)
-    ref = np.asarray(Image.open(imagenet / "train/n01440764/n01440764_png.JPEG").convert("RGB").resize((82, 64)), np.float64)
+    png = Image.open(imagenet / "train/n01440764/n01440764_png.JPEG")
+    ref = np.asarray(png.convert("RGB").resize((82, 64)), np.float64)
     cmyk = simplejpeg.decode_jpeg(got["n01440764_cmyk"]["jpg"]).astype(np.float64)
     gray = simplejpeg.decode_jpeg(got["n01440764_gray"]["jpg"]).astype(np.float64)
     assert cmyk.shape == ref.shape == gray.shape
@@ -88,7 +89,8 @@ def test_every_validation_label_form_gives_the_same_labels(form, imagenet, tmp_p
         write_devkit(tmp_path / "ILSVRC2012_devkit_t12" / "data", "mat")
     elif form == "devkit-text-map":
         write_devkit(tmp_path / "devkit", "text")
-        args = {"labels": str(tmp_path / "devkit/ILSVRC2012_validation_ground_truth.txt"), "synsets": str(tmp_path / "devkit/synsets.txt")}
+        args = {"labels": str(tmp_path / "devkit/ILSVRC2012_validation_ground_truth.txt"),
+                "synsets": str(tmp_path / "devkit/synsets.txt")}
     else:
         for key, wnid in val_truth().items():
             (val / wnid).mkdir(exist_ok=True)
@@ -105,7 +107,8 @@ def test_ground_truth_without_a_map_and_unlabelled_images_are_named(tmp_path):
     val = make_val_images(tmp_path / "val")
     write_devkit(tmp_path / "devkit", "text")
     gt = tmp_path / "devkit/ILSVRC2012_validation_ground_truth.txt"
-    with pytest.raises(SourceError, match="ILSVRC2012_validation_ground_truth.txt gives ILSVRC2012_IDs: pass --synsets"):
+    with pytest.raises(SourceError,
+                       match="ILSVRC2012_validation_ground_truth.txt gives ILSVRC2012_IDs: pass --synsets"):
         open_source(str(val), labels=str(gt))
     with pytest.raises(SourceError, match="no validation labels"):
         open_source(str(val))
@@ -114,7 +117,8 @@ def test_ground_truth_without_a_map_and_unlabelled_images_are_named(tmp_path):
         open_source(str(val), labels=str(gt), synsets=str(tmp_path / "devkit/bad.txt"))
     (val / "ILSVRC2012_val_00000099.JPEG").write_bytes((val / "ILSVRC2012_val_00000001.JPEG").read_bytes())
     _, _, [listing] = open_source(str(val), labels=str(gt), synsets=str(tmp_path / "devkit/synsets.txt"))
-    assert listing.rejected == [{"source": "ILSVRC2012_val_00000099.JPEG", "reason": f"no label in {gt} + {tmp_path / 'devkit/synsets.txt'}"}]
+    assert listing.rejected == [{"source": "ILSVRC2012_val_00000099.JPEG",
+                                 "reason": f"no label in {gt} + {tmp_path / 'devkit/synsets.txt'}"}]
 
 
 def test_resize_none_keeps_baseline_jpeg_bytes_and_reencodes_the_rest(tmp_path):
@@ -187,12 +191,14 @@ def test_meta_mat_without_scipy_names_the_extra(tmp_path, monkeypatch):
     val = make_val_images(tmp_path / "val")
     write_devkit(tmp_path / "ILSVRC2012_devkit_t12" / "data", "mat")
     write_names(tmp_path)
-    monkeypatch.setitem(sys.modules, "scipy", None)  # `import scipy.io` raises ImportError, as where it is not installed
+    # `import scipy.io` raises ImportError, as where it is not installed
+    monkeypatch.setitem(sys.modules, "scipy", None)
     monkeypatch.setitem(sys.modules, "scipy.io", None)
     want = "reading the devkit's meta.mat needs scipy: pip install 'cnnctl[imagenet]'"
     with pytest.raises(SourceError, match=re.escape(want)):
         open_source(str(val))
     res = CliRunner().invoke(app, ["shard", str(val), str(tmp_path / "out")])
     assert res.exit_code == 1, res.output
-    assert [line for line in res.output.splitlines() if line.strip()] == [f"error: {tmp_path}/ILSVRC2012_devkit_t12/data/meta.mat: {want}"], res.output
+    want_line = f"error: {tmp_path}/ILSVRC2012_devkit_t12/data/meta.mat: {want}"
+    assert [line for line in res.output.splitlines() if line.strip()] == [want_line], res.output
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.manifest.json"))

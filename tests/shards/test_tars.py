@@ -18,7 +18,8 @@ def contents(listing, dest) -> dict[str, tuple[int, bytes]]:
     """key -> (label, decoded pixels) of a packed listing."""
     manifest, _ = pack(listing, str(dest), "t", PackOptions(shard_size=7, resize=48, max_errors=len(REJECTED) + 1))
     urls = [f"{dest}/{s['name']}" for s in manifest["shards"]]
-    return {s["__key__"]: (int(s["cls"]), simplejpeg.decode_jpeg(s["jpg"]).tobytes()) for s in wds.WebDataset(urls, shardshuffle=False)}
+    return {s["__key__"]: (int(s["cls"]), simplejpeg.decode_jpeg(s["jpg"]).tobytes())
+            for s in wds.WebDataset(urls, shardshuffle=False)}
 
 
 def test_nested_train_tar_is_the_folder(imagenet, archives, tmp_path):
@@ -38,13 +39,14 @@ def test_val_tar_with_devkit_labels_is_the_folder(imagenet, archives, tmp_path):
     _, _, [from_dir] = open_source(str(imagenet / "val"))
     assert layout == "val-tar" and "meta.mat" in from_tar.description["labels"]
     assert {r.key: WNIDS[r.label] for r in from_tar.records} == val_truth()
-    assert len(from_tar.records) == VAL_COUNT and contents(from_tar, tmp_path / "a") == contents(from_dir, tmp_path / "b")
+    assert len(from_tar.records) == VAL_COUNT
+    assert contents(from_tar, tmp_path / "a") == contents(from_dir, tmp_path / "b")
 
 
 def test_archive_root_packs_train_and_val(archives):
     name, layout, listings = open_source(str(archives))
-    assert layout == "imagenet" and [l.split for l in listings] == ["train", "val"]
-    assert [l.description["layout"] for l in listings] == ["train-tar", "val-tar"]
+    assert layout == "imagenet" and [listing.split for listing in listings] == ["train", "val"]
+    assert [listing.description["layout"] for listing in listings] == ["train-tar", "val-tar"]
 
 
 def _member(tar, name, data=b"", **kw):
@@ -91,7 +93,8 @@ def test_unsafe_members_are_rejected_and_nothing_is_written_outside(tmp_path):
     assert manifest["num_samples"] == 2
     after = sorted(p for p in tmp_path.rglob("*"))
     assert [p for p in after if p not in before] == [work / "out"] + sorted((work / "out").iterdir())
-    assert sorted(p.name for p in (work / "out").iterdir()) == ["t-train-000000.tar", "t-train.manifest.json", "t-train.mean.npy"]
+    assert sorted(p.name for p in (work / "out").iterdir()) == ["t-train-000000.tar", "t-train.manifest.json",
+                                                                "t-train.mean.npy"]
 
 
 def test_truncated_and_compressed_archives(tmp_path):
@@ -102,7 +105,9 @@ def test_truncated_and_compressed_archives(tmp_path):
         _member(t, "ILSVRC2012_val_00000002.JPEG", good)
     data = archive.read_bytes()
     archive.write_bytes(data[: 512 + len(good) + 512 + 100])  # cut inside the second member
-    (tmp_path / "LOC_val_solution.csv").write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 1 2 3 4\nILSVRC2012_val_00000002,n01440764 1 2 3 4\n")
+    (tmp_path / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n"
+                                                   "ILSVRC2012_val_00000001,n01440764 1 2 3 4\n"
+                                                   "ILSVRC2012_val_00000002,n01440764 1 2 3 4\n")
     _, _, [listing] = open_source(str(archive), layout="val-tar")
     assert [r.key for r in listing.records] == ["ILSVRC2012_val_00000001"]
     assert listing.rejected == [{"source": "ILSVRC2012_val_00000002.JPEG", "reason": "truncated archive member"}]

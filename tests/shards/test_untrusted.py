@@ -91,7 +91,8 @@ def test_forged_tar_size_is_an_error_not_a_hang(small_split, tmp_path, field):
     assert "\n" not in str(err.value)
     skip = SkipBad()
     batches = list(loader(ShardStream(url, Split(), 8, CenterCrop(28), train=False, on_bad=skip)))
-    assert skip.count == 20 - 1 and sum(len(y) for _, y in batches) == 60 - skip.count  # the member's sample and those after it
+    # the member's sample and those after it
+    assert skip.count == 20 - 1 and sum(len(y) for _, y in batches) == 60 - skip.count
     # cnnctl shard verify and the writer's resume check
     _, problems = verify(url)
     assert any(p.startswith("s-test-000001.tar: damaged tar") for p in problems)
@@ -103,7 +104,8 @@ def test_member_past_the_end_names_the_file_and_member(small_split, tmp_path):
     shard = tmp_path / "s.tar"
     blob = (small_split / "s-test-000000.tar").read_bytes()
     shard.write_bytes(forge_size(blob, 2, b"%011o" % (len(blob) * 2)))
-    with pytest.raises(BadSample, match=rf"{re.escape(str(shard))}: truncated tar member '[^']+\.\w+' \(\d+ of \d+ bytes\)"):
+    with pytest.raises(BadSample,
+                       match=rf"{re.escape(str(shard))}: truncated tar member '[^']+\.\w+' \(\d+ of \d+ bytes\)"):
         list(shard_tar.tar_samples(str(shard)))
 
 
@@ -162,7 +164,8 @@ def test_one_pixel_limit_for_writer_and_reader():
 
 # 3. Only JPEG and PNG reach Pillow --------------------------------------------------------------
 
-EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n"
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
+       b"0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n")
 
 
 @pytest.fixture
@@ -171,7 +174,8 @@ def no_eps(monkeypatch):
     from PIL import EpsImagePlugin
 
     asked = []
-    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: asked.append(1) or (_ for _ in ()).throw(AssertionError("EPS")))
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open",
+                        lambda self: asked.append(1) or (_ for _ in ()).throw(AssertionError("EPS")))
     return asked
 
 
@@ -183,7 +187,8 @@ def test_only_jpeg_and_png_reach_pillow_when_packing(tmp_path, no_eps, payload):
     (tmp_path / "src" / "a" / "good.JPEG").write_bytes(jpeg_bytes(photo(np.random.default_rng(1), 64, 48)))
     (tmp_path / "src" / "a" / "evil.JPEG").write_bytes(payload)
     (tmp_path / "src" / "b").mkdir()
-    (tmp_path / "src" / "b" / "png.JPEG").write_bytes(png_bytes(photo(np.random.default_rng(2), 40, 30)))  # ImageNet has one
+    # ImageNet has one
+    (tmp_path / "src" / "b" / "png.JPEG").write_bytes(png_bytes(photo(np.random.default_rng(2), 40, 30)))
     _, _, [listing] = open_source(str(tmp_path / "src"))
     manifest, _ = pack(listing, str(tmp_path / "out"), "p", PackOptions(max_errors=1))
     [rejected] = manifest["rejected"]
@@ -209,7 +214,8 @@ def test_label_outside_the_classes_is_a_bad_sample(small_split, tmp_path, label)
     shard = tmp_path / "s-test-000002.tar"
     name = _rewrite_member(shard, 3 * 3 + 1, label)  # sample 3's .cls
     key = name.rsplit(".", 1)[0]
-    with pytest.raises(BadSample, match=rf"^{re.escape(str(tmp_path))}/s-test-000002.tar: sample '{key}': label .* is not a class index 0..9$"):
+    with pytest.raises(BadSample, match=rf"^{re.escape(str(tmp_path))}/s-test-000002.tar: "
+                                        rf"sample '{key}': label .* is not a class index 0..9$"):
         list(loader(ShardStream(url, Split(), 8, CenterCrop(28), train=False)))
     skip = SkipBad()
     got = [y for _, y in loader(ShardStream(url, Split(), 8, CenterCrop(28), train=False, on_bad=skip))]
@@ -272,7 +278,8 @@ def test_manifest_fields_are_checked_in_one_line(small_split, tmp_path, field, c
     assert isinstance(err.value, ValueError)  # callers that catch ValueError (check_splits) still do
 
 
-@pytest.mark.parametrize("text", [b"", b"{", b"[1, 2]", b"\xff\xfe", b"null", b'{"format": "cnnctl-shards/1", "shards": 1e999}'])
+@pytest.mark.parametrize("text", [b"", b"{", b"[1, 2]", b"\xff\xfe", b"null",
+                                  b'{"format": "cnnctl-shards/1", "shards": 1e999}'])
 def test_a_manifest_that_is_not_a_json_object_is_one_line(tmp_path, text):
     path = tmp_path / "s-test.manifest.json"
     path.write_bytes(text)

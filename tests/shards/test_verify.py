@@ -33,7 +33,8 @@ def test_each_damage_is_named_with_its_shard(packed):
     b.write_bytes(b.read_bytes()[:1500])
     c.unlink()
     _, problems = verify(url, decode=True)
-    assert problems[0].startswith(f"{a.name}: sha256 ") and any(p.startswith(f"{a.name}: sample ") and "does not decode" in p for p in problems)
+    assert problems[0].startswith(f"{a.name}: sha256 ")
+    assert any(p.startswith(f"{a.name}: sample ") and "does not decode" in p for p in problems)
     assert f"{b.name}: 1500 bytes, the manifest says {manifest['shards'][1]['bytes']}" in problems
     assert any(p.startswith(f"{b.name}: damaged tar") for p in problems)
     assert f"{c.name}: missing" in problems
@@ -61,4 +62,5 @@ def test_a_missing_or_damaged_mean_image_is_named(packed):
         [problem] = verify(url)[1]
         assert problem.startswith("v-val.mean.npy: ") and "not a readable .npy" in problem
     mean.unlink()
-    assert verify(url)[1] == [f"v-val.mean.npy: {mf.join(str(root), 'v-val.mean.npy')}: the mean image the manifest {url} names is missing"]
+    assert verify(url)[1] == [f"v-val.mean.npy: {mf.join(str(root), 'v-val.mean.npy')}: the mean image the manifest "
+                              f"{url} names is missing"]

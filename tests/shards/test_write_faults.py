@@ -60,9 +60,11 @@ def disk_full_at_third_shard(monkeypatch):
     monkeypatch.setattr(os, "fdopen", fdopen)
 
 
-def test_enospc_while_packing_publishes_nothing_torn_and_a_rerun_finishes(image_tree, tmp_path, monkeypatch, disk_full_at_third_shard):
+def test_enospc_while_packing_publishes_nothing_torn_and_a_rerun_finishes(image_tree, tmp_path, monkeypatch,
+                                                                          disk_full_at_third_shard):
     out = tmp_path / "shards"
-    args = ["shard", "pack", str(image_tree), str(out), "--layout", "class-folders", "--shard-size", "10", "--resize", "none"]
+    args = ["shard", "pack", str(image_tree), str(out), "--layout", "class-folders", "--shard-size", "10",
+            "--resize", "none"]
     res = runner.invoke(app, args)
     assert res.exit_code == 1, res.output
     errors = [line for line in res.output.splitlines() if "error" in line.lower() or "Errno" in line]

@@ -54,7 +54,8 @@ def test_manifest_records_shards_and_stats(fmnist_root):
 
 def test_plain_tar_lists_members(fmnist_root):
     manifest = mf.load(mf.manifest_url(fmnist_root, "fashion-mnist", "test"))
-    names = subprocess.run(["tar", "tf", f"{fmnist_root}/{manifest['shards'][0]['name']}"], capture_output=True, text=True, check=True).stdout.split()
+    names = subprocess.run(["tar", "tf", f"{fmnist_root}/{manifest['shards'][0]['name']}"], capture_output=True,
+                           text=True, check=True).stdout.split()
     assert len(names) == 3 * manifest["shards"][0]["count"]
     assert {n.rsplit(".", 1)[1] for n in names} == {"png", "cls", "json"}
 
@@ -76,7 +77,8 @@ def test_rerun_is_byte_identical_and_a_lost_shard_is_rebuilt(image_tree, tmp_pat
 def test_jpegs_are_rgb_and_resized(image_tree, tmp_path):
     listing = class_folders(image_tree, "train")
     manifest, _ = pack(listing, str(tmp_path), "t", PackOptions(shard_size=64, resize=40))
-    samples = list(wds.WebDataset([f"{tmp_path}/{s['name']}" for s in manifest["shards"]], shardshuffle=False).decode("rgb8"))
+    urls = [f"{tmp_path}/{s['name']}" for s in manifest["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"))
     assert len(samples) == 60
     assert {s["jpg"].shape for s in samples} == {(40, 40, 3)}
     assert manifest["classes"][0]["wnid"] == "n00000000"
@@ -114,7 +116,8 @@ def test_shard_bytes_are_what_tarfile_writes(image_tree, tmp_path):
     manifest, _ = pack(class_folders(image_tree, "train"), str(tmp_path), "t", PackOptions(shard_size=64, resize=40))
     data = (tmp_path / manifest["shards"][0]["name"]).read_bytes()
     again = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=again, mode="w", format=tarfile.USTAR_FORMAT) as out:
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=again, mode="w",
+                                                                     format=tarfile.USTAR_FORMAT) as out:
         members = src.getmembers()
         assert len(members) == 3 * manifest["shards"][0]["count"]
         for m in members:
