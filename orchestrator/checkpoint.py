@@ -211,7 +211,8 @@ def upload_marker_last(source: str, fs, dest: str, tries: int = UPLOAD_TRIES, ba
         for name in sorted(os.listdir(source), key=lambda n: n == MARKER):
             for attempt in range(tries):
                 try:
-                    pafs.copy_files(os.path.join(source, name), f"{dest}/{name}", source_filesystem=local, destination_filesystem=fs)
+                    pafs.copy_files(os.path.join(source, name), f"{dest}/{name}", source_filesystem=local,
+                                    destination_filesystem=fs)
                     _check_stored(fs, f"{dest}/{name}", os.path.getsize(os.path.join(source, name)))
                     break
                 except OSError as exc:

@@ -110,7 +110,8 @@ def check(cfg: RunConfig) -> list[str]:
     if e.scales and e.tta != "dense":
         problems.append(f"eval.scales: apply to eval.tta dense only, not {e.tta}")
     if e.scales and min(e.scales) < cfg.data.image_size:
-        problems.append(f"eval.scales: every Q must be at least the crop size data.image_size={cfg.data.image_size}, got {e.scales}")
+        problems.append(f"eval.scales: every Q must be at least the crop size data.image_size={cfg.data.image_size}, "
+                        f"got {e.scales}")
     t = cfg.tune
     if t.scheduler == "pbt" and t.pbt_lrn and not bad_model:
         from models import catalog
@@ -118,7 +119,8 @@ def check(cfg: RunConfig) -> list[str]:
         if "lrn" not in catalog.ACCEPTS[catalog.resolve(cfg.model.name)]:
             problems.append(f"tune.pbt_lrn: {catalog.resolve(cfg.model.name)} has no LRN for PBT to mutate")
     if t.search_alg == "optuna" and t.scheduler == "pbt":
-        problems.append("tune.search_alg: optuna chooses configurations from finished trials; pbt changes them while they run (use --search-alg random with pbt)")
+        problems.append("tune.search_alg: optuna chooses configurations from finished trials; pbt changes them while "
+                        "they run (use --search-alg random with pbt)")
     if t.baseline:
         try:
             parse_assignments(t.baseline, RunConfig, "tune.baseline")

@@ -50,8 +50,8 @@ class DeviceBatch(torch.nn.Module):
         return x.contiguous(memory_format=self.memory_format)
 
 
-def device_batch(cfg: RunConfig, manifest: dict, mean_image: np.ndarray | None = None, device: torch.device | str = "cpu",
-                 lighting_seed: int | None = None) -> DeviceBatch:
+def device_batch(cfg: RunConfig, manifest: dict, mean_image: np.ndarray | None = None,
+                 device: torch.device | str = "cpu", lighting_seed: int | None = None) -> DeviceBatch:
     """The run's device stage: data.mean/std (a run settles them from the training split's manifest,
     train.prepare_run), else ``manifest``'s; per pixel with ``mean_image``; PCA lighting when the
     augmentation has it and ``lighting_seed`` is given (training: seeded by dp rank, so both towers of
@@ -107,7 +107,8 @@ class Lighting(torch.nn.Module):
     The coefficients come from a CPU generator reseeded every epoch: the same seed gives the same batches.
     """
 
-    def __init__(self, eigval: list[float], eigvec: list[list[float]], std: list[float], sigma: float = 0.1, seed: int = 0):
+    def __init__(self, eigval: list[float], eigvec: list[list[float]], std: list[float],
+                 sigma: float = 0.1, seed: int = 0):
         super().__init__()
         self.eigval, self.eigvec = torch.tensor(eigval, dtype=torch.float64), torch.tensor(eigvec, dtype=torch.float64)
         self.std, self.sigma, self.seed = torch.tensor(std, dtype=torch.float64), sigma, seed

@@ -60,8 +60,8 @@ def rescale_shorter(x: torch.Tensor, q: int | None) -> torch.Tensor:
     return x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
-def view_probs(model: torch.nn.Module, prepare: DeviceBatch, x: torch.Tensor, tta: str, scales: list[int | None], flip: bool,
-               windows: torch.Tensor | None = None) -> list[torch.Tensor]:
+def view_probs(model: torch.nn.Module, prepare: DeviceBatch, x: torch.Tensor, tta: str, scales: list[int | None],
+               flip: bool, windows: torch.Tensor | None = None) -> list[torch.Tensor]:
     """The softmax of every test view of a uint8 batch: a list of (N, classes). ``windows``: where
     the centre crops lay, for a per-pixel mean image."""
     if tta == "ten-crop":  # (N, 10, 3, H, W): one forward over all N*10 views
@@ -76,15 +76,16 @@ def view_probs(model: torch.nn.Module, prepare: DeviceBatch, x: torch.Tensor, tt
     return [(dense_scores(model, t) if tta == "dense" else model(t)).softmax(1) for t in xs]
 
 
-def make_predict(models_: list[torch.nn.Module], prepares: list[Callable], tta: str, scales: list[int | None], flip: bool,
-                 sizes: list[int] | None = None) -> Callable:
+def make_predict(models_: list[torch.nn.Module], prepares: list[Callable], tta: str, scales: list[int | None],
+                 flip: bool, sizes: list[int] | None = None) -> Callable:
     """``sizes``: the crop side each model trained on (default: its native input size); dense
     evaluation needs every Q at least that."""
     if tta == "dense":
         sizes = sizes or [m.input_size for m in models_]
         for size in sizes:
             if any(q is not None and q < size for q in scales):
-                raise ValueError(f"--scales {scales}: dense evaluation needs every Q >= the crop size {size} the model trained on")
+                raise ValueError(f"--scales {scales}: dense evaluation needs every Q >= the crop size {size} the model "
+                                 "trained on")
         models_ = [to_dense(m, size).eval() for m, size in zip(models_, sizes)]
     single = len(models_) == 1 and tta == "center" and not flip
 
@@ -140,7 +141,8 @@ def plan_eval(checkpoints: list[str], data: str | None = None, split: str = "tes
     if tta == "dense":  # what make_predict checks again where the models are
         for size in sorted({c.data.image_size for c in configs}):
             if any(q is not None and q < size for q in scales):
-                raise ValueError(f"--scales {scales}: dense evaluation needs every Q >= the crop size {size} the model trained on")
+                raise ValueError(f"--scales {scales}: dense evaluation needs every Q >= the crop size {size} the model "
+                                 "trained on")
     root = loc.absolute(data) if data else cfg.data.root
     url = mf.manifest_url(root, cfg.data.prefix, split)
     # a checkpoint of a data.mean_image run carries its mean image; the crops' windows then travel

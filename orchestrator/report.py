@@ -100,8 +100,8 @@ def plot_runs(runs: list[str], out: str | None = None) -> str:
                     continue  # one accuracy curve per run keeps several runs readable
                 values = [r.get(key) for r in rows]
                 if any(v is not None for v in values):
-                    ax.plot(epochs, values, color=colour, linestyle="--" if key.startswith("train") else "-", marker=".",
-                            label=f"{label} ({name})" if title == "loss" else label)
+                    ax.plot(epochs, values, color=colour, linestyle="--" if key.startswith("train") else "-",
+                            marker=".", label=f"{label} ({name})" if title == "loss" else label)
             ax.set_title(title if title != "accuracy" else "val top-1")
             ax.set_xlabel("epoch")
             if scale and all((r.get("lr") or 0) > 0 for r in rows):

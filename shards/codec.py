@@ -231,7 +231,8 @@ def decode_window(data: bytes, out: np.ndarray, top: int, left: int, flip: bool)
     a whole decode's (tests/shards/test_jpegcrop.py). Needs WINDOWED; raises ValueError for corrupt
     data or a window outside the image."""
     if out.dtype != np.uint8 or out.ndim != 3 or out.shape[2] != 3 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous HxWx3 uint8 array, not {out.dtype} {out.shape} (strides {out.strides})")
+        raise ValueError(f"out must be a C-contiguous HxWx3 uint8 array, not {out.dtype} {out.shape} (strides "
+                         f"{out.strides})")
     h, w = out.shape[:2]
     _decode_into(data, out, top, left, h, w, flip)
 

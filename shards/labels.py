@@ -141,6 +141,7 @@ def val_labels(dirs: list[Path], labels: Path | None = None, synsets: Path | Non
         return kaggle_solution(labels), {}, str(labels)
     synsets = synsets or find(dirs, META_MAT)
     if synsets is None or not synsets.is_file():
-        raise LabelError(f"{labels} gives ILSVRC2012_IDs: pass --synsets meta.mat (or a text map of '<ID> <wnid>' lines)")
+        raise LabelError(f"{labels} gives ILSVRC2012_IDs: pass --synsets meta.mat (or a text map of '<ID> <wnid>' "
+                         "lines)")
     ids, words = id_map(synsets)
     return ground_truth(labels, ids, synsets), words, f"{labels} + {synsets}"

@@ -70,7 +70,8 @@ class ShardStream(IterableDataset):
         num_classes: int | None = None,
     ):
         if frame is not None and not transform.windowed:
-            raise ValueError(f"{type(transform).__name__} is not one window of the image: it has no place in a {frame}px frame")
+            raise ValueError(f"{type(transform).__name__} is not one window of the image: it has no place in a "
+                             f"{frame}px frame")
         self.frame, self.windowed = frame, windowed
         self.manifest = mf.load(manifest_url)
         self.urls = mf.shard_urls(manifest_url, self.manifest)
@@ -213,7 +214,8 @@ class ShardStream(IterableDataset):
                 if raw is None:  # a hole: its shard came up short, and the policy has heard of it
                     raise BadSample("")
                 sample_rng.seed(sample_seed(self.seed, epoch, unit.index, ordinal - 1))
-                image, label = stages.decode(raw, self.transform, sample_rng, batch.slot(shape), self.windowed, self.num_classes)
+                image, label = stages.decode(raw, self.transform, sample_rng, batch.slot(shape), self.windowed,
+                                             self.num_classes)
                 window = None if self.frame is None else stages.in_frame(raw, image, self.frame)
             except BadSample as exc:
                 if raw is not None:

@@ -217,7 +217,8 @@ class ScaleJitter(Transform):
             s, box = self.plan(w, h, rng)
             shrink = min(w, h) / s
             if shrink >= 2:  # decode at 1/2, 1/4 or 1/8 scale, still at least as large as needed
-                arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(w / shrink), min_height=math.ceil(h / shrink))
+                arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(w / shrink),
+                                             min_height=math.ceil(h / shrink))
             elif windowed and codec.WINDOWED:
                 x0, y0, x1, y1 = self.support(box, w, h)
                 window = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
@@ -259,7 +260,8 @@ class TenCrop(Transform):
     def __call__(self, img: np.ndarray, rng: random.Random | None = None) -> np.ndarray:
         top0, left0, side = _square(*img.shape[:2], self.size)
         if self.side is not None and side != self.side:
-            raise ValueError(f"image {img.shape[1]}x{img.shape[0]}: its central square is {side}px, not the mean image's {self.side}px")
+            raise ValueError(f"image {img.shape[1]}x{img.shape[0]}: its central square is {side}px, not the mean "
+                             f"image's {self.side}px")
         sq = img[top0 : top0 + side, left0 : left0 + side]
         five = np.stack([sq[t : t + self.size, l : l + self.size] for t, l, _ in self.windows(side)[:5]])
         return np.concatenate([five, torch.from_numpy(five).flip(2).numpy()])  # torch flips ~15x faster than numpy copies a flip

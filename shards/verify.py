@@ -72,5 +72,6 @@ def verify(url: str, decode: bool = False) -> tuple[dict, list[str]]:
         except (OSError, ValueError) as exc:
             problems.append(f"{manifest['stats']['mean_image']['file']}: {exc}")
     if total != manifest["num_samples"] and not problems:
-        problems.append(f"{mf.manifest_name(manifest['prefix'], manifest['split'])}: shards hold {total} samples, num_samples says {manifest['num_samples']}")
+        problems.append(f"{mf.manifest_name(manifest['prefix'], manifest['split'])}: shards hold {total} samples, "
+                        f"num_samples says {manifest['num_samples']}")
     return manifest, problems

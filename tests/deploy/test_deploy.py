@@ -107,7 +107,8 @@ def test_cluster_launcher_yaml_validates_against_rays_schema(path):
     jsonschema.validate(load(path), schema)
 
 
-@pytest.mark.parametrize("path,line", CASES, ids=[f"{rel(p)}::{' '.join(argv(line)[:1])}{i}" for i, (p, line) in enumerate(CASES)])
+@pytest.mark.parametrize("path,line", CASES,
+                         ids=[f"{rel(p)}::{' '.join(argv(line)[:1])}{i}" for i, (p, line) in enumerate(CASES)])
 def test_every_command_line_passes_dry_run(path, line):
     args = argv(line)
     registered = get_command(app).commands
@@ -369,7 +370,8 @@ def test_shard_dry_run_resolves_and_writes_nothing(tmp_path):
 
 
 def test_shard_dry_run_of_a_source_elsewhere_and_its_errors(tmp_path):
-    res = runner.invoke(app, ["shard", str(tmp_path / "imagenet"), "s3://bucket/shards", "--address", "auto", "--dry-run"])
+    res = runner.invoke(app, ["shard", str(tmp_path / "imagenet"), "s3://bucket/shards", "--address",
+                              "auto", "--dry-run"])
     assert res.exit_code == 0, res.output
     plan = yaml.safe_load(res.stdout)
     assert plan["layout"].startswith("auto (") and plan["options"]["resize"] == 256 and "auto" in plan["runs_on"]

@@ -25,8 +25,8 @@ from cnnctl_cli import cli
 
 pytestmark = pytest.mark.timeout(600)
 runner = CliRunner()
-TINY = ["model.width=0.25", "data.batch_size=64", "schedule.kind=constant", "schedule.warmup_epochs=0", "optim.label_smoothing=0",
-        "run.log_every=1000", "tune.metric=val_loss", "tune.mode=min"]
+TINY = ["model.width=0.25", "data.batch_size=64", "schedule.kind=constant", "schedule.warmup_epochs=0",
+        "optim.label_smoothing=0", "run.log_every=1000", "tune.metric=val_loss", "tune.mode=min"]
 
 
 def sets(fmnist_root, storage, *extra) -> list[str]:
@@ -172,7 +172,8 @@ def _wait_for(predicate, timeout: float, proc=None) -> None:
 
 def _cnnctl(ray_cluster) -> tuple[str, dict]:
     """The installed console script, and an environment holding the test cluster's token."""
-    return str(Path(sys.executable).with_name("cnnctl")), {**os.environ, "CNNCTL_CLUSTER_DIR": str(Path(ray_cluster.token_path).parent)}
+    return str(Path(sys.executable).with_name("cnnctl")), {**os.environ,
+                                                           "CNNCTL_CLUSTER_DIR": str(Path(ray_cluster.token_path).parent)}
 
 
 def _finished(sweep: Path, last_epoch: int) -> set[str]:
@@ -291,7 +292,8 @@ def test_optuna_search_over_the_conditional_space_resumes_after_the_driver_is_ki
     for rows in after.values():  # the conditional space: k, n, alpha, beta only with LRN on
         config = rows[0]["config"]
         knobs = {"model.lrn.k", "model.lrn.n", "model.lrn.alpha", "model.lrn.beta"} & set(config)
-        assert knobs == (set() if not config["model.lrn.enabled"] else {"model.lrn.k", "model.lrn.n", "model.lrn.alpha", "model.lrn.beta"})
+        assert knobs == (set() if not config["model.lrn.enabled"] else {"model.lrn.k", "model.lrn.n", "model.lrn.alpha",
+                                                                        "model.lrn.beta"})
     assert sum(int(r["seeds"]) for r in results(sweep)) == 3
 
 

@@ -44,7 +44,8 @@ def test_train_bad_config_file(tmp_path):
 
 
 def test_train_dry_run_prints_resolved_config_and_shape():
-    res = runner.invoke(app, ["train", "--preset", "demo-fashion", "--nodes", "2", "--set", "optim.lr=0.02", "--dry-run"])
+    res = runner.invoke(app, ["train", "--preset", "demo-fashion", "--nodes", "2", "--set",
+                              "optim.lr=0.02", "--dry-run"])
     assert res.exit_code == 0, res.output
     body, _, shape = res.output.rpartition("# cluster:")
     cfg = yaml.safe_load(body)
@@ -97,7 +98,8 @@ def test_parallel_modes_set_mp_and_check_the_world():
 
 
 def test_parallel_owt_sets_the_fc_split_and_its_groups():
-    res = runner.invoke(app, ["train", "--preset", "imagenet-alexnet-owt", "--parallel", "owt", "--nodes", "2", "--dry-run"])
+    res = runner.invoke(app, ["train", "--preset", "imagenet-alexnet-owt", "--parallel", "owt", "--nodes",
+                              "2", "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "world 16 (dp=16 x mp=1, FC split over 2 group(s) of K=8)" in res.output
     assert "fc: model" in res.output
@@ -141,8 +143,10 @@ def test_models_table_pins_the_paper_counts():
 
 
 @pytest.mark.parametrize("group,options,commands", [
-    ("tune", ["--search", "--scheduler", "--num-samples", "--max-concurrent", "--trial-workers", "--resume"], ["run", "report"]),
-    ("shard", ["SOURCE", "DEST", "--prefix", "--shard-size", "--shard-bytes", "--workers", "--address", "--image-format"], ["pack", "verify", "info"]),
+    ("tune", ["--search", "--scheduler", "--num-samples", "--max-concurrent", "--trial-workers", "--resume"],
+     ["run", "report"]),
+    ("shard", ["SOURCE", "DEST", "--prefix", "--shard-size", "--shard-bytes", "--workers", "--address",
+               "--image-format"], ["pack", "verify", "info"]),
 ])
 def test_group_help_shows_the_default_commands_options_and_the_commands(group, options, commands):
     """A newcomer types `cnnctl tune --help`: the options of `cnnctl tune [OPTIONS]` are there."""
@@ -204,9 +208,11 @@ def test_a_split_smaller_than_one_global_batch_is_refused_before_ray(uneven_fmni
     assert res.exit_code == 1, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "train" in lines[0] and "600" in lines[0] and "1024" in lines[0], res.output
-    res = runner.invoke(app, ["train", "--data", uneven_fmnist_root, "--set", "data.limit=100", "--set", "data.batch_size=128"])
+    res = runner.invoke(app, ["train", "--data", uneven_fmnist_root, "--set", "data.limit=100", "--set",
+                              "data.batch_size=128"])
     assert res.exit_code == 1 and "100" in res.output and "128" in res.output, res.output
-    res = runner.invoke(app, ["tune", "run", "--data", uneven_fmnist_root, "--set", "data.batch_size=1024", "--num-samples", "1"])
+    res = runner.invoke(app, ["tune", "run", "--data", uneven_fmnist_root, "--set", "data.batch_size=1024",
+                              "--num-samples", "1"])
     assert res.exit_code == 1 and "600" in res.output and "1024" in res.output, res.output
 
 

@@ -29,8 +29,8 @@ def make_run(storage, name, epochs_planned, epochs_done, complete=None, torn=(),
     run = storage / name
     run.mkdir()
     (run / "config.yaml").write_text(to_yaml(cfg))
-    rows = [{"epoch": e, "train_loss": 2 - e / 10, "val_loss": 2 - e / 9, "val_top1": 0.5 + e / 10, "val_top5": 0.9, "lr": lr,
-             "images_per_sec": 1000.0} for e in range(epochs_done)]
+    rows = [{"epoch": e, "train_loss": 2 - e / 10, "val_loss": 2 - e / 9, "val_top1": 0.5 + e / 10, "val_top5": 0.9,
+             "lr": lr, "images_per_sec": 1000.0} for e in range(epochs_done)]
     if rows:
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     weights = {"w": torch.zeros(2)}

@@ -85,7 +85,8 @@ def test_tune_domains_and_randint_includes_both_ends():
     from ray import tune
     from ray.tune.search.sample import Float, Integer
 
-    dims = space(model__lrn__n={"randint": [3, 9]}, model__lrn__alpha={"loguniform": [1e-5, 1e-2]}, optim__lr={"grid": [0.1, 0.01]}).to_tune()
+    dims = space(model__lrn__n={"randint": [3, 9]}, model__lrn__alpha={"loguniform": [1e-5, 1e-2]},
+                 optim__lr={"grid": [0.1, 0.01]}).to_tune()
     assert isinstance(dims["model.lrn.n"], Integer) and (dims["model.lrn.n"].lower, dims["model.lrn.n"].upper) == (3, 10)
     assert isinstance(dims["model.lrn.alpha"], Float) and dims["model.lrn.alpha"].lower == 1e-5
     assert dims["optim.lr"] == tune.grid_search([0.1, 0.01])
@@ -98,8 +99,10 @@ def test_apply_sets_dotted_paths(base):
 
 def test_cli_refuses_an_invalid_space_before_anything_starts(tmp_path):
     f = tmp_path / "bad.yaml"
-    f.write_text("space:\n  model.lrn.n: {choice: [3, 4]}\n  model.lrn.alpha: {choice: [-1.0e-4]}\n  optim.lrr: {choice: [0.1]}\n")
-    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", str(f), "--set", f"run.storage={tmp_path / 'runs'}"])
+    f.write_text("space:\n  model.lrn.n: {choice: [3, 4]}\n  model.lrn.alpha: {choice: [-1.0e-4]}\n  optim.lrr: "
+                 "{choice: [0.1]}\n")
+    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", str(f), "--set",
+                              f"run.storage={tmp_path / 'runs'}"])
     assert res.exit_code == 1
     errors = [line for line in res.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 3, res.output
@@ -145,8 +148,8 @@ def test_optuna_define_by_run_suggests_lrn_knobs_only_with_lrn_on(base):
 
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5))
     space_ = search_space.load("lrn")
-    study.optimize(lambda t: (space_.define_by_run(t, base.model_dump(mode="json")), t.params.get("model.lrn.alpha", 0.0))[1],
-                   n_trials=25)
+    study.optimize(lambda t: (space_.define_by_run(t, base.model_dump(mode="json")),
+                              t.params.get("model.lrn.alpha", 0.0))[1], n_trials=25)
     off = [t.params for t in study.trials if not t.params["model.lrn.enabled"]]
     on = [t.params for t in study.trials if t.params["model.lrn.enabled"]]
     assert off and on
@@ -179,10 +182,11 @@ def test_cli_refuses_an_unknown_condition_before_anything_starts(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("space:\n  model.lrn.enabled: {choice: [true, false]}\n"
                  "  model.lrn.alpha: {loguniform: [1.0e-5, 1.0e-2], when: {model.lrn.on: true}}\n")
-    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", str(f), "--set", f"run.storage={tmp_path / 'runs'}"])
+    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", str(f), "--set",
+                              f"run.storage={tmp_path / 'runs'}"])
     assert res.exit_code == 1
-    assert res.output.strip().splitlines() == [
-        "error: search model.lrn.alpha: when model.lrn.on: unknown path (model.lrn has no field 'on'; known: enabled, k, n, alpha, beta)"]
+    assert res.output.strip().splitlines() == ["error: search model.lrn.alpha: when model.lrn.on: unknown path "
+                                               "(model.lrn has no field 'on'; known: enabled, k, n, alpha, beta)"]
     assert not (tmp_path / "runs").exists()
 
 
@@ -229,7 +233,8 @@ def test_optuna_searcher_trains_each_configuration_with_its_seeds_and_tells_tpe_
     given = []
     while (config := cells.suggest(f"t{len(given)}")) not in (None, Searcher.FINISHED):
         given.append(config)
-        cells.on_trial_complete(f"t{len(given) - 1}", {cfg.tune.metric: 0.5 + 0.1 * config["model.lrn.enabled"] + 0.01 * config[tune_plan.SEED]})
+        cells.on_trial_complete(f"t{len(given) - 1}",
+                                {cfg.tune.metric: 0.5 + 0.1 * config["model.lrn.enabled"] + 0.01 * config[tune_plan.SEED]})
     # same seeds: a repeated suggestion is not trained; each configuration trained with seeds 5 and 6
     by_cell = {}
     for c in given:

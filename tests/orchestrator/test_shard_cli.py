@@ -41,7 +41,8 @@ def test_short_form_and_subcommands(image_tree, tmp_path):
     out = tmp_path / "s"
     res = runner.invoke(app, ["shard", str(image_tree), str(out), "--shard-size", "16", "--resize", "48"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["shard", "pack", str(image_tree), str(tmp_path / "p"), "--shard-size", "16", "--resize", "48"])
+    res = runner.invoke(app, ["shard", "pack", str(image_tree), str(tmp_path / "p"), "--shard-size", "16",
+                              "--resize", "48"])
     assert res.exit_code == 0, res.output
     assert (out / f"{image_tree.name}-train-000000.tar").read_bytes() == (tmp_path / "p" / f"{image_tree.name}-train-000000.tar").read_bytes()
     res = runner.invoke(app, ["shard", "verify", str(out)])
@@ -55,11 +56,13 @@ def test_short_form_and_subcommands(image_tree, tmp_path):
 
 
 def test_help_for_each_subcommand():
-    for cmd in (["shard", "--help"], ["shard", "pack", "--help"], ["shard", "verify", "--help"], ["shard", "info", "--help"]):
+    for cmd in (["shard", "--help"], ["shard", "pack", "--help"], ["shard", "verify", "--help"],
+                ["shard", "info", "--help"]):
         res = runner.invoke(app, cmd, terminal_width=200)
         assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["shard", "pack", "--help"], terminal_width=200)
-    for option in ("--layout", "--labels", "--synsets", "--shard-bytes", "--address", "--resume", "--max-errors", "--center-crop"):
+    for option in ("--layout", "--labels", "--synsets", "--shard-bytes", "--address", "--resume", "--max-errors",
+                   "--center-crop"):
         assert option in res.output
 
 
@@ -98,7 +101,8 @@ def test_kill_mid_run_then_rerun_is_byte_identical(photo_tree, tmp_path):
     clean = tmp_path / "clean"
     subprocess.run([CNNCTL, "shard", args[0], str(clean), *args[1:]], check=True, capture_output=True)
     out = tmp_path / "killed"
-    proc = subprocess.Popen([CNNCTL, "shard", args[0], str(out), *args[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([CNNCTL, "shard", args[0], str(out), *args[1:]], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(_shards(out)) < 5 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -124,7 +128,8 @@ def test_kill_mid_run_then_rerun_is_byte_identical(photo_tree, tmp_path):
     ("mini-train", "mini"), ("flowers", "flowers"),
 ])
 def test_default_prefix_is_the_datasets_name_not_the_splits(source, prefix, tmp_path):
-    res = runner.invoke(app, ["shard", f"/data/{source}", str(tmp_path / "o"), "--layout", "class-folders", "--dry-run"])
+    res = runner.invoke(app, ["shard", f"/data/{source}", str(tmp_path / "o"), "--layout",
+                              "class-folders", "--dry-run"])
     assert res.exit_code == 0, res.output
     assert f"shards: {prefix}-<split>-NNNNNN.tar" in res.output, res.output
 
@@ -136,8 +141,10 @@ def test_a_split_folder_packs_under_its_datasets_name(image_tree, tmp_path):
     res = runner.invoke(app, ["shard", str(tmp_path / "imagenet" / "train"), str(tmp_path / "o"), "--shard-size", "30"])
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in (tmp_path / "o").iterdir())
-    assert names == ["imagenet-train-000000.tar", "imagenet-train-000001.tar", "imagenet-train.manifest.json", "imagenet-train.mean.npy"]
-    res = runner.invoke(app, ["shard", str(tmp_path / "imagenet" / "train"), str(tmp_path / "p"), "--shard-size", "30", "--prefix", "in100"])
+    assert names == ["imagenet-train-000000.tar", "imagenet-train-000001.tar", "imagenet-train.manifest.json",
+                     "imagenet-train.mean.npy"]
+    res = runner.invoke(app, ["shard", str(tmp_path / "imagenet" / "train"), str(tmp_path / "p"), "--shard-size", "30",
+                              "--prefix", "in100"])
     assert res.exit_code == 0 and (tmp_path / "p" / "in100-train.manifest.json").exists(), res.output
 
 

@@ -100,7 +100,8 @@ def test_the_layout_on_disk_keeps_its_keys_and_inverts():
     assert states["stream"] == {"epoch": 3, "steps_done": 5, "readers": [[9, 3, 12, 1]]}
     assert states["device_batch"] == {"lighting": None} and states["totals"] == {"sums": [1.0, 2.0, 20]}
     assert states["rng"].keys() == rng.keys()
-    run = {"trainer": {"optimizer": {"state": {}}, "epoch": 2, "step": 40}, "plateau": {"best": 0.5, "bad": 1, "drops": 0}}
+    run = {"trainer": {"optimizer": {"state": {}}, "epoch": 2, "step": 40},
+           "plateau": {"best": 0.5, "bad": 1, "drops": 0}}
     state = through_file(train_state.state_file(run, position))
     assert list(state) == ["optimizer", "epoch", "step", "plateau", "position"]
     assert train_state.run_states(state) == run

@@ -43,7 +43,8 @@ def test_the_verdict_flips_between_a_difference_far_beyond_the_spread_and_one_in
 
 
 def _sweep(tmp_path, values: dict[int, list[float]], params: dict[int, dict], **tune) -> str:
-    cfg = resolve("demo-fashion", sets=[f"run.storage={tmp_path}", "tune.name=s", *[f"tune.{k}={v}" for k, v in tune.items()]])
+    cfg = resolve("demo-fashion", sets=[f"run.storage={tmp_path}", "tune.name=s",
+                                        *[f"tune.{k}={v}" for k, v in tune.items()]])
     space = SearchSpace.model_validate({"space": {"model.lrn.enabled": {"grid": [True, False]},
                                                   "model.lrn.alpha": {"grid": [1e-4, 1e-3], "when": {"model.lrn.enabled": True}}}})
     folder = save_spec(cfg, space)
@@ -85,7 +86,8 @@ def test_report_gives_each_configuration_its_mean_interval_and_seeds_and_compare
     assert "not resolved at 3 and 3 seed(s)" in out["comparisons"][1]
     with open(tmp_path / "s" / "trials.csv") as f:
         assert len(list(csv.DictReader(f))) == 9
-    assert (tmp_path / "s" / "best.yaml").read_text().startswith("# best configuration c0 of sweep s: val_top1 mean 0.9000 over 3 seed(s), 95 % CI")
+    assert (tmp_path / "s" / "best.yaml").read_text().startswith("# best configuration c0 of sweep s: val_top1 mean "
+                                                                 "0.9000 over 3 seed(s), 95 % CI")
     assert (tmp_path / "s" / "metric_vs_params.png").stat().st_size > 1000
     # the paper's cell as the baseline, and the best when none is named
     out = write(str(tmp_path / "s"), baseline="model.lrn.alpha=1e-4,model.lrn.enabled=true")
@@ -120,5 +122,5 @@ def test_tune_report_prints_the_table_and_one_sentence_per_comparison_and_refuse
     assert "0.9 0.902 0.898" in res.output  # each seed's value in the table
     res = CliRunner().invoke(app, ["tune", "report", folder, "--baseline", "model.lrn.enabled=true"])
     assert res.exit_code == 1
-    assert res.output.strip().splitlines() == [
-        "error: tune.baseline model.lrn.enabled=true: matches 2 (c0, c1); name more paths of the sweep's 3 configuration(s)"]
+    assert res.output.strip().splitlines() == ["error: tune.baseline model.lrn.enabled=true: matches 2 (c0, c1); name "
+                                               "more paths of the sweep's 3 configuration(s)"]
