@@ -30,7 +30,6 @@ app.add_typer(shard_app, name="shard")
 app.add_typer(cluster_app, name="cluster")
 
 
-
 @app.command()
 def train(
     *,
