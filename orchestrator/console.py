@@ -236,6 +236,7 @@ def runs_table(rows: list) -> Table:
         numeric = col in ("epochs", "best top-1", "last top-1")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=True)
     colour = {"finished": "green", "running": "cyan", "resumable": "yellow", "failed": "red"}
+
     def pct(v):
         return "-" if v is None else f"{v:.2%}"
 
