@@ -15,8 +15,9 @@ backward two, and the gradient is analytic:
 
 where W is the channel-window sum, which is its own transpose (the window is centred), so forward and
 backward share one helper. The forward saves a, d^-beta and r = -2*alpha*beta * b / d (in d's
-memory), so the backward is one product, one window sum and two fused updates. Deviation: only odd n, as in the paper, Caffe and cuda-convnet; an even
-window has no centre, and torch and Caffe disagree about which side gets the extra channel.
+memory), so the backward is one product, one window sum and two fused updates. Deviation: only odd
+n, as in the paper, Caffe and cuda-convnet; an even window has no centre, and torch and Caffe
+disagree about which side gets the extra channel.
 """
 
 from __future__ import annotations

@@ -185,7 +185,8 @@ class OneWeirdTrickAlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Evaluation runs the parts unwrapped: no DDP forward, which the groups would take unevenly.
-        conv, fc = (self.dp_part, self.classifier) if torch.is_grad_enabled() else (_inner(self.dp_part), _inner(self.classifier))
+        conv, fc = ((self.dp_part, self.classifier) if torch.is_grad_enabled()
+                    else (_inner(self.dp_part), _inner(self.classifier)))
         return fc(conv(x)) + self.logit_bias  # (B, C): this rank's own rows
 
     @property

@@ -228,7 +228,8 @@ def upload_marker_last(source: str, fs, dest: str, tries: int = UPLOAD_TRIES, ba
             pass
         why = _why(exc).replace("AWS Error", "S3 error")  # Ray Train retries on "AWS Error ...": not once more
         raise CheckpointError(f"checkpoint upload to {dest} failed after {tries} tries at {name} ({why}); "
-                              f"no {MARKER} marker was written: a rerun resumes from the last complete checkpoint") from None
+                              f"no {MARKER} marker was written: "
+                              f"a rerun resumes from the last complete checkpoint") from None
     finally:
         shutil.rmtree(source, ignore_errors=True)
 

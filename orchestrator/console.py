@@ -236,8 +236,11 @@ def runs_table(rows: list) -> Table:
         numeric = col in ("epochs", "best top-1", "last top-1")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=True)
     colour = {"finished": "green", "running": "cyan", "resumable": "yellow", "failed": "red"}
+
+    def pct(v):
+        return "-" if v is None else f"{v:.2%}"
+
     for r in rows:
-        pct = (lambda v: "-" if v is None else f"{v:.2%}")
         table.add_row(r.name, r.model, r.layout, f"{r.done}/{r.planned}", pct(r.best), pct(r.last),
                       f"[{colour[r.status]}]{r.status}[/]", short(r.where), r.note)
     return table

@@ -79,7 +79,8 @@ class Normalize(torch.nn.Module):
         std_ = torch.tensor(std).view(1, 3, 1, 1)
         self.register_buffer("scale", 1.0 / (255.0 * std_))
         self.register_buffer("shift", torch.tensor(mean).view(1, 3, 1, 1) / std_)
-        image = None if mean_image is None else torch.from_numpy(mean_image).float().permute(2, 0, 1) / (255.0 * std_[0])
+        image = (None if mean_image is None
+                 else torch.from_numpy(mean_image).float().permute(2, 0, 1) / (255.0 * std_[0]))
         self.register_buffer("mean_image", image)  # 3×S×S, already divided by std
 
     def forward(self, x: torch.Tensor, windows: torch.Tensor | None = None) -> torch.Tensor:

@@ -66,7 +66,8 @@ def view_probs(model: torch.nn.Module, prepare: DeviceBatch, x: torch.Tensor, tt
     the centre crops lay, for a per-pixel mean image."""
     if tta == "ten-crop":  # (N, 10, 3, H, W): one forward over all N*10 views
         n, v = x.shape[:2]
-        return list(model(prepare(x.flatten(0, 1), ten_crop_windows(prepare, n, x.shape[-1]))).softmax(1).view(n, v, -1).unbind(1))
+        views = prepare(x.flatten(0, 1), ten_crop_windows(prepare, n, x.shape[-1]))
+        return list(model(views).softmax(1).view(n, v, -1).unbind(1))
     if tta == "center":
         xs = [prepare(x, windows)]
     else:  # dense: the whole image at every scale Q
@@ -205,8 +206,8 @@ def result_of(plan: EvalPlan, sums: dict, seconds: float, out: str | Path | None
     return result
 
 
-def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test", out: str | Path | None = None, threads: int = 2,
-             tta: str | None = None, scales: list[int] | None = None, flip: bool | None = None,
+def run_eval(checkpoints: list[str], data: str | None = None, split: str = "test", out: str | Path | None = None,
+             threads: int = 2, tta: str | None = None, scales: list[int] | None = None, flip: bool | None = None,
              batch_size: int | None = None) -> dict:
     """One in-process evaluation (orchestrator/eval_ray.py spreads one over Ray workers)."""
     torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ def watched_fit(cfg: RunConfig, verbose: bool = False):
             result = fit(cfg, console, verbose)
         if result.error:
             raise result.error
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any error ends the run: status.json must say it failed
         last = ([line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__])[-1]
         mark(run, "failed", last)
         raise TrainingFailed(last) from None

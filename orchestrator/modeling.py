@@ -69,8 +69,9 @@ def init_source(cfg: RunConfig) -> tuple[str, RunConfig, str]:
     deeper = catalog.family(target) == "vgg" and target not in ("vgg-a", "vgg-a-lrn")
     mode = m.init_mode
     if mode == "auto" and deeper and shallow not in ("vgg-a", target):
-        raise ValueError(f"model.init_from {m.init_from}: VGG §3.1 starts {target} from a trained vgg-a, this checkpoint is "
-                         f"{shallow} (model.init_mode=matching copies tensors by name and shape from any model)")
+        raise ValueError(f"model.init_from {m.init_from}: VGG §3.1 starts {target} from a trained vgg-a, "
+                         f"this checkpoint is {shallow} "
+                         f"(model.init_mode=matching copies tensors by name and shape from any model)")
     if mode == "auto":
         mode = "vgg-a" if deeper and shallow == "vgg-a" else "matching"
     if mode == "vgg-a" and not deeper:
@@ -109,7 +110,8 @@ def initialise(model: torch.nn.Module, cfg: RunConfig) -> str:
     name and shape match."""
     path, source, mode = init_source(cfg)
     copied = _copy(mode, model, ckpt.load_weights(path), source, catalog.resolve(cfg.model.name))
-    how = "VGG §3.1: A's first four convs and three FC layers" if mode == "vgg-a" else "tensors matching by name and shape"
+    how = ("VGG §3.1: A's first four convs and three FC layers" if mode == "vgg-a"
+           else "tensors matching by name and shape")
     fresh = [name for name in model.state_dict() if name not in copied]
     return (f"init_from {path} ({how}): copied {len(copied)} tensors [{', '.join(copied)}]; "
             f"{len(fresh)} as model.init draws them [{', '.join(fresh)}]")

@@ -85,7 +85,8 @@ def plot_runs(runs: list[str], out: str | None = None) -> str:
         rows = read(run)
         if not rows:
             raise FileNotFoundError(f"{run}: no metrics.jsonl (has the run finished an epoch?)")
-        config = yaml.safe_load(loc.read_text(loc.join(run, "config.yaml"))) if loc.exists(loc.join(run, "config.yaml")) else {}
+        path = loc.join(run, "config.yaml")
+        config = yaml.safe_load(loc.read_text(path)) if loc.exists(path) else {}
         curves.append((run, rows, config))
     keys = differences([c for _, _, c in curves])
     out = str(out or loc.join(loc.parent(runs[0]), f"report-{'+'.join(loc.name(r) for r in runs)}.png"))
@@ -109,7 +110,8 @@ def plot_runs(runs: list[str], out: str | None = None) -> str:
             ax.grid(alpha=0.3)
     for ax in axes.flat:
         ax.legend(fontsize=7)
-    fig.suptitle(f"{len(runs)} runs" + (f"; they differ in {', '.join(keys)}" if keys else "; their configs are the same"))
+    fig.suptitle(f"{len(runs)} runs"
+                 + (f"; they differ in {', '.join(keys)}" if keys else "; their configs are the same"))
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=110)
     plt.close(fig)

@@ -21,14 +21,16 @@ import torch
 from orchestrator import checkpoint as ckpt
 from orchestrator.config import RunConfig
 
-LAYOUT_FIELDS = {"dp": "parallel (dp)", "mp": "parallel.mp", "fc": "parallel.fc_group (OWT)", "loader_workers": "data.loader_workers",
-                 "batch_size": "data.batch_size", "seed": "run.seed", "limit": "data.limit"}
+LAYOUT_FIELDS = {"dp": "parallel (dp)", "mp": "parallel.mp", "fc": "parallel.fc_group (OWT)",
+                 "loader_workers": "data.loader_workers", "batch_size": "data.batch_size", "seed": "run.seed",
+                 "limit": "data.limit"}
 
 
 def layout(cfg: RunConfig) -> dict:
     """What a mid-epoch position depends on."""
-    return {"dp": cfg.parallel.dp, "mp": cfg.parallel.mp, "fc": cfg.parallel.layout.fc, "loader_workers": cfg.data.loader_workers,
-            "batch_size": cfg.data.batch_size, "seed": cfg.run.seed, "limit": cfg.data.limit}
+    return {"dp": cfg.parallel.dp, "mp": cfg.parallel.mp, "fc": cfg.parallel.layout.fc,
+            "loader_workers": cfg.data.loader_workers, "batch_size": cfg.data.batch_size, "seed": cfg.run.seed,
+            "limit": cfg.data.limit}
 
 
 def refusal(saved: dict, cfg: RunConfig, where: str) -> str | None:
@@ -39,7 +41,8 @@ def refusal(saved: dict, cfg: RunConfig, where: str) -> str | None:
     if not diffs:
         return None
     return (f"{where}: a mid-epoch checkpoint resumes only at the layout it was taken at ({'; '.join(diffs)}); "
-            f"rerun with those settings, or set model.init_from to an end-of-epoch checkpoint to start afresh from its weights")
+            f"rerun with those settings, "
+            f"or set model.init_from to an end-of-epoch checkpoint to start afresh from its weights")
 
 
 def check(cfg: RunConfig, run_dir: str) -> None:
@@ -62,7 +65,8 @@ def rng_state(lighting_generator: torch.Generator | None) -> dict:
     """This process's RNG states, as torch.load(weights_only=True) reads them back."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss], "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate(),
             "lighting": lighting_generator.get_state() if lighting_generator is not None else None}
 
 

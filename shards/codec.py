@@ -96,7 +96,7 @@ def open_image(data: bytes, name: str = "") -> Image.Image:
         raise BadImage("not an image (content matches no known image format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"decompression bomb ({exc})") from None
-    except Exception as exc:  # Pillow raises many types for corrupt data
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt data
         reason = "truncated" if "truncated" in str(exc) else "corrupt"
         raise BadImage(f"{reason} image ({type(exc).__name__}: {exc})") from None
     return img
@@ -242,7 +242,8 @@ def decode(data: bytes, ext: str) -> np.ndarray:
     if is_jpeg(data, ext):
         jpeg_size(data)  # the pixel limit, from the header
         return simplejpeg.decode_jpeg(data, colorspace="RGB")
-    arr = np.array(open_image(data, ext))  # writable (asarray of a Pillow image is not): torch reads it without a copy warning
+    # writable (asarray of a Pillow image is not): torch reads it without a copy warning
+    arr = np.array(open_image(data, ext))
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     elif arr.shape[2] == 4:

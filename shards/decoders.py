@@ -77,8 +77,10 @@ def windowed(setting: str, transform: Transform, manifest_url: str, manifest: di
         raise ValueError(f"data.decoder {setting!r}: one of {', '.join(CHOICES)}")
     if setting != "auto" or not codec.WINDOWED:
         return setting == "windowed" and codec.WINDOWED
-    if not (transform.windowed or isinstance(transform, ScaleJitter)) or manifest.get("options", {}).get("image_format") == "png":
-        return True  # it decodes no JPEG windows (whole images, a padded crop) or the shards hold no JPEGs: nothing to choose
+    # it decodes no JPEG windows (whole images, a padded crop) or the shards hold no JPEGs: nothing to choose
+    if (not (transform.windowed or isinstance(transform, ScaleJitter))
+            or manifest.get("options", {}).get("image_format") == "png"):
+        return True
     key, path = cache_key(transform, manifest), cache_file()
     try:
         cached = json.loads(path.read_text())

@@ -91,12 +91,13 @@ def id_map(path: Path) -> tuple[dict[int, str], dict[str, str]]:
         try:
             import scipy.io  # only the devkit's meta.mat needs it: the optional extra `imagenet`
         except ImportError:
-            raise LabelError(f"{path}: reading the devkit's meta.mat needs scipy: pip install 'cnnctl[imagenet]'") from None
+            raise LabelError(f"{path}: reading the devkit's meta.mat needs scipy: "
+                             f"pip install 'cnnctl[imagenet]'") from None
 
         try:
             synsets = scipy.io.loadmat(path, squeeze_me=True)["synsets"]
             ids, wnids = synsets["ILSVRC2012_ID"], synsets["WNID"]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - loadmat and the field look-ups fail in many ways on other files
             raise LabelError(f"{path}: not the devkit's meta.mat ({type(exc).__name__}: {exc})") from None
         words = synsets["words"] if "words" in (synsets.dtype.names or ()) else wnids
         pairs = [(int(i), str(w), str(t)) for i, w, t in zip(ids.ravel(), wnids.ravel(), words.ravel())]
@@ -129,7 +130,8 @@ def ground_truth(path: Path, ids: dict[int, str], map_path: Path) -> dict[str, s
     return out
 
 
-def val_labels(dirs: list[Path], labels: Path | None = None, synsets: Path | None = None) -> tuple[dict[str, str], dict[str, str], str]:
+def val_labels(dirs: list[Path], labels: Path | None = None,
+               synsets: Path | None = None) -> tuple[dict[str, str], dict[str, str], str]:
     """{image key: wnid}, {wnid: name} from the map (may be empty), and a description of the files used."""
     labels = labels or find(dirs, KAGGLE_SOLUTION) or find(dirs, GROUND_TRUTH)
     if labels is None:

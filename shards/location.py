@@ -170,6 +170,6 @@ def check_access(loc: str, what: str) -> str | None:
         return f"{what} {loc}: access denied ({exc})"
     except ImportError as exc:
         return f"{what} {loc}: no filesystem for this URL ({exc})"
-    except Exception as exc:  # botocore's NoCredentialsError and the like: report, do not trace
+    except Exception as exc:  # noqa: BLE001 - botocore's NoCredentialsError and the like: report, do not trace
         return f"{what} {loc}: cannot reach the store: {type(exc).__name__}: {exc}"
     return None

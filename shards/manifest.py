@@ -143,7 +143,8 @@ def validate(url: str, m: dict) -> None:
             a = np.asarray(arr, dtype=np.float64)
         except (TypeError, ValueError):
             a = None
-        if a is None or a.shape != shape or not np.isfinite(a).all() or any(isinstance(v, bool) for v in np.ravel(np.asarray(arr, dtype=object))):
+        if (a is None or a.shape != shape or not np.isfinite(a).all()
+                or any(isinstance(v, bool) for v in np.ravel(np.asarray(arr, dtype=object)))):
             bad(field, f"not {'x'.join(map(str, shape))} finite numbers")
 
     for key in ("prefix", "split"):

@@ -157,7 +157,8 @@ class ShardStream(IterableDataset):
             return Unit.of(self.split, 0, 1)
         return Unit.of(self.split, (info.id + self.progress.rotation) % info.num_workers, info.num_workers)
 
-    def _passes(self, epoch: int, unit: Unit, rng: random.Random, buffer: int, wanted: int, start: int) -> Iterator[Sample | None]:
+    def _passes(self, epoch: int, unit: Unit, rng: random.Random, buffer: int, wanted: int,
+                start: int) -> Iterator[Sample | None]:
         """Stages 1-4 from item ``start`` on. Training: the part, pass after pass, each pass shuffled
         on its own through a buffer of ``buffer`` items, so no pass is read before the last one is
         used up. A later pass (a part that runs short of the epoch's ``wanted`` items) fills its

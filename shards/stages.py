@@ -139,7 +139,7 @@ def read(urls: list[str], mine: Callable[[int], bool], expected: dict[str, int],
         except BadSample as exc:
             msg = str(exc) if str(exc).startswith(url) else f"{url}: {exc} after {count} samples"
             on_bad(BadSample(msg), max(n - count, 1))
-        except Exception as exc:  # fsspec and I/O errors: name the shard
+        except Exception as exc:  # noqa: BLE001 - fsspec and I/O errors: name the shard
             on_bad(BadSample(f"{url}: unreadable after {count} samples ({type(exc).__name__}: {exc})"),
                    max(n - count, 1))
         p += len(picks) - k

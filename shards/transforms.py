@@ -70,7 +70,8 @@ class Transform:
     # window(h, w, rng) -> (top, left, flip) says which, drawing from rng as __call__ does.
     windowed = False
 
-    def load_into(self, data: bytes, ext: str, rng: random.Random | None, out: np.ndarray, windowed: bool = True) -> Placed:
+    def load_into(self, data: bytes, ext: str, rng: random.Random | None, out: np.ndarray,
+                  windowed: bool = True) -> Placed:
         """A windowed transform's sample, straight into ``out`` (a batch slot). A JPEG decodes only
         its window when the windowed decoder is built; anything else decodes whole and the window
         is copied. Either way a JPEG's window is drawn from its header before any decoding, so a
@@ -202,9 +203,10 @@ class ScaleJitter(Transform):
     def support(self, box: tuple[float, float, float, float], w: int, h: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1): the source pixels the resize of ``box`` to size x size reads, with a
         pixel to spare: bilinear reads max(1, box side / size) pixels either side of each centre."""
-        l, t, r, b = box
-        m = math.ceil(max(1.0, (r - l) / self.size, (b - t) / self.size)) + 1
-        return max(0, math.floor(l) - m), max(0, math.floor(t) - m), min(w, math.ceil(r) + m), min(h, math.ceil(b) + m)
+        left, t, r, b = box
+        m = math.ceil(max(1.0, (r - left) / self.size, (b - t) / self.size)) + 1
+        return (max(0, math.floor(left) - m), max(0, math.floor(t) - m),
+                min(w, math.ceil(r) + m), min(h, math.ceil(b) + m))
 
     def _resize(self, pixels: np.ndarray, box: tuple[float, ...], x0: int, y0: int) -> np.ndarray:
         """Resize ``box`` (in the frame where ``pixels`` starts at (x0, y0)) to size x size."""
@@ -255,7 +257,7 @@ class TenCrop(Transform):
         """(top, left, flip) of the 10 views in the frame of a side x side central square."""
         far, mid = side - self.size, (side - self.size) // 2
         five = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
-        return [(t, l, False) for t, l in five] + [(t, l, True) for t, l in five]
+        return [(top, left, False) for top, left in five] + [(top, left, True) for top, left in five]
 
     def __call__(self, img: np.ndarray, rng: random.Random | None = None) -> np.ndarray:
         top0, left0, side = _square(*img.shape[:2], self.size)
@@ -263,5 +265,7 @@ class TenCrop(Transform):
             raise ValueError(f"image {img.shape[1]}x{img.shape[0]}: its central square is {side}px, not the mean "
                              f"image's {self.side}px")
         sq = img[top0 : top0 + side, left0 : left0 + side]
-        five = np.stack([sq[t : t + self.size, l : l + self.size] for t, l, _ in self.windows(side)[:5]])
-        return np.concatenate([five, torch.from_numpy(five).flip(2).numpy()])  # torch flips ~15x faster than numpy copies a flip
+        five = np.stack([sq[top : top + self.size, left : left + self.size]
+                         for top, left, _ in self.windows(side)[:5]])
+        # torch flips ~15x faster than numpy copies a flip
+        return np.concatenate([five, torch.from_numpy(five).flip(2).numpy()])

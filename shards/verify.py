@@ -25,7 +25,8 @@ def _sample_problems(key: str, members: dict[str, bytes], n_classes: int, decode
         return [f"sample {key} lacks {', '.join(missing)}"]
     label = members["cls"].strip()  # ASCII digits only, as the loader reads them (stages.label)
     if not (0 < len(label) <= 18 and label.isdigit()) or int(label) >= n_classes:
-        return [f"sample {key}: label {label[:24].decode('ascii', 'replace')!r} is not a class index 0..{n_classes - 1}"]
+        return [f"sample {key}: label {label[:24].decode('ascii', 'replace')!r} "
+                f"is not a class index 0..{n_classes - 1}"]
     if decode:
         try:
             codec.decode(members[images[0]], images[0])

@@ -74,7 +74,8 @@ def command_lines(path: Path) -> list[str]:
     for chunk in chunks:
         for line in re.sub(r"\\\n", " ", chunk).splitlines():
             line = re.sub(r"(?:^|\s)#.*", "", line)  # a shell comment: prose again
-            found += [m.group(0) for m in re.finditer(r"(?<![\w/.`-])cnnctl\s+(?:shard(?!\s+(?:verify|info)\b)|train|tune)\b.*", line)]
+            found += [m.group(0) for m in
+                      re.finditer(r"(?<![\w/.`-])cnnctl\s+(?:shard(?!\s+(?:verify|info)\b)|train|tune)\b.*", line)]
     return found
 
 
@@ -112,7 +113,8 @@ def test_cluster_launcher_yaml_validates_against_rays_schema(path):
 def test_every_command_line_passes_dry_run(path, line):
     args = argv(line)
     registered = get_command(app).commands
-    assert args[0] in registered, f"{rel(path)}: `cnnctl {args[0]}` is not a command of the app yet ({', '.join(sorted(registered))})"
+    assert args[0] in registered, (f"{rel(path)}: `cnnctl {args[0]}` is not a command of the app yet "
+                                   f"({', '.join(sorted(registered))})")
     res = runner.invoke(app, args if "--dry-run" in args else [*args, "--dry-run"])
     assert res.exit_code == 0, f"{rel(path)}: {line}\n{res.output}"
 
@@ -200,11 +202,14 @@ See [a page](docs/a.md#notes-1), ![a plot](plot.png), [the web](https://example.
 def test_the_manifests_hold_a_shard_train_and_tune_command_each():
     for path in [*LAUNCHER, *KUBERAY]:
         kinds = {argv(line)[0] for line in command_lines(path)}
-        want = {"train"} if path.name == "raycluster.yaml" else {path.stem.removeprefix("rayjob-")} if path.stem.startswith("rayjob-") else set(DRY_RUN_COMMANDS)
+        want = ({"train"} if path.name == "raycluster.yaml"
+                else {path.stem.removeprefix("rayjob-")} if path.stem.startswith("rayjob-")
+                else set(DRY_RUN_COMMANDS))
         assert want <= kinds, f"{rel(path)}: no cnnctl {', '.join(sorted(want - kinds))} line"
     for path in LAUNCHER:
         train = [argv(line) for line in command_lines(path) if argv(line)[0] == "train"]
-        assert any("--nodes" in a and a[a.index("--address") + 1] == "auto" for a in train if "--address" in a), rel(path)
+        assert any("--nodes" in a and a[a.index("--address") + 1] == "auto"
+                   for a in train if "--address" in a), rel(path)
 
 
 def test_image_tag_is_the_package_version_everywhere():
@@ -228,7 +233,8 @@ def test_dockerfile_builds_on_ray_and_torch_as_pinned_and_runs_as_non_root():
     assert "pip install torch==2.13.0" in text
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root")
-    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
     assert rules[0] == "*", ".dockerignore should be an allow-list, so .venv, data and runs stay out of the context"
     allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
     for sources in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+\s*$", text, re.M):
@@ -264,14 +270,18 @@ def test_kuberay_token_auth_on_every_pod_and_object_store_keys_from_a_secret(pat
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] in ("RayCluster", "RayJob")
     for tpl in pod_templates(doc):
         for c in tpl["spec"]["containers"]:
-            assert token_env(c.get("env", [])), f"{rel(path)}: {c['name']} lacks RAY_AUTH_MODE=token or the token from a Secret"
+            assert token_env(c.get("env", [])), (f"{rel(path)}: {c['name']} lacks RAY_AUTH_MODE=token "
+                                                 f"or the token from a Secret")
     for spec in cluster_specs(doc):
         if spec.get("enableInTreeAutoscaling"):  # the autoscaler sidecar is a Ray client of the GCS too
-            assert token_env(spec.get("autoscalerOptions", {}).get("env", [])), f"{rel(path)}: the autoscaler has no token"
+            autoscaler_env = spec.get("autoscalerOptions", {}).get("env", [])
+            assert token_env(autoscaler_env), f"{rel(path)}: the autoscaler has no token"
         for tpl in [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]:
             for c in tpl["spec"]["containers"]:
-                assert any(s.get("secretRef", {}).get("name") for s in c.get("envFrom", [])), f"{rel(path)}: {c['name']} has no object-store Secret"
-                assert not {e["name"] for e in c.get("env", []) if "value" in e} & {"AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN"}, "a literal secret"
+                assert any(s.get("secretRef", {}).get("name") for s in c.get("envFrom", [])), (
+                    f"{rel(path)}: {c['name']} has no object-store Secret")
+                literal = {e["name"] for e in c.get("env", []) if "value" in e}
+                assert not literal & {"AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN"}, "a literal secret"
 
 
 @pytest.mark.parametrize("path", KUBERAY, ids=rel)
@@ -299,15 +309,18 @@ def test_kuberay_train_job_keeps_tower_pairs_on_one_pod():
     doc = load(DEPLOY / "kuberay" / "rayjob-train.yaml")
     cfg = dry_run_config(argv(doc["spec"]["entrypoint"]))["parallel"]
     assert cfg["gpus"] and cfg["mp"] == 2 and cfg["nodes"] == 4
-    groups = [g for g in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"] if gpus(g["template"]["spec"]["containers"][0])]
+    groups = [g for g in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+              if gpus(g["template"]["spec"]["containers"][0])]
     assert groups, "no GPU worker group"
     for g in groups:
         c = g["template"]["spec"]["containers"][0]
-        assert gpus(c) >= max(cfg["workers_per_node"], cfg["mp"]), f"{g['groupName']}: {gpus(c)} GPU(s) per pod for {cfg['workers_per_node']} workers"
+        assert gpus(c) >= max(cfg["workers_per_node"], cfg["mp"]), (
+            f"{g['groupName']}: {gpus(c)} GPU(s) per pod for {cfg['workers_per_node']} workers")
         assert float(c["resources"]["limits"]["cpu"]) >= cfg["workers_per_node"] * cfg["cpus_per_worker"]
         assert gpus(c) == int(c["resources"]["requests"]["nvidia.com/gpu"])
     assert sum(g.get("minReplicas", g["replicas"]) for g in groups) >= cfg["nodes"]
-    assert doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu") is None
+    head = doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["resources"]["limits"].get("nvidia.com/gpu") is None
 
 
 def test_kuberay_tune_job_runs_on_small_gpu_pods():
@@ -330,7 +343,8 @@ def test_launcher_token_auth_on_every_node(path):
         start = [c for c in cfg[key] if "ray start" in c]
         assert start and all("RAY_AUTH_MODE=token" in c for c in start), f"{key}: ray start without RAY_AUTH_MODE=token"
     for name, node in cfg["available_node_types"].items():
-        assert "image" not in node.get("docker", {}) and "worker_image" not in node.get("docker", {}), f"{name}: another image"
+        docker = node.get("docker", {})
+        assert "image" not in docker and "worker_image" not in docker, f"{name}: another image"
 
 
 @pytest.mark.parametrize("path", LAUNCHER, ids=rel)
@@ -364,8 +378,10 @@ def test_shard_dry_run_resolves_and_writes_nothing(tmp_path):
     res = runner.invoke(app, ["shard", "fashion-mnist", str(dest), "--shard-bytes", "1MB", "--dry-run"])
     assert res.exit_code == 0, res.output
     plan = yaml.safe_load(res.stdout)
-    assert plan["layout"] == "fashion-mnist" and plan["splits"] == ["train", "test"] and plan["destination"] == str(dest)
-    assert plan["options"]["image_format"] == "png" and plan["options"]["shard_bytes"] == 2**20 and plan["options"]["shard_size"] is None
+    assert plan["layout"] == "fashion-mnist" and plan["splits"] == ["train", "test"]
+    assert plan["destination"] == str(dest)
+    options = plan["options"]
+    assert options["image_format"] == "png" and options["shard_bytes"] == 2**20 and options["shard_size"] is None
     assert not dest.exists()
 
 

@@ -56,13 +56,15 @@ def trial_rows(sweep: Path) -> dict[str, list[dict]]:
     return out
 
 
-def test_asha_stops_a_weak_trial_early_and_exports_a_trainable_best_config(ray_cluster, fmnist_root, tmp_path, monkeypatch):
+def test_asha_stops_a_weak_trial_early_and_exports_a_trainable_best_config(ray_cluster, fmnist_root, tmp_path,
+                                                                           monkeypatch):
     monkeypatch.chdir(Path(fmnist_root).parent)  # a relative data root, as the README's commands give it
     fmnist_root = Path(fmnist_root).name
-    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 1e-9), "--scheduler", "asha",
-                              "--num-samples", "2", "--max-concurrent", "2", "--epochs", "2", "--name", "asha",
-                              "--address", ray_cluster.address,
-                              *sets(fmnist_root, tmp_path / "runs", "tune.grace_period=1", "tune.trial_seeds=distinct", "run.seed=7")])
+    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 1e-9),
+                              "--scheduler", "asha", "--num-samples", "2", "--max-concurrent", "2", "--epochs", "2",
+                              "--name", "asha", "--address", ray_cluster.address,
+                              *sets(fmnist_root, tmp_path / "runs", "tune.grace_period=1", "tune.trial_seeds=distinct",
+                                    "run.seed=7")])
     assert res.exit_code == 0, res.output
     sweep = tmp_path / "runs" / "asha"
     rows = results(sweep, "trials.csv")
@@ -71,7 +73,8 @@ def test_asha_stops_a_weak_trial_early_and_exports_a_trainable_best_config(ray_c
     for trial, reports in trial_rows(sweep).items():
         run = sweep / "train" / f"{trial.removeprefix('trial_')}-0"
         # a one-worker trial trains in the trial's own process: Tune's pid is the training rank's
-        assert {r["pid"] for r in reports} == {m["pid_of_rank"][0] for m in (json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines())}
+        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert {r["pid"] for r in reports} == {m["pid_of_rank"][0] for m in metrics}
         seeds[trial.removeprefix("trial_")] = yaml.safe_load((run / "config.yaml").read_text())["run"]["seed"]
     # tune.trial_seeds=distinct: trial i of the sweep trains with run.seed + i, as trials.csv says
     assert sorted(seeds.values()) == [7, 8, 9, 10] and all(int(r["seed"]) == seeds[r["trial"]] for r in rows)
@@ -95,16 +98,19 @@ def test_asha_stops_a_weak_trial_early_and_exports_a_trainable_best_config(ray_c
         png.unlink()
     again = runner.invoke(app, ["tune", "report", "asha", "--storage", str(tmp_path / "runs")])
     assert again.exit_code == 0, again.output
-    assert (sweep / "learning_curves.png").exists() and results(sweep) == configs and results(sweep, "trials.csv") == rows
+    assert (sweep / "learning_curves.png").exists()
+    assert results(sweep) == configs and results(sweep, "trials.csv") == rows
 
 
 def test_pbt_exploit_continues_from_the_donor_checkpoint(ray_cluster, fmnist_root, tmp_path):
-    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 1e-9), "--scheduler", "pbt",
-                              "--num-samples", "1", "--max-concurrent", "2", "--trial-workers", "1", "--epochs", "10", "--name", "pbt",
+    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 1e-9),
+                              "--scheduler", "pbt", "--num-samples", "1", "--max-concurrent", "2",
+                              "--trial-workers", "1", "--epochs", "10", "--name", "pbt",
                               "--address", ray_cluster.address,
                               # PBT only compares trials still running, and the two starts can be ~20 s apart on a
                               # loaded 2-core machine: the full-width model in batches of 2 makes each run ~30 s long
-                              *sets(fmnist_root, tmp_path / "runs", "tune.perturbation_interval=1", "model.width=1.0", "data.batch_size=2")])
+                              *sets(fmnist_root, tmp_path / "runs", "tune.perturbation_interval=1", "model.width=1.0",
+                                    "data.batch_size=2")])
     assert res.exit_code == 0, res.output
     sweep = tmp_path / "runs" / "pbt"
     all_rows = trial_rows(sweep)
@@ -131,7 +137,8 @@ def test_pbt_exploit_continues_from_the_donor_checkpoint(ray_cluster, fmnist_roo
         (donor_row,) = [r for r in all_rows[f"trial_{row['resumed_from_trial']}"]
                         if r["run"] == row["resumed_from_run"] and r["epoch"] == row["resumed_from_epoch"]]
         assert meta["epoch"] == donor_row["epoch"]
-        assert (meta["metrics"]["val_loss"], meta["metrics"]["train_loss"]) == (donor_row["val_loss"], donor_row["train_loss"])
+        assert ((meta["metrics"]["val_loss"], meta["metrics"]["train_loss"])
+                == (donor_row["val_loss"], donor_row["train_loss"]))
         assert yaml.safe_load((seed / "config.yaml").read_text())["run"]["name"] == row["resumed_from_run"]
         # and, while Tune still keeps the donor's copy of it, the weights match byte for byte (a donor
         # paused and restarted by PBT may hold the same epoch twice, from two of its runs: the one named)
@@ -144,8 +151,9 @@ def test_pbt_exploit_continues_from_the_donor_checkpoint(ray_cluster, fmnist_roo
 
 
 def test_trials_of_two_workers_run_two_at_a_time_on_the_four_cpus(ray_cluster, fmnist_root, tmp_path):
-    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 0.01), "--num-samples", "1",
-                              "--max-concurrent", "3", "--trial-workers", "2", "--epochs", "1", "--name", "w2",
+    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 0.01),
+                              "--num-samples", "1", "--max-concurrent", "3", "--trial-workers", "2", "--epochs", "1",
+                              "--name", "w2",
                               "--address", ray_cluster.address, *sets(fmnist_root, tmp_path / "runs")])
     assert res.exit_code == 0, res.output
     assert "2 at a time (2 CPUs each of the cluster's 4)" in res.output  # --max-concurrent 3 lowered to what fits
@@ -155,7 +163,8 @@ def test_trials_of_two_workers_run_two_at_a_time_on_the_four_cpus(ray_cluster, f
     for name, trial in trial_rows(sweep).items():
         assert [(r["epoch"], r["dp"], r["mp"]) for r in trial] == [(0, 2, 1)], name
         # the Train run behind it had two ranks in two processes
-        (metrics,) = [json.loads(x) for x in (sweep / "train" / trial[0]["run"] / "metrics.jsonl").read_text().splitlines()]
+        lines = (sweep / "train" / trial[0]["run"] / "metrics.jsonl").read_text().splitlines()
+        (metrics,) = [json.loads(x) for x in lines]
         assert len(set(metrics["pid_of_rank"])) == 2 and metrics["steps_per_rank"][0] == metrics["steps_per_rank"][1]
 
 
@@ -172,15 +181,17 @@ def _wait_for(predicate, timeout: float, proc=None) -> None:
 
 def _cnnctl(ray_cluster) -> tuple[str, dict]:
     """The installed console script, and an environment holding the test cluster's token."""
-    return str(Path(sys.executable).with_name("cnnctl")), {**os.environ,
-                                                           "CNNCTL_CLUSTER_DIR": str(Path(ray_cluster.token_path).parent)}
+    env = {**os.environ, "CNNCTL_CLUSTER_DIR": str(Path(ray_cluster.token_path).parent)}
+    return str(Path(sys.executable).with_name("cnnctl")), env
 
 
 def _finished(sweep: Path, last_epoch: int) -> set[str]:
-    return {k for k, v in (trial_rows(sweep) if sweep.exists() else {}).items() if any(r.get("epoch") == last_epoch for r in v)}
+    rows = trial_rows(sweep) if sweep.exists() else {}
+    return {k for k, v in rows.items() if any(r.get("epoch") == last_epoch for r in v)}
 
 
-def _kill_when_some_finished(start: list[str], env: dict, sweep: Path, total: int, last_epoch: int) -> dict[str, list[dict]]:
+def _kill_when_some_finished(start: list[str], env: dict, sweep: Path, total: int,
+                             last_epoch: int) -> dict[str, list[dict]]:
     """Start the sweep, SIGKILL its driver once some (not all) trials have finished; the trials' rows then."""
     proc = subprocess.Popen(start, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -212,8 +223,9 @@ def _resume(cnnctl: str, env: dict, name: str, storage: Path) -> None:
 def test_resume_after_the_driver_is_killed_keeps_finished_trials(ray_cluster, fmnist_root, tmp_path):
     cnnctl, env = _cnnctl(ray_cluster)
     storage = tmp_path / "runs"
-    start = [cnnctl, "tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 0.03, 0.04), "--num-samples", "1",
-             "--max-concurrent", "1", "--trial-workers", "2", "--epochs", "2", "--name", "killed", "--address", ray_cluster.address,
+    start = [cnnctl, "tune", "--preset", "demo-fashion", "--search", lr_grid(tmp_path, 0.02, 0.03, 0.04),
+             "--num-samples", "1", "--max-concurrent", "1", "--trial-workers", "2", "--epochs", "2", "--name", "killed",
+             "--address", ray_cluster.address,
              *sets(fmnist_root, storage)]
     sweep = storage / "killed"
     before = _kill_when_some_finished(start, env, sweep, 3, 1)
@@ -236,12 +248,15 @@ def lrn_on_off(tmp_path: Path) -> str:
     return str(f)
 
 
-def test_seeds_give_each_distinct_configuration_its_interval_and_repeats_are_not_trained(ray_cluster, fmnist_root, tmp_path):
+def test_seeds_give_each_distinct_configuration_its_interval_and_repeats_are_not_trained(ray_cluster, fmnist_root,
+                                                                                         tmp_path):
     storage = tmp_path / "runs"
-    out = cli("tune", "--preset", "demo-fashion", "--search", lrn_on_off(tmp_path), "--num-samples", "2", "--seeds", "2",
-              "--baseline", "model.lrn.enabled=false", "--max-concurrent", "2", "--epochs", "1", "--name", "seeds",
+    out = cli("tune", "--preset", "demo-fashion", "--search", lrn_on_off(tmp_path), "--num-samples", "2",
+              "--seeds", "2", "--baseline", "model.lrn.enabled=false", "--max-concurrent", "2", "--epochs", "1",
+              "--name", "seeds",
               "--address", ray_cluster.address, *sets(fmnist_root, storage, "run.seed=3"))
-    assert "6 draw(s) of the space: 3 distinct configuration(s); 3 repeat(s) not trained again; 6 trial(s) (2 seed(s) each)" in out
+    assert ("6 draw(s) of the space: 3 distinct configuration(s); 3 repeat(s) not trained again; "
+            "6 trial(s) (2 seed(s) each)") in out
     sweep = storage / "seeds"
     rows = trial_rows(sweep)
     assert len(rows) == 6  # 3 configurations x 2 seeds: the 3 repeated draws were not trained
@@ -254,7 +269,8 @@ def test_seeds_give_each_distinct_configuration_its_interval_and_repeats_are_not
     assert all(sorted(seeds) == [3, 4] for seeds in cells.values())  # two different seeds, paired across configurations
     # LRN off was never given an alpha: its trials carry only the on/off switch
     drawn = [flat(r[0]["config"]) for r in rows.values()]
-    assert all("model.lrn.alpha" not in d for d in drawn if not d["model.lrn.enabled"]) and any(not d["model.lrn.enabled"] for d in drawn)
+    assert all("model.lrn.alpha" not in d for d in drawn if not d["model.lrn.enabled"])
+    assert any(not d["model.lrn.enabled"] for d in drawn)
     # the table's mean and interval are those of the per-seed values in trials.csv
     per_trial = results(sweep, "trials.csv")
     for row in results(sweep):
@@ -262,18 +278,23 @@ def test_seeds_give_each_distinct_configuration_its_interval_and_repeats_are_not
         assert [float(v) for v in row["val_loss_per_seed"].split()] == values and len(values) == 2
         half = 12.706204736174694 * statistics.stdev(values) / math.sqrt(2)  # t(0.975, df=1)
         assert float(row["val_loss_mean"]) == pytest.approx(statistics.fmean(values), rel=1e-12)
-        assert (float(row["ci95_low"]), float(row["ci95_high"])) == pytest.approx((statistics.fmean(values) - half, statistics.fmean(values) + half), rel=1e-9)
+        mean = statistics.fmean(values)
+        assert (float(row["ci95_low"]), float(row["ci95_high"])) == pytest.approx((mean - half, mean + half), rel=1e-9)
         assert f"{row['config']} vs " in out or row["resolved"] == "baseline"
     assert [r["resolved"] for r in results(sweep)].count("baseline") == 1
-    assert sum(line.startswith("c") and "the baseline (model.lrn.enabled=false)" in line for line in out.splitlines()) == 2
+    assert sum(line.startswith("c") and "the baseline (model.lrn.enabled=false)" in line
+               for line in out.splitlines()) == 2
 
 
-def test_optuna_search_over_the_conditional_space_resumes_after_the_driver_is_killed(ray_cluster, fmnist_root, tmp_path):
+def test_optuna_search_over_the_conditional_space_resumes_after_the_driver_is_killed(ray_cluster, fmnist_root,
+                                                                                     tmp_path):
     cnnctl, env = _cnnctl(ray_cluster)
     storage = tmp_path / "runs"
-    start = [cnnctl, "tune", "--preset", "demo-fashion", "--search", "lrn", "--search-alg", "optuna", "--num-samples", "3",
+    start = [cnnctl, "tune", "--preset", "demo-fashion", "--search", "lrn", "--search-alg", "optuna",
+             "--num-samples", "3",
              # 2-worker trials are Ray Train runs, long enough (~20 s) for the kill to land between two finishes
-             "--max-concurrent", "1", "--trial-workers", "2", "--epochs", "2", "--name", "tpe", "--address", ray_cluster.address,
+             "--max-concurrent", "1", "--trial-workers", "2", "--epochs", "2", "--name", "tpe",
+             "--address", ray_cluster.address,
              *sets(fmnist_root, storage, "tune.trial_seeds=distinct", "run.seed=20", "optim.lr=0.005")]
     sweep = storage / "tpe"
     before = _kill_when_some_finished(start, env, sweep, 3, 1)
@@ -287,7 +308,8 @@ def test_optuna_search_over_the_conditional_space_resumes_after_the_driver_is_ki
     assert sorted(f"trial_{r['trial']}" for r in results(sweep, "trials.csv")) == sorted(after)
     assert all(any(r.get("epoch") == 1 for r in rows) for rows in after.values())
     # the searcher went on where it stopped: trial i of the sweep has seed 20 + i, none repeated
-    seeds = sorted(yaml.safe_load((sweep / "train" / r[0]["run"] / "config.yaml").read_text())["run"]["seed"] for r in after.values())
+    seeds = sorted(yaml.safe_load((sweep / "train" / r[0]["run"] / "config.yaml").read_text())["run"]["seed"]
+                   for r in after.values())
     assert seeds == [20, 21, 22]
     for rows in after.values():  # the conditional space: k, n, alpha, beta only with LRN on
         config = rows[0]["config"]

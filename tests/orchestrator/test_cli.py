@@ -110,7 +110,8 @@ def test_parallel_owt_sets_the_fc_split_and_its_groups():
     (["--preset", "demo-fashion", "--parallel", "owt"],
      "error: parallel.fc: model slices the FC layers of a one-tower AlexNet; alexnet-small is built with 2 towers"),
     # K = 3 does not divide alexnet-owt's 4096
-    (["--preset", "imagenet-alexnet-owt", "--parallel", "owt", "--workers-per-node", "3", "--cpu", "--set", "data.batch_size=258"],
+    (["--preset", "imagenet-alexnet-owt", "--parallel", "owt", "--workers-per-node", "3", "--cpu",
+      "--set", "data.batch_size=258"],
      "error: parallel.fc_group: K=3 must be at least 2 and divide the world size 3 and alexnet-owt's FC width 4096"),
 ])
 def test_owt_that_cannot_apply_is_refused_in_one_line_before_ray(monkeypatch, args, line):
@@ -120,7 +121,7 @@ def test_owt_that_cannot_apply_is_refused_in_one_line_before_ray(monkeypatch, ar
     monkeypatch.setattr("orchestrator.preflight.connect", no_ray)
     res = runner.invoke(app, ["train", *args])
     assert res.exit_code == 1
-    (only,) = [l for l in res.output.splitlines() if l.strip()]
+    (only,) = [out for out in res.output.splitlines() if out.strip()]
     assert only.startswith(line), only
 
 
@@ -138,7 +139,7 @@ def test_models_table_pins_the_paper_counts():
     assert res.exit_code == 0, res.output
     for name, params in [("alexnet ", "60,965,224"), ("alexnet-owt", "61,100,840"), ("vgg-a-lrn", "132,863,336"),
                          ("vgg-d", "138,357,544"), ("vgg-e", "143,667,240")]:
-        line = next(l for l in res.output.splitlines() if f"│ {name}" in l)
+        line = next(row for row in res.output.splitlines() if f"│ {name}" in row)
         assert params in line
 
 

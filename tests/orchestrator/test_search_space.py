@@ -87,7 +87,8 @@ def test_tune_domains_and_randint_includes_both_ends():
 
     dims = space(model__lrn__n={"randint": [3, 9]}, model__lrn__alpha={"loguniform": [1e-5, 1e-2]},
                  optim__lr={"grid": [0.1, 0.01]}).to_tune()
-    assert isinstance(dims["model.lrn.n"], Integer) and (dims["model.lrn.n"].lower, dims["model.lrn.n"].upper) == (3, 10)
+    n = dims["model.lrn.n"]
+    assert isinstance(n, Integer) and (n.lower, n.upper) == (3, 10)
     assert isinstance(dims["model.lrn.alpha"], Float) and dims["model.lrn.alpha"].lower == 1e-5
     assert dims["optim.lr"] == tune.grid_search([0.1, 0.01])
 
@@ -117,7 +118,8 @@ def test_cli_even_n_in_the_base_config_is_refused(tmp_path):
 
 def test_dry_run_prints_config_space_and_shape_and_starts_nothing(tmp_path):
     res = runner.invoke(app, ["tune", "--dry-run", "--preset", "demo-fashion", "--search", "lrn", "--scheduler", "asha",
-                              "--trial-workers", "2", "--num-samples", "4", "--max-concurrent", "2", "--set", f"run.storage={tmp_path}"])
+                              "--trial-workers", "2", "--num-samples", "4", "--max-concurrent", "2",
+                              "--set", f"run.storage={tmp_path}"])
     assert res.exit_code == 0, res.output
     assert "workers_per_node: 2" in res.output and "scheduler: asha" in res.output
     assert "# search space" in res.output and "model.lrn.alpha:" in res.output and "loguniform:" in res.output
@@ -153,7 +155,8 @@ def test_optuna_define_by_run_suggests_lrn_knobs_only_with_lrn_on(base):
     off = [t.params for t in study.trials if not t.params["model.lrn.enabled"]]
     on = [t.params for t in study.trials if t.params["model.lrn.enabled"]]
     assert off and on
-    assert all(set(p) == {"model.lrn.enabled"} for p in off) and all(set(p) == {"model.lrn.enabled"} | LRN_KNOBS for p in on)
+    assert all(set(p) == {"model.lrn.enabled"} for p in off)
+    assert all(set(p) == {"model.lrn.enabled"} | LRN_KNOBS for p in on)
 
 
 def test_a_conditional_grid_is_expanded_only_where_it_applies(base):
@@ -172,9 +175,11 @@ def test_unknown_or_circular_conditions_are_refused(base):
                 model__lrn__n={"choice": [5], "when": {"model.lrn.enabled": "yes"}})
     problems = validate(bad, base)
     assert any(p.startswith("search model.lrn.alpha: when model.lrn.enabeld: unknown path") for p in problems), problems
-    assert any(p.startswith("search when: conditions form a cycle among model.lrn.beta, model.lrn.k") for p in problems), problems
+    assert any(p.startswith("search when: conditions form a cycle among model.lrn.beta, model.lrn.k")
+               for p in problems), problems
     # pydantic reads "yes" as true, but a trial's value would be True, never "yes": the condition could never hold
-    assert "search model.lrn.n: when model.lrn.enabled='yes': the config holds it as True, which never equals 'yes': write True" in problems
+    assert ("search model.lrn.n: when model.lrn.enabled='yes': the config holds it as True, "
+            "which never equals 'yes': write True") in problems
     assert len(problems) == 3, problems
 
 
@@ -233,8 +238,8 @@ def test_optuna_searcher_trains_each_configuration_with_its_seeds_and_tells_tpe_
     given = []
     while (config := cells.suggest(f"t{len(given)}")) not in (None, Searcher.FINISHED):
         given.append(config)
-        cells.on_trial_complete(f"t{len(given) - 1}",
-                                {cfg.tune.metric: 0.5 + 0.1 * config["model.lrn.enabled"] + 0.01 * config[tune_plan.SEED]})
+        value = 0.5 + 0.1 * config["model.lrn.enabled"] + 0.01 * config[tune_plan.SEED]
+        cells.on_trial_complete(f"t{len(given) - 1}", {cfg.tune.metric: value})
     # same seeds: a repeated suggestion is not trained; each configuration trained with seeds 5 and 6
     by_cell = {}
     for c in given:

@@ -44,7 +44,8 @@ def test_short_form_and_subcommands(image_tree, tmp_path):
     res = runner.invoke(app, ["shard", "pack", str(image_tree), str(tmp_path / "p"), "--shard-size", "16",
                               "--resize", "48"])
     assert res.exit_code == 0, res.output
-    assert (out / f"{image_tree.name}-train-000000.tar").read_bytes() == (tmp_path / "p" / f"{image_tree.name}-train-000000.tar").read_bytes()
+    tar = f"{image_tree.name}-train-000000.tar"
+    assert (out / tar).read_bytes() == (tmp_path / "p" / tar).read_bytes()
     res = runner.invoke(app, ["shard", "verify", str(out)])
     assert res.exit_code == 0 and "60 samples in 4 shards: ok" in res.output
     res = runner.invoke(app, ["shard", "info", str(out)], env={"COLUMNS": "200"})

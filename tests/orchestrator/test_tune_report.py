@@ -45,8 +45,9 @@ def test_the_verdict_flips_between_a_difference_far_beyond_the_spread_and_one_in
 def _sweep(tmp_path, values: dict[int, list[float]], params: dict[int, dict], **tune) -> str:
     cfg = resolve("demo-fashion", sets=[f"run.storage={tmp_path}", "tune.name=s",
                                         *[f"tune.{k}={v}" for k, v in tune.items()]])
+    alpha = {"grid": [1e-4, 1e-3], "when": {"model.lrn.enabled": True}}
     space = SearchSpace.model_validate({"space": {"model.lrn.enabled": {"grid": [True, False]},
-                                                  "model.lrn.alpha": {"grid": [1e-4, 1e-3], "when": {"model.lrn.enabled": True}}}})
+                                                  "model.lrn.alpha": alpha}})
     folder = save_spec(cfg, space)
     n = 0
     for cell, seeds in values.items():
@@ -60,7 +61,8 @@ def _sweep(tmp_path, values: dict[int, list[float]], params: dict[int, dict], **
     return folder
 
 
-PARAMS = {0: {"model.lrn.enabled": True, "model.lrn.alpha": 1e-4}, 1: {"model.lrn.enabled": True, "model.lrn.alpha": 1e-3},
+PARAMS = {0: {"model.lrn.enabled": True, "model.lrn.alpha": 1e-4},
+          1: {"model.lrn.enabled": True, "model.lrn.alpha": 1e-3},
           2: {"model.lrn.enabled": False}}
 
 
@@ -92,7 +94,8 @@ def test_report_gives_each_configuration_its_mean_interval_and_seeds_and_compare
     # the paper's cell as the baseline, and the best when none is named
     out = write(str(tmp_path / "s"), baseline="model.lrn.alpha=1e-4,model.lrn.enabled=true")
     assert [line.split(":")[0] for line in out["comparisons"]] == [
-        "c1 vs c0, the baseline (model.lrn.alpha=1e-4,model.lrn.enabled=true)", "c2 vs c0, the baseline (model.lrn.alpha=1e-4,model.lrn.enabled=true)"]
+        "c1 vs c0, the baseline (model.lrn.alpha=1e-4,model.lrn.enabled=true)",
+        "c2 vs c0, the baseline (model.lrn.alpha=1e-4,model.lrn.enabled=true)"]
     assert write(str(tmp_path / "s"))["comparisons"][0].startswith("c1 vs c0, the best:")
 
 
