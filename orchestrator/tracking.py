@@ -1,4 +1,4 @@
-"""Experiment tracking for `cnnctl train`: ``run.tracker=mlflow`` (off by default, `run.tracker=none`).
+"""Experiment tracking for `cnnctl train` and `cnnctl tune`: ``run.tracker=mlflow`` (off by default).
 
 One MLflow run per `cnnctl train`, under ``run.tracker_experiment`` at ``run.tracker_uri``:
 - params: the resolved config (after `train.prepare_run`: classes and normalisation settled), one
@@ -10,7 +10,14 @@ One MLflow run per `cnnctl train`, under ``run.tracker_experiment`` at ``run.tra
   in the run's store; the run's status is FINISHED, FAILED or KILLED.
 
 The tracker never fails a run: a tracker that cannot be reached or refuses a call is one warning line,
-and nothing more is sent to it for that run. Requests use few retries (MLFLOW_HTTP_REQUEST_* set
+and nothing more is sent to it for that run.
+
+`cnnctl tune`: one MLflow run per trial, under the same experiment, made by the trial's own process
+(which sees every epoch's rank-0 report, whether it trains there or drives a Ray Train run): tags
+``cnnctl.sweep``, ``cnnctl.trial``, ``cnnctl.cell`` (the configuration: c0, c1, ...) and ``cnnctl.seed``,
+so the seeds of one configuration group by ``cnnctl.cell``; a trial started again (PBT exploit,
+``--resume``) logs on into its run; ``cnnctl.checkpoint`` is Tune's copy of the trial's last
+checkpoint, in the trial's folder of the sweep. Requests use few retries (MLFLOW_HTTP_REQUEST_* set
 only where the environment does not already set them), so a down tracker costs seconds, not minutes.
 """
 
@@ -25,7 +32,8 @@ from typing import Callable
 EXTRA = "pip install 'cnnctl[track]'"
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec", "epoch_time_s")
+EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec",
+                 "epoch_time_s")
 
 
 def check(cfg) -> list[str]:
@@ -87,16 +95,38 @@ class MlflowTracker:
                      "training goes on without it")
             return None
 
-    def start(self, cfg, run_dir: str) -> bool:
+    def start(self, cfg, run_dir: str, trial: dict | None = None) -> bool:
+        """Create the run; ``trial`` ({"sweep", "trial", "cell", "seed"}): a sweep's trial, its tags,
+        and its run found again where the trial has one already."""
         def create():
             c = self.client()
             exp = c.get_experiment_by_name(self.experiment)
             exp_id = exp.experiment_id if exp else c.create_experiment(self.experiment)
             tags = {"cnnctl.run_dir": run_dir, "cnnctl.model": cfg.model.name, "cnnctl.run": cfg.run.name}
-            return c.create_run(exp_id, run_name=cfg.run.name, tags=tags).info.run_id
+            if trial is None:
+                return c.create_run(exp_id, run_name=cfg.run.name, tags=tags).info.run_id
+            tags |= {f"cnnctl.{k}": str(v) for k, v in trial.items()}
+            if found := self.find(trial["sweep"], trial["trial"], exp_id):
+                c.update_run(found, status="RUNNING")
+                for key, value in tags.items():
+                    c.set_tag(found, key, value)
+                return found
+            return c.create_run(exp_id, run_name=str(trial["trial"]), tags=tags).info.run_id
 
         self.run_id = self._call("starting a run", create)
         return self.run_id is not None
+
+    def find(self, sweep: str, trial: str, exp_id: str | None = None) -> str | None:
+        """The run id of a sweep's trial, or None."""
+        if exp_id is None:
+            exp = self.client().get_experiment_by_name(self.experiment)
+            if exp is None:
+                return None
+            exp_id = exp.experiment_id
+        sweep = sweep.replace("'", "\\'")  # a quote inside a quoted filter value
+        text = f"tags.`cnnctl.sweep` = '{sweep}' and tags.`cnnctl.trial` = '{trial}'"
+        runs = self.client().search_runs([exp_id], filter_string=text, max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def log_config(self, config: dict) -> None:
         from mlflow.entities import Param
@@ -116,6 +146,11 @@ class MlflowTracker:
         metrics = [Metric(k, float(row[k]), now, step) for k in EPOCH_METRICS if isinstance(row.get(k), (int, float))]
         self._call(f"logging epoch {step}", lambda: self.client().log_batch(self.run_id, metrics=metrics))
 
+    def on_report(self, row: dict) -> None:
+        """A rank-0 report: logged where it ends an epoch (a step checkpoint's report is not)."""
+        if "epoch" in row and not row.get("mid_epoch"):
+            self.log_epoch(row)
+
     def finish(self, status: str, checkpoint: str | None) -> None:
         def end():
             if checkpoint:
@@ -132,16 +167,16 @@ class MlflowTracker:
 
         class EpochToMlflow(UserCallback):
             def after_report(self, run_context, metrics, checkpoint):
-                row = metrics[0] if metrics else {}
-                if "epoch" in row and not row.get("mid_epoch"):
-                    tracker.log_epoch(row)
+                tracker.on_report(metrics[0] if metrics else {})
 
         return [EpochToMlflow()]
 
 
-def start(cfg, run_dir: str, say: Callable[[str], None] = warn) -> MlflowTracker | None:
-    """The run's tracker, its run created, or None (tracking off, or the tracker unreachable: warned)."""
+def start(cfg, run_dir: str, say: Callable[[str], None] = warn, trial: dict | None = None) -> MlflowTracker | None:
+    """The run's tracker, its run created, or None (tracking off, or the tracker unreachable: warned).
+    ``trial``: a sweep's trial (`MlflowTracker.start`)."""
     if cfg.run.tracker != "mlflow":
         return None
     tracker = MlflowTracker(cfg.run.tracker_uri, cfg.run.tracker_experiment, say)
-    return tracker if tracker.start(cfg, run_dir) else None
+    return tracker if tracker.start(cfg, run_dir, trial) else None
+

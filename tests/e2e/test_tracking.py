@@ -117,3 +117,35 @@ def test_tracking_is_off_by_default_and_a_missing_mlflow_is_one_line(monkeypatch
 
 def test_flat_params():
     assert tracking.flat({"a": {"b": 1, "c": None, "d": [1, 2]}, "e": {}}) == {"a.b": "1", "a.c": "null", "a.d": "[1, 2]", "e": "{}"}
+
+
+def test_a_sweep_logs_one_run_per_trial_grouped_by_configuration(mlflow_server, ray_cluster, fmnist_root, tmp_path):
+    """2 configurations x 2 seeds, 1 epoch: 4 runs under one experiment, tagged with the configuration
+    (cnnctl.cell) and the seed, each with its config, its epoch's metrics and Tune's final checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    grid = tmp_path / "lr-grid.yaml"
+    grid.write_text("space:\n  optim.lr: {grid: [0.01, 0.02]}\n")
+    storage = tmp_path / "runs"
+    out = cli("tune", "--preset", "demo-fashion", "--data", fmnist_root, "--search", str(grid), "--seeds", "2",
+              "--max-concurrent", "2", "--epochs", "1", "--name", "tracked-sweep", "--address", ray_cluster.address,
+              *sets(f"run.storage={storage}", *SMALL, "schedule.warmup_epochs=0", "run.tracker=mlflow",
+                    f"run.tracker_uri={mlflow_server}", "run.tracker_experiment=cnnctl-sweep"))
+    assert "warning" not in out, out
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("cnnctl-sweep").experiment_id])
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs), [r.info for r in runs]
+    groups: dict[str, list] = {}
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        groups.setdefault(tags["cnnctl.cell"], []).append(run)
+        assert tags["cnnctl.sweep"] == str(storage / "tracked-sweep") and tags["cnnctl.trial"] == run.info.run_name
+        assert params["run.seed"] == tags["cnnctl.seed"] and params["model.num_classes"] == "10"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")] == [0]
+        checkpoint = Path(tags["cnnctl.checkpoint"])
+        assert checkpoint.parent.name == f"trial_{run.info.run_name}", checkpoint
+        assert (checkpoint / "meta.json").exists(), checkpoint
+    assert sorted(groups) == ["c0", "c1"]
+    for members in groups.values():  # one configuration: its two seeds, one learning rate
+        assert len({r.data.params["optim.lr"] for r in members}) == 1
+        assert len({r.data.tags["cnnctl.seed"] for r in members}) == 2
