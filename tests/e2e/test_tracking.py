@@ -2,6 +2,7 @@
 stopped by its process id; `cnnctl train` on the session's cluster logs the resolved config, each
 epoch's rank-0 metrics and the final checkpoint into it. A tracker that is down is one warning line."""
 
+import csv
 import os
 import re
 import signal
@@ -149,3 +150,25 @@ def test_a_sweep_logs_one_run_per_trial_grouped_by_configuration(mlflow_server, 
     for members in groups.values():  # one configuration: its two seeds, one learning rate
         assert len({r.data.params["optim.lr"] for r in members}) == 1
         assert len({r.data.tags["cnnctl.seed"] for r in members}) == 2
+
+
+def test_a_sweep_whose_tracker_is_down_trains_its_trials(ray_cluster, fmnist_root, tmp_path):
+    """Each trial's process says it once (Ray forwards it to the driver's console) and trains on."""
+    from tests.e2e.cnnctl_cli import run_cnnctl
+
+    pytest.importorskip("mlflow", reason="the extra `track`")
+    down = f"http://127.0.0.1:{_free_port()}"
+    grid = tmp_path / "lr-grid.yaml"
+    grid.write_text("space:\n  optim.lr: {grid: [0.01, 0.02]}\n")
+    storage = tmp_path / "runs"
+    rc, lines = run_cnnctl("tune", "--preset", "demo-fashion", "--data", fmnist_root, "--search", str(grid),
+                           "--max-concurrent", "2", "--epochs", "1", "--name", "down", "--address", ray_cluster.address,
+                           *sets(f"run.storage={storage}", *SMALL, "run.tracker=mlflow", f"run.tracker_uri={down}"))
+    assert rc == 0, "\n".join(lines)
+    # one line a trial at most (both of the test cluster's nodes run on this machine: Ray may forward a
+    # worker's line twice, once per node's log monitor)
+    warned = {line for line in lines if "warning: tracker mlflow" in line}
+    assert len(warned) <= 2 and all("starting a run failed" in w for w in warned), "\n".join(lines)
+    with open(storage / "down" / "trials.csv") as f:
+        trials = list(csv.DictReader(f))
+    assert [t["status"] for t in trials] == ["done", "done"], trials
