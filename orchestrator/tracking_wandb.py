@@ -5,7 +5,8 @@ Nothing goes over the network: ``wandb.init(mode="offline")`` writes the run und
 them later, from wherever W&B can be reached). <folder> is ``run.tracker_uri`` (a local folder), else
 the run folder (a local run.storage; an object store needs run.tracker_uri). wandb's own service
 (wandb-core, a child of the process that calls wandb.init) talks to it over a Unix socket and listens on
-no TCP port (tests/e2e/test_tracking.py checks it).
+no TCP port (tests/e2e/test_tracking_wandb.py checks it). Ending the run stops that service
+(wandb.teardown), so the run's files are complete when the run or trial returns.
 
 Logged: the resolved config (the run's config, nested as config.yaml), each epoch's rank-0 metrics
 with ``epoch`` as their x-axis, and in the summary ``checkpoint`` (the final checkpoint's location in
@@ -96,11 +97,16 @@ class WandbTracker(Tracker):
             self.run.finish(exit_code=0 if status == "FINISHED" else 1)
 
         self.call("ending the run", end)
-        if self.run is not None and self.broken:  # what it has is kept; its service stops
-            try:
+        if self.run is None:
+            return
+        import wandb
+
+        try:
+            if self.broken:  # what it has is kept
                 self.run.finish(exit_code=1, quiet=True)
-            except Exception:  # noqa: BLE001 - said once already
-                pass
+            wandb.teardown()  # stops wandb-core, which closes the run's files: complete once this returns
+        except (Exception, SystemExit):  # noqa: BLE001 - said once already; teardown exits on a core error
+            pass
 
     def callbacks(self) -> list:
         """A Ray Train callback (in the controller) that puts each end-of-epoch row of rank 0 on a Ray

@@ -44,6 +44,13 @@ def records(path: Path):
             yield record
 
 
+def _name(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:  # it exited meanwhile
+        return None
+
+
 def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
@@ -73,9 +80,12 @@ def test_an_offline_run_has_the_config_the_epochs_and_the_checkpoint_and_listens
     pytest.importorskip("wandb", reason="the extra `track`")
     cfg = resolve(preset="demo-fashion", sets=["run.tracker=wandb", f"run.storage={tmp_path}", "run.name=wb"])
     said: list[str] = []
+    before = descendants([os.getpid()])  # the session's Ray cluster too, where Ray tests ran first
     tracker = tracking.start(cfg, str(tmp_path / "wb"), say=said.append)
     assert tracker is not None and not said, said
-    assert listening(descendants([os.getpid()])) == set()  # wandb-core: a Unix socket, no TCP port
+    started = descendants([os.getpid()]) - before
+    assert "wandb-core" in {_name(pid) for pid in started}
+    assert listening(started) == set()  # wandb-core: a Unix socket, no TCP port
     tracker.log_config(cfg.model_dump(mode="json"))
     for row in ({"epoch": 0, "val_top1": 0.25, "train_loss": 2.0}, {"epoch": 0, "step": 5, "mid_epoch": True},
                 {"epoch": 1, "val_top1": 0.5, "train_loss": 1.5, "lr": 0.01}):
