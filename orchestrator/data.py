@@ -56,6 +56,10 @@ def train_stream(cfg: RunConfig, split: Split, side: int | None = None) -> Shard
                          on_bad=bad_sample_policy(d.on_bad_sample), frame=side if transform.windowed else None,
                          num_classes=cfg.model.num_classes)
     stream.windowed = decoders.windowed(d.decoder, transform, url, stream.manifest)
+    if d.decoder == "device":  # decoded by the consumer of the batches (ShardStream.counted), on its device
+        if problem := decoders.device_problem(transform, stream.manifest):
+            raise ValueError(problem)
+        stream.decode_on_device("cuda" if cfg.parallel.gpus else "cpu")
     return stream
 
 
