@@ -195,3 +195,40 @@ def test_the_nvimagecodec_backend_decodes_the_cpu_backends_pixels(splits, transf
         cpu = DeviceDecode(transform, raise_bad).decode(encoded)[0]
         nv, errors = NvImageCodec(torch.device("cpu")).decode(encoded, transform)
         assert errors == [None] * len(encoded) and torch.equal(nv, cpu)
+
+
+def run_config(root: str, prefix: str, decoder: str, augment: str = "alexnet"):
+    from orchestrator.config import RunConfig
+
+    return RunConfig.model_validate({"data": {"root": root, "prefix": prefix, "augment": augment, "image_size": 40,
+                                              "batch_size": 8, "shuffle_buffer": 16, "decoder": decoder,
+                                              "val_split": "train"}, "run": {"seed": 5}})
+
+
+@pytest.mark.timeout(120)
+def test_the_trainers_batches_are_the_same_with_data_decoder_device(splits):
+    """What the model is fed: data.train_stream and the device batch stage (normalised, lit), as the
+    Trainer chains them (ShardStream.counted decodes)."""
+    from orchestrator.data import train_stream
+    from orchestrator.device_batch import device_batch
+
+    root, prefix = str(Path(splits["square"]).parent), "square"
+    fed = {}
+    for decoder in ("windowed", "device"):
+        cfg = run_config(root, prefix, decoder)
+        s = train_stream(cfg, Split(0, 2))
+        assert s.on_device == (decoder == "device")
+        stage = device_batch(cfg, s.manifest, lighting_seed=5000)
+        s.set_epoch(1), stage.set_epoch(1)
+        fed[decoder] = [(stage(images, *windows), labels) for images, labels, *windows in s.counted(loader(s, 2))]
+    assert len(fed["device"]) == 4 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                                           for a, b in zip(fed["device"], fed["windowed"]))
+
+
+def test_preflight_refuses_device_decoding_of_png_shards_in_one_line(tmp_path):
+    from orchestrator.preflight import check_data
+
+    make_split(tmp_path, "png", 12, fmt="png")
+    problems = check_data(run_config(str(tmp_path), "png", "device"))
+    assert len(problems) == 1 and problems[0].startswith("data.decoder=device decodes JPEG shards")
+    assert check_data(run_config(str(tmp_path), "png", "auto")) == []
