@@ -1,4 +1,4 @@
-"""`cnnctl train --set data.decoder=device` on Ray workers, on tiny JPEG shards of scikit-image photos:
+"""`cnnctl train --set data.decoder=device` on Ray workers, on tiny JPEG shards of a miniature ImageNet:
 the loader workers batch bytes, the training processes decode them (the CPU backend here)."""
 
 from __future__ import annotations
@@ -7,34 +7,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from skimage import data as photos
 
+from bench import mini_imagenet as mini
 from cnnctl_cli import cli, sets
 from orchestrator.metrics import read
-from shards.layouts import class_folders
-from shards.writer import PackOptions, pack
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
 def jpeg_shards(tmp_path_factory) -> Path:
-    """3 classes of 32 px JPEG squares: 96 to train on, 24 to validate."""
-    root = tmp_path_factory.mktemp("device-decode-e2e")
-    rng = np.random.default_rng(4)
-    for split, count in (("train", 96), ("val", 24)):
-        tree = root / f"{split}-tree"
-        for i in range(count):
-            folder = tree / f"c{i % 3}"
-            folder.mkdir(parents=True, exist_ok=True)
-            src = (photos.astronaut, photos.coffee, photos.chelsea)[i % 3]()  # the class: which photo
-            top, left = (int(v) for v in rng.integers(0, 200, 2))
-            Image.fromarray(src[top : top + 160, left : left + 180]).resize((40, 36)).save(
-                folder / f"{split}{i:03d}.JPEG", quality=90)
-        pack(class_folders(tree, split), str(root), "photos",
-             PackOptions(image_format="jpg", resize=32, center_crop=True, shard_size=40))
-    return root
+    """A 3-class miniature ImageNet (bench/mini_imagenet.py) through `cnnctl shard`: 32 px JPEG
+    squares, 96 to train on, 24 to validate."""
+    raw, out = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("shards")
+    mini.write(raw, classes=3, train_per_class=32, val_per_class=8, size=40)
+    squares = ["--prefix", "photos", "--resize", "32", "--center-crop", "--shard-size", "40"]
+    cli("shard", str(raw / "ILSVRC2012_img_train.tar"), str(out), *squares)
+    cli("shard", str(raw / "val"), str(out), *squares)
+    return out
 
 
 def test_device_decode_trains_on_ray_workers(ray_cluster, jpeg_shards, tmp_path):
