@@ -31,11 +31,11 @@ def test_device_decode_trains_on_ray_workers(ray_cluster, jpeg_shards, tmp_path)
     """One epoch (~35 s, most of it Ray's workers starting); that the batches are the worker-side
     decoders' own, as the Trainer chains the stages, is tests/shards/test_device_decode.py's."""
     out = cli("train", "--preset", "demo-fashion", "--data", str(jpeg_shards), "--name", "device", "--epochs", "1",
-              "--address", ray_cluster.address, "--cpu",
+              "--address", ray_cluster.address, "--cpu", "--workers-per-node", "1",
               *sets(f"run.storage={tmp_path}", "data.prefix=photos", "data.train_split=train", "data.val_split=val",
                     "data.augment=alexnet", "data.batch_size=16", "data.loader_workers=1", "data.decoder=device",
                     "model.width=0.25", "run.log_every=1000"))
     assert "done: epoch" in out, out
     row = read(str(tmp_path / "device"))[-1]
-    assert row["steps_per_rank"] == [6, 6]  # 96 images, dp=2, a global batch of 16: 8 per rank
+    assert row["steps_per_rank"] == [6]  # 96 images, one worker, batches of 16
     assert row["bad_samples"] == 0 and row["val_count"] == 24 and np.isfinite(row["train_loss"])
