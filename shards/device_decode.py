@@ -29,6 +29,7 @@ from shards.encoded import EncodedBatch, Plan
 from shards.shard_tar import BadSample
 from shards.transforms import Transform
 
+
 class DeviceDecode:
     """EncodedBatch -> uint8 batch on ``device`` ("cpu", or "cuda": the current CUDA device)."""
 

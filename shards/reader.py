@@ -75,9 +75,7 @@ class ShardStream(IterableDataset):
             raise ValueError(f"{type(transform).__name__} is not one window of the image: it has no place in a "
                              f"{frame}px frame")
         self.frame, self.windowed = frame, windowed
-        # data.decoder=device (`decode_on_device`): workers batch JPEG bytes and windows, `counted`
-        # decodes them on this process (shards/device_decode.py)
-        self.on_device, self.device_decode = False, None
+        self.on_device, self.device_decode = False, None  # data.decoder=device: `decode_on_device`
         self.manifest = mf.load(manifest_url)
         self.urls = mf.shard_urls(manifest_url, self.manifest)
         # Labels must index the model's outputs: the model's class count where the caller knows it,
@@ -214,10 +212,8 @@ class ShardStream(IterableDataset):
         shared = info is not None
         ring = self.rings[info.id] if shared and self.rings and len(self.rings) == unit.workers else None
         shape = self.transform.sample_shape()
-        plans = self.on_device
-        batch = (PlanBatch(self.batch_size, shape, windows=self.frame is not None) if plans else
-                 Batch(self.batch_size, shared=shared, ring=ring, windows=self.frame is not None))
-        bad_run = 0
+        batch, bad_run = (PlanBatch(self.batch_size, shape, windows=self.frame is not None) if self.on_device else
+                          Batch(self.batch_size, shared=shared, ring=ring, windows=self.frame is not None)), 0
         # A buffer no larger than this reader's part: a larger one would hold nothing more.
         buffer = min(self.shuffle_buffer, max(self.samples_per_rank // unit.workers, 1))
         stream = self._passes(epoch, unit, rng, buffer, my_steps * self.batch_size, at.ordinal)
@@ -234,11 +230,10 @@ class ShardStream(IterableDataset):
                 if raw is None:  # a hole: its shard came up short, and the policy has heard of it
                     raise BadSample("")
                 sample_rng.seed(sample_seed(self.seed, epoch, unit.index, ordinal - 1))
-                if plans:  # data.decoder=device: the window only, decoded on the consumer's process
-                    image, label = stages.plan(raw, self.transform, sample_rng, self.num_classes)
-                else:
-                    image, label = stages.decode(raw, self.transform, sample_rng, batch.slot(shape), self.windowed,
-                                                 self.num_classes)
+                # data.decoder=device: the window only, the consumer's process decodes (`counted`)
+                image, label = (stages.plan(raw, self.transform, sample_rng, self.num_classes) if self.on_device
+                                else stages.decode(raw, self.transform, sample_rng, batch.slot(shape), self.windowed,
+                                                   self.num_classes))
                 window = None if self.frame is None else stages.in_frame(raw, image, self.frame)
             except BadSample as exc:
                 if raw is not None:

@@ -104,15 +104,16 @@ def test_a_resumed_epoch_with_device_decode_hands_on_the_uninterrupted_batches(s
 
 
 def damage(url: str, member: str) -> None:
-    """Rewrite the shard at ``url`` with ``member``'s JPEG cut short after its header: the worker
-    reads its size, the decode fails."""
+    """Rewrite the shard at ``url`` with ``member``'s JPEG cut short in its scan: the worker reads
+    its header (its size, its window), the decode fails."""
     path = Path(url)
     with tarfile.open(path) as tar:
         items = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
     with tarfile.open(path, "w") as tar:
         for info, data in items:
             if info.name == member:
-                data = data[: len(data) // 3]
+                sos = data.index(b"\xff\xda")  # the scan: what comes before it is the header
+                data = data[: sos + (len(data) - sos) // 3]
                 info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
 
@@ -141,6 +142,10 @@ def test_a_damaged_jpeg_is_named_under_error_and_made_up_under_skip(damaged):
         device = epoch(stream(url, AlexNetCrop(40), device=True, rank=rank, on_bad=skip), 0, 0)[0]
         assert len(device) == len(worker_side) == 4  # the step count of every rank is kept
         assert all(b[0].shape == (4, 3, 40, 40) and b[1].shape == (4,) for b in device)
+        # the damaged sample's slot holds a copy of another sample of its batch, with its label
+        copies = [(b[1][i] == b[1][j]).item() for b in device for i in range(4) for j in range(i)
+                  if torch.equal(b[0][i], b[0][j])]
+        assert all(copies) and len(copies) >= skip.count
         skipped += skip.count
     assert skipped >= 1  # heard of, on the rank that read it
 
