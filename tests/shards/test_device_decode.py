@@ -237,3 +237,18 @@ def test_preflight_refuses_device_decoding_of_png_shards_in_one_line(tmp_path):
     problems = check_data(run_config(str(tmp_path), "png", "device"))
     assert len(problems) == 1 and problems[0].startswith("data.decoder=device decodes JPEG shards")
     assert check_data(run_config(str(tmp_path), "png", "auto")) == []
+
+
+@pytest.mark.timeout(120)
+def test_the_nvimagecodec_backend_skips_a_damaged_jpeg_as_the_cpu_backend_does(damaged):
+    """nvImageCodec hands back None for the damaged JPEG: the same sample is heard of, and the same
+    batch-mate takes its slot."""
+    pytest.importorskip("nvidia.nvimgcodec")
+    from shards.nvimgcodec_decode import NvImageCodec
+
+    url = damaged[0]
+    for rank in range(2):
+        cpu = epoch(stream(url, AlexNetCrop(40), device=True, rank=rank, on_bad=SkipBad()), 0, 0)[0]
+        nv = stream(url, AlexNetCrop(40), device=True, rank=rank, on_bad=SkipBad())
+        nv.device_decode.backend = NvImageCodec(torch.device("cpu"))
+        assert same(epoch(nv, 0, 0)[0], cpu)
