@@ -252,3 +252,26 @@ def test_the_nvimagecodec_backend_skips_a_damaged_jpeg_as_the_cpu_backend_does(d
         nv = stream(url, AlexNetCrop(40), device=True, rank=rank, on_bad=SkipBad())
         nv.device_decode.backend = NvImageCodec(torch.device("cpu"))
         assert same(epoch(nv, 0, 0)[0], cpu)
+
+
+def test_evaluation_streams_of_a_device_run_decode_in_the_workers_as_auto_chooses(splits, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNCTL_CACHE_DIR", str(tmp_path))
+    url = splits["square"]
+    assert decoders.windowed("device", CenterCrop(40), url, mf.load(url)) == decoders.windowed(
+        "auto", CenterCrop(40), url, mf.load(url))
+    assert decoders.cache_file().exists()  # auto's measurement, made once, for both
+
+
+def test_cnnctl_train_refuses_device_decoding_of_png_shards_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    make_split(tmp_path, "png", 12, fmt="png")
+    sets = ["data.prefix=png", "data.val_split=train", "data.decoder=device", "data.batch_size=4",
+            f"run.storage={tmp_path}"]
+    res = CliRunner().invoke(app, ["train", "--preset", "demo-fashion", "--data", str(tmp_path), "--cpu",
+                                   *[a for s in sets for a in ("--set", s)]])
+    assert res.exit_code != 0
+    lines = [line for line in res.output.splitlines() if "data.decoder=device" in line]
+    assert len(lines) == 1 and "PNG" in lines[0], res.output
