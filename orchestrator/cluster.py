@@ -208,8 +208,10 @@ def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAU
     `cnnctl cluster up --local` started picks up its auth token. Ray's own INFO lines (and its
     token-auth notice) are shown with ``verbose`` only; its warnings and errors always are.
     """
-    # A Ray job's driver (`ray job submit -- cnnctl train ...`) joins the cluster its RAY_ADDRESS names.
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    # A Ray job's driver (`ray job submit -- cnnctl train ...`) joins the cluster its RAY_ADDRESS names
+    # (a GCS address; a dashboard URL there is for Ray's job client, and left to Ray as before).
+    env_address = os.environ.get("RAY_ADDRESS", "")
+    address = address or (env_address if env_address and "://" not in env_address else None)
     local = load(state_dir) if address else None
     if local and address in (local.address, "auto"):
         # Ray reads RAY_AUTH_MODE when it is imported: set the token before the import, and make an
