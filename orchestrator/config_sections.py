@@ -230,15 +230,15 @@ class RunSection(_Section):
         "async: rank 0 writes the checkpoint locally, then trains on while Ray Train uploads it to run.storage in the "
         "background; sync: training waits for the upload."))
     log_every: int = Field(50, ge=1, description="Print the training loss every this many steps (rank 0).")
-    tracker: Literal["none", "mlflow"] = Field("none", description=(
-        "Experiment tracker that `cnnctl train` also logs to: mlflow logs the resolved config as params, each epoch's "
-        "rank-0 metrics and the final checkpoint's location (needs the extra `track`). A tracker that cannot be "
-        "reached is one warning line; training goes on."))
+    tracker: Literal["none", "mlflow", "wandb"] = Field("none", description=(
+        "Experiment tracker that `cnnctl train` and each `cnnctl tune` trial also log to: the resolved config, each "
+        "epoch's rank-0 metrics and the final checkpoint's location (needs the extra `track`). wandb runs offline "
+        "only (files to `wandb sync` later). A tracker that cannot be reached is one warning line; training goes on."))
     tracker_uri: str | None = Field(None, description=(
         "mlflow: the tracking URI (http://host:5000, a local folder, databricks); None: MLflow's own default "
-        "(MLFLOW_TRACKING_URI, else ./mlruns)."))
+        "(MLFLOW_TRACKING_URI, else ./mlruns). wandb: the local folder for the offline runs; None: the run folder."))
     tracker_experiment: str = Field("cnnctl", min_length=1, description=(
-        "mlflow: the experiment the run is logged under (created when missing)."))
+        "The experiment (mlflow; created when missing) or project (wandb) the run is logged under."))
 
     _name = field_validator("name")(classmethod(lambda cls, v: _folder_name(v)))
 

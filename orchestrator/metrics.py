@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-import fsspec
-
 from shards import location as loc
 
 NUMERIC = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec", "epoch_time_s",
@@ -47,11 +45,10 @@ def tree_cpu_seconds(root: int | None = None) -> float:
 
 
 def read(run_dir: str) -> list[dict]:
-    fs, path = fsspec.core.url_to_fs(run_dir.rstrip("/") + "/metrics.jsonl")
-    if not fs.exists(path):
+    path = loc.join(run_dir.rstrip("/"), "metrics.jsonl")
+    if not loc.exists(path):  # written by rank 0 in another process, maybe on another node
         return []
-    with fs.open(path, "r") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in loc.read_text(path).splitlines() if line.strip()]
 
 
 class MetricsLog:

@@ -63,6 +63,11 @@ def epoch_has_steps(cfg: RunConfig) -> str | None:
     return None
 
 
+def config_problems(cfg: RunConfig) -> list[str]:
+    """What stops a run or a sweep before Ray starts: the data and stores, then the tracker."""
+    return check_data(cfg) + tracking.check(cfg)
+
+
 def preflight(cfg: RunConfig, *, dry_run: bool = False, verbose: bool = False) -> str:
     """Check ``cfg`` before a run and, unless ``dry_run``, connect to Ray (every check of a real run
     reads stores, so a dry run stops before them). Returns the cluster shape line; raises
@@ -70,7 +75,7 @@ def preflight(cfg: RunConfig, *, dry_run: bool = False, verbose: bool = False) -
     shape = cfg.parallel.shape()
     if dry_run:
         return shape
-    if problems := check_data(cfg) + tracking.check(cfg):
+    if problems := config_problems(cfg):
         raise PreflightError(problems)
     from orchestrator import resume  # torch: only a real run pays for it
 

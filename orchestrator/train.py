@@ -11,7 +11,6 @@ import shutil
 from contextlib import nullcontext
 
 from orchestrator import checkpoint as ckpt
-from orchestrator import resume
 from orchestrator.config import RunConfig, to_yaml
 from orchestrator.console_events import WorkerConsole, quiet_worker
 from orchestrator.data import manifest_url

@@ -59,7 +59,10 @@ def _fs(loc: str):
 
 
 def exists(loc: str) -> bool:
+    """Asks the store itself: a folder listing that fsspec kept would hide a file that another process
+    (a Ray worker, a concurrent run) wrote since."""
     fs, path = _fs(loc)
+    fs.invalidate_cache(path)
     return fs.exists(path)
 
 
@@ -130,6 +133,8 @@ def listdir(loc: str) -> list[str]:
         entries = fs.ls(path, detail=False, refresh=True)  # never a listing cached before a write
     except (FileNotFoundError, NotADirectoryError):
         return []
+    finally:
+        fs.invalidate_cache(path)  # nor one kept for later: other processes write here too (see exists)
     # an object store's folder marker ("dir/") lists as the folder itself
     return sorted({join(loc, name(e)) for e in entries if e.rstrip("/") != path.rstrip("/")})
 

@@ -10,7 +10,7 @@ import typer
 from orchestrator.cli_common import ConfigFile, Preset, Sets, resolve_options
 from orchestrator.cli_groups import default_command, fail
 from orchestrator.config import ConfigError, to_yaml
-from orchestrator.preflight import check_data
+from orchestrator.preflight import config_problems
 from shards import location as loc
 
 tune_app = typer.Typer(
@@ -104,7 +104,7 @@ def tune_run(
             raise ConfigError(problems)
         if dry_run:
             return _tune_dry_run(cfg, space)
-        if problems := check_data(cfg):
+        if problems := config_problems(cfg):  # before Ray starts, as `cnnctl train`
             raise ConfigError(problems)
         _tune_finish(sweeps.start(cfg, space, say=typer.echo), sweeps.sweep_dir(cfg))
     except ConfigError as exc:

@@ -80,13 +80,53 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
         metrics = ckpt.load_meta(seed).get("metrics", {})
         tune.report({**scalars(metrics), **origin, "run": cfg.run.name, "carried_over": True})
         return
-    if cfg.parallel.world == 1:
-        _train_here(cfg, origin)
-    else:
-        _train_run(cfg, origin, trial_id)
+    tracker, status = _track(cfg, sweep, trial_id, params.get(tune_plan.CELL)), "KILLED"
+    tell, last = _teller(tracker)
+    try:
+        if cfg.parallel.world == 1:
+            _train_here(cfg, origin, tell)
+        else:
+            _train_run(cfg, origin, trial_id, tell)
+        status = "FINISHED"
+    except Exception:
+        status = "FAILED"
+        raise
+    finally:  # stopped by Tune (SystemExit in tune.report): KILLED
+        if tracker:  # the checkpoint: Tune's copy, in the trial's folder of the sweep
+            where = last[0] and loc.join(sweep, loc.name(loc.parent(last[0])), loc.name(last[0]))
+            tracker.finish(status, where)
 
 
-def _train_here(cfg: RunConfig, origin: dict) -> None:
+def _track(cfg: RunConfig, sweep: str, trial_id: str, cell):
+    """The trial's run.tracker (one MLflow run per trial, tagged with its configuration and seed), or None."""
+    from orchestrator import tracking
+    from orchestrator.train import prepare_run
+
+    trial = {"sweep": sweep, "trial": trial_id, "cell": "?" if cell is None else f"c{cell}", "seed": cfg.run.seed}
+    tracker = tracking.start(cfg, run_dir(cfg), trial=trial)
+    if tracker:
+        tracker.log_config(prepare_run(cfg).model_dump(mode="json"))  # settled here: classes, normalisation
+    return tracker
+
+
+def _teller(tracker) -> tuple:
+    """tune.report, each epoch's rank-0 metrics to the tracker first; and a list holding the path of
+    the last checkpoint Tune kept (in its store's filesystem), once there is one."""
+    from ray import tune
+
+    last = [None]
+
+    def tell(metrics: dict, checkpoint=None) -> None:
+        if tracker:
+            tracker.on_report(metrics)
+        tune.report(metrics, checkpoint=checkpoint)
+        if tracker and checkpoint is not None:  # the copy Tune made, which get_checkpoint now returns
+            last[0] = tune.get_checkpoint().path
+
+    return tell, last
+
+
+def _train_here(cfg: RunConfig, origin: dict, tell) -> None:
     """The training loop in the trial's process, over a one-rank gloo group: no Train controller,
     placement group or worker process to start, and nothing outlives the trial when Tune stops it."""
     import random
@@ -106,8 +146,8 @@ def _train_here(cfg: RunConfig, origin: dict) -> None:
                           node=ray.get_runtime_context().get_node_id())
 
         def report(metrics: dict, folder: str | None) -> None:
-            tune.report({**scalars(metrics), **origin, "run": cfg.run.name},
-                        checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
+            tell({**scalars(metrics), **origin, "run": cfg.run.name},
+                 checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 
         trainer.run(report)
     finally:  # a reused trial process starts its next trial afresh: new group, no old loader workers
@@ -116,7 +156,7 @@ def _train_here(cfg: RunConfig, origin: dict) -> None:
         dist.destroy_process_group()
 
 
-def _train_run(cfg: RunConfig, origin: dict, trial_id: str) -> None:
+def _train_run(cfg: RunConfig, origin: dict, trial_id: str, tell) -> None:
     """The trial as a Ray Train run, driven from a TrialRun actor; its reports come through a queue."""
     import ray
     from ray import tune
@@ -139,8 +179,7 @@ def _train_run(cfg: RunConfig, origin: dict, trial_id: str) -> None:
                 return
             if kind != "report":
                 raise RuntimeError(f"trial {trial_id}: training failed: {metrics}")
-            tune.report({**metrics, **origin, "run": cfg.run.name},
-                        checkpoint=tune.Checkpoint(*where) if where else None)
+            tell({**metrics, **origin, "run": cfg.run.name}, checkpoint=tune.Checkpoint(*where) if where else None)
     finally:  # stopped by Tune (SystemExit in tune.report), failed or done: the run ends before the trial
         ray.kill(queue.actor)  # a report the controller may be blocked on fails, so it can take the abort
         try:

@@ -303,3 +303,17 @@ def test_preflight_problems_stop_before_ray(monkeypatch, tmp_path):
     assert res.exit_code == 1
     assert res.output.startswith("error: ") and "data" in res.output
     assert (counts["connect"].calls, counts["resume"].calls, counts["preflight"].calls) == (0, 0, 1)
+
+
+def test_a_sweep_whose_tracker_cannot_run_is_refused_before_ray(monkeypatch, fmnist_root, tmp_path):
+    """`cnnctl tune` checks the tracker as `cnnctl train` does: one line, exit 1, no Ray (the fast
+    tier's guard fails a test that starts it)."""
+    from orchestrator import tracking
+
+    real = tracking.importlib.util.find_spec
+    monkeypatch.setattr(tracking.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mlflow" else real(name, *a))
+    res = runner.invoke(app, ["tune", "--preset", "demo-fashion", "--data", fmnist_root, "--search", "lrn",
+                              "--set", "run.tracker=mlflow", "--set", f"run.storage={tmp_path}"])
+    assert res.exit_code == 1, res.output
+    assert res.output.strip().splitlines() == ["error: run.tracker=mlflow needs mlflow: pip install 'cnnctl[track]'"]

@@ -87,3 +87,21 @@ def test_an_unreachable_store_is_one_line_naming_the_url(s3_server, monkeypatch)
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
     assert line.startswith("data.root s3://creds/runs: ") and "credentials" in line.lower() and "\n" not in line
+
+
+def test_a_file_another_process_wrote_is_seen_after_its_folder_was_listed(s3_server):
+    """A run's files are written by Ray workers while the driver (or `cnnctl runs`) reads them. fsspec
+    keeps a folder's listing and answers exists() from it, so a listing taken before a worker's write
+    hid the file for good: the test driver never saw a run's metrics (a CI failure)."""
+    import s3fs
+
+    from orchestrator.metrics import read
+
+    s3_server.mkdir("live")
+    loc.write_bytes("s3://live/run/config.yaml", b"x: 1\n")
+    assert loc.listdir("s3://live/run") == ["s3://live/run/config.yaml"]
+    assert read("s3://live/run") == []
+    worker = s3fs.S3FileSystem(skip_instance_cache=True)  # another process's client
+    worker.pipe_file("live/run/metrics.jsonl", b'{"epoch": 0}\n')
+    assert loc.exists("s3://live/run/metrics.jsonl")
+    assert read("s3://live/run") == [{"epoch": 0}]
