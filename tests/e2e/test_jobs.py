@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent  # `ray` and `cnnctl` of this environment
 
 @pytest.fixture(scope="module")
 def dashboard_cluster(tmp_path_factory):
-    from orchestrator import cluster
+    from cnnctl.orchestrator import cluster
 
     state = tmp_path_factory.mktemp("jobs-cluster")
     up = cli("cluster", "up", "--local", "--dashboard", "--nodes", "2", "--cpus-per-node", "2",
