@@ -168,8 +168,7 @@ class Trainer:
         # an epoch without a step (a split smaller than one global batch; the CLI refuses it) ends
         # with NaN training metrics instead of names never bound
         i, lr = done - 1, lr_at(cfg, self.step, max(steps // a, 1), self.plateau.drops)
-        # an optimiser step every ``a`` batches (data.global_batch): gradients summed over them, averaged by DDP
-        # on the last
+        # an optimiser step every ``a`` batches (data.global_batch), DDP's all-reduce on the last
         for i, (images, labels, *windows) in enumerate(batches, start=done):
             first, last = i % a == 0, (i + 1) % a == 0
             if first:
