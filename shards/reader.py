@@ -166,7 +166,7 @@ class ShardStream(IterableDataset):
         return Unit.of(self.split, (info.id + self.progress.rotation) % info.num_workers, info.num_workers)
 
     def passes(self, epoch: int, unit: Unit, rng: random.Random, buffer: int, wanted: int,
-                start: int) -> Iterator[Sample | None]:
+               start: int) -> Iterator[Sample | None]:
         """Stages 1-4 from item ``start`` on. Training: the part, pass after pass, each pass shuffled
         on its own through a buffer of ``buffer`` items, so no pass is read before the last one is
         used up. A later pass (a part that runs short of the epoch's ``wanted`` items) fills its
