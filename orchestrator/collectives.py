@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from models.parallel import Mesh
+from cnnctl.models.parallel import Mesh
 
 
 class Collectives:

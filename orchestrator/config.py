@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from models.layout import Net
-from orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig, ParallelConfig,
-                                          RunConfig, RunSection, ScheduleConfig, TuneConfig)
-from orchestrator.yaml_tree import ConfigError, deep_merge, format_errors, load_yaml, nest, parse_assignments, scalar
+from cnnctl.models.layout import Net
+from cnnctl.orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig, ParallelConfig,
+                                                 RunConfig, RunSection, ScheduleConfig, TuneConfig)
+from cnnctl.orchestrator.yaml_tree import ConfigError, deep_merge, format_errors, load_yaml, nest, parse_assignments, scalar
 
 __all__ = ["CONFIGS_DIR", "ConfigError", "DataConfig", "EvalConfig", "LRNConfig", "ModelConfig", "OptimConfig",
            "ParallelConfig", "RunConfig", "RunSection", "ScheduleConfig", "TuneConfig", "check", "model_problems",
@@ -34,7 +34,7 @@ def _configs_dir() -> Traversable:
     checkout = Path(__file__).resolve().parent.parent
     if (checkout / "pyproject.toml").is_file() and (checkout / "configs").is_dir():
         return checkout / "configs"
-    return resources.files("orchestrator.configs")
+    return resources.files("cnnctl.orchestrator.configs")
 
 
 CONFIGS_DIR = _configs_dir()
@@ -117,7 +117,7 @@ def check(cfg: RunConfig) -> list[str]:
                         f"got {e.scales}")
     t = cfg.tune
     if t.scheduler == "pbt" and t.pbt_lrn and not bad_model:
-        from models import catalog
+        from cnnctl.models import catalog
 
         if "lrn" not in catalog.ACCEPTS[catalog.resolve(cfg.model.name)]:
             problems.append(f"tune.pbt_lrn: {catalog.resolve(cfg.model.name)} has no LRN for PBT to mutate")
@@ -134,7 +134,7 @@ def check(cfg: RunConfig) -> list[str]:
 
 def net(m: ModelConfig) -> Net:
     """What the layout's rules need of the model, from models.catalog (without torch)."""
-    from models import catalog
+    from cnnctl.models import catalog
 
     name = catalog.resolve(m.name)
     alexnet = catalog.family(name) == "alexnet"
@@ -143,7 +143,7 @@ def net(m: ModelConfig) -> Net:
 
 def model_problems(m: ModelConfig) -> list[str]:
     """One line per model field that the named model does not take (checked without torch)."""
-    from models import catalog
+    from cnnctl.models import catalog
 
     try:
         name = catalog.resolve(m.name)

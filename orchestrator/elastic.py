@@ -19,9 +19,9 @@ import contextlib
 
 import torch
 
-from orchestrator.config import RunConfig
-from shards import dealt
-from shards.position import ReaderPosition
+from cnnctl.orchestrator.config import RunConfig
+from cnnctl.shards import dealt
+from cnnctl.shards.position import ReaderPosition
 
 RESIZABLE = ("dp", "batch_size", "loader_workers")  # what a resume at another dp may change
 

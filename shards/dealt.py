@@ -20,10 +20,10 @@ import itertools
 import random
 from typing import Iterator
 
-from shards.position import DIGEST_MOD, ReaderPosition, sample_seed
-from shards.redistribute import Piece, reader_batches, redistribute, source_work
-from shards.shard_tar import Sample
-from shards.stages import Split, Unit
+from cnnctl.shards.position import DIGEST_MOD, ReaderPosition, sample_seed
+from cnnctl.shards.redistribute import Piece, reader_batches, redistribute, source_work
+from cnnctl.shards.shard_tar import Sample
+from cnnctl.shards.stages import Split, Unit
 
 
 def make(source: list[int], work: list[list[Piece]], carried: tuple[int, int]) -> dict:

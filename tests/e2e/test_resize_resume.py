@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import checkpoint as ckpt
-from orchestrator.metrics import read
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.metrics import read
 from cnnctl_cli import cli, sets
 
 pytestmark = pytest.mark.timeout(600)

@@ -11,12 +11,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from orchestrator import checkpoint as ckpt
-from orchestrator import elastic, resume
-from orchestrator.config import ConfigError, resolve
-from shards import dealt
-from shards.position import ReaderPosition
-from shards.redistribute import items, source_work
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator import elastic, resume
+from cnnctl.orchestrator.config import ConfigError, resolve
+from cnnctl.shards import dealt
+from cnnctl.shards.position import ReaderPosition
+from cnnctl.shards.redistribute import items, source_work
 from test_step_checkpoint import rows, train
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from shards.redistribute import Piece, deal, items, quotas, reader_batches, redistribute, rest, source_work
+from cnnctl.shards.redistribute import Piece, deal, items, quotas, reader_batches, redistribute, rest, source_work
 
 T = 7  # optimiser steps in the epoch
 

@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 
-from shards import dealt
-from shards import manifest as mf
-from shards.reader import ShardStream, Split, loader
-from shards.transforms import CropFlip
+from cnnctl.shards import dealt
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.reader import ShardStream, Split, loader
+from cnnctl.shards.transforms import CropFlip
 from test_resume_position import shard_root  # noqa: F401 - the photo shards, a module fixture
 
 pytestmark = pytest.mark.timeout(300)
