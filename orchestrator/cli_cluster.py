@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli_groups import fail
+from cnnctl.orchestrator.cli_groups import fail
 
 cluster_app = typer.Typer(
     help="A real multi-node Ray cluster on this machine (head + worker raylets, token auth, loopback).",
@@ -28,7 +28,7 @@ def cluster_up(
     state_dir: StateDir = None,
 ) -> None:
     """Start a local multi-node Ray cluster and print the address to pass to --address."""
-    from orchestrator import cluster
+    from cnnctl.orchestrator import cluster
 
     if not local:
         raise fail("only --local clusters are started by cnnctl; see deploy/ for the cluster launcher and KubeRay")
@@ -45,7 +45,7 @@ def cluster_up(
 @cluster_app.command("status")
 def cluster_status(*, state_dir: StateDir = None) -> None:
     """Print the local cluster's address and whether its node processes are alive."""
-    from orchestrator import cluster
+    from cnnctl.orchestrator import cluster
 
     c = cluster.load(state_dir or cluster.DEFAULT_STATE)
     if c is None:
@@ -59,7 +59,7 @@ def cluster_status(*, state_dir: StateDir = None) -> None:
 @cluster_app.command("down")
 def cluster_down(*, state_dir: StateDir = None) -> None:
     """Stop the processes `cluster up` started (by their own pids)."""
-    from orchestrator import cluster
+    from cnnctl.orchestrator import cluster
 
     pids = cluster.down(state_dir or cluster.DEFAULT_STATE)
     typer.echo(f"stopped {len(pids)} node(s)" if pids else "no local cluster was up")

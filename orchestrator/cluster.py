@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from orchestrator.ray_security import ensure_private_token, keep_loopback, private_dir, write_private
+from cnnctl.orchestrator.ray_security import ensure_private_token, keep_loopback, private_dir, write_private
 
 DEFAULT_STATE = Path(os.environ.get("CNNCTL_CLUSTER_DIR", Path.home() / ".cnnctl" / "cluster"))
 # Ray's GCS, raylets and agents listen on loopback only when the node's address is exactly 127.0.0.1
@@ -92,7 +92,7 @@ def alive(pid: int) -> bool:
 
 
 # `ray start` and a driver's probe, each in a process of its own that keeps loopback addresses as given.
-_KEEP_LOOPBACK = "from orchestrator.ray_security import keep_loopback; keep_loopback();"
+_KEEP_LOOPBACK = "from cnnctl.orchestrator.ray_security import keep_loopback; keep_loopback();"
 _RAY_CLI = _KEEP_LOOPBACK + "from ray.scripts.scripts import main; main()"
 _PROBE = (_KEEP_LOOPBACK + "import ray, sys;"
           "ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2], logging_level='ERROR');"

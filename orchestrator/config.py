@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from models.layout import Net
-from orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig, ParallelConfig,
+from cnnctl.models.layout import Net
+from cnnctl.orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig, ParallelConfig,
                                           RunConfig, RunSection, ScheduleConfig, TuneConfig)
-from orchestrator.yaml_tree import ConfigError, deep_merge, format_errors, load_yaml, nest, parse_assignments, scalar
+from cnnctl.orchestrator.yaml_tree import ConfigError, deep_merge, format_errors, load_yaml, nest, parse_assignments, scalar
 
 __all__ = ["CONFIGS_DIR", "ConfigError", "DataConfig", "EvalConfig", "LRNConfig", "ModelConfig", "OptimConfig",
            "ParallelConfig", "RunConfig", "RunSection", "ScheduleConfig", "TuneConfig", "check", "model_problems",
@@ -29,12 +29,12 @@ __all__ = ["CONFIGS_DIR", "ConfigError", "DataConfig", "EvalConfig", "LRNConfig"
 
 def _configs_dir() -> Traversable:
     """The presets folder: configs/ of the source checkout these modules run from (PYTHONPATH, an
-    editable install), else the package data ``orchestrator.configs`` that a wheel installs
+    editable install), else the package data ``cnnctl.orchestrator.configs`` that a wheel installs
     (pyproject.toml maps configs/ there), through importlib.resources."""
     checkout = Path(__file__).resolve().parent.parent
     if (checkout / "pyproject.toml").is_file() and (checkout / "configs").is_dir():
         return checkout / "configs"
-    return resources.files("orchestrator.configs")
+    return resources.files("cnnctl.orchestrator.configs")
 
 
 CONFIGS_DIR = _configs_dir()
@@ -114,7 +114,7 @@ def check(cfg: RunConfig) -> list[str]:
                         f"got {e.scales}")
     t = cfg.tune
     if t.scheduler == "pbt" and t.pbt_lrn and not bad_model:
-        from models import catalog
+        from cnnctl.models import catalog
 
         if "lrn" not in catalog.ACCEPTS[catalog.resolve(cfg.model.name)]:
             problems.append(f"tune.pbt_lrn: {catalog.resolve(cfg.model.name)} has no LRN for PBT to mutate")
@@ -131,7 +131,7 @@ def check(cfg: RunConfig) -> list[str]:
 
 def net(m: ModelConfig) -> Net:
     """What the layout's rules need of the model, from models.catalog (without torch)."""
-    from models import catalog
+    from cnnctl.models import catalog
 
     name = catalog.resolve(m.name)
     alexnet = catalog.family(name) == "alexnet"
@@ -140,7 +140,7 @@ def net(m: ModelConfig) -> Net:
 
 def model_problems(m: ModelConfig) -> list[str]:
     """One line per model field that the named model does not take (checked without torch)."""
-    from models import catalog
+    from cnnctl.models import catalog
 
     try:
         name = catalog.resolve(m.name)

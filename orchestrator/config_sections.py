@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from models.layout import Layout
+from cnnctl.models.layout import Layout
 
 
 class _Section(BaseModel):

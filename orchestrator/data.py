@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.config import DataConfig, RunConfig
-from shards import decoders
-from shards import manifest as mf
-from shards.reader import ShardStream, Split, loader
-from shards.stages import bad_sample_policy
-from shards.transforms import AlexNetCrop, CenterCrop, CropFlip, Full, ScaleJitter, TenCrop, Transform
+from cnnctl.orchestrator.config import DataConfig, RunConfig
+from cnnctl.shards import decoders
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.reader import ShardStream, Split, loader
+from cnnctl.shards.stages import bad_sample_policy
+from cnnctl.shards.transforms import AlexNetCrop, CenterCrop, CropFlip, Full, ScaleJitter, TenCrop, Transform
 
 TTA = ("center", "ten-crop", "dense")
 

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 
-from shards import location as loc
+from cnnctl.shards import location as loc
 
 NUMERIC = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec", "epoch_time_s",
            "train_cpu_s_per_image")

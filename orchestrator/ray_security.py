@@ -12,7 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
-from shards import location as loc
+from cnnctl.shards import location as loc
 
 _LOCALHOST = {"127.0.0.1", "localhost", "::1"}
 

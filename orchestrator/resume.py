@@ -18,8 +18,8 @@ import random
 import numpy as np
 import torch
 
-from orchestrator import checkpoint as ckpt
-from orchestrator.config import RunConfig
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.config import RunConfig
 
 LAYOUT_FIELDS = {"dp": "parallel (dp)", "mp": "parallel.mp", "fc": "parallel.fc_group (OWT)",
                  "loader_workers": "data.loader_workers", "batch_size": "data.batch_size", "seed": "run.seed",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from orchestrator.config import RunConfig
+from cnnctl.orchestrator.config import RunConfig
 
 
 def peak_lr(cfg: RunConfig) -> float:

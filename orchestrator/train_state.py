@@ -24,8 +24,8 @@ from typing import Protocol
 
 import torch
 
-from orchestrator import resume
-from orchestrator.config import RunConfig
+from cnnctl.orchestrator import resume
+from cnnctl.orchestrator.config import RunConfig
 
 
 class Stateful(Protocol):

@@ -16,21 +16,21 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from models.parallel import (Mesh, apply_compile, apply_data_parallel, apply_fc_split, apply_tower_split,
+from cnnctl.models.parallel import (Mesh, apply_compile, apply_data_parallel, apply_fc_split, apply_tower_split,
                              canonical_optimizer_state, canonical_state_dict, load_canonical_optimizer, unwrap)
-from orchestrator import checkpoint as ckpt
-from orchestrator import train_state
-from orchestrator.config import RunConfig
-from orchestrator.console_events import WorkerConsole
-from orchestrator.data import eval_stream, make_loader, mean_image, train_stream
-from orchestrator.device_batch import device_batch
-from orchestrator.metrics import MetricsLog, tree_cpu_seconds
-from orchestrator.modeling import build_model, evaluate, initialise, summarize
-from orchestrator.schedule import Plateau, lr_at
-from orchestrator.train_state import EpochTotals, ProcessRNG
-from shards import location as loc
-from shards.position import DIGEST_MOD
-from shards.reader import Split
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator import train_state
+from cnnctl.orchestrator.config import RunConfig
+from cnnctl.orchestrator.console_events import WorkerConsole
+from cnnctl.orchestrator.data import eval_stream, make_loader, mean_image, train_stream
+from cnnctl.orchestrator.device_batch import device_batch
+from cnnctl.orchestrator.metrics import MetricsLog, tree_cpu_seconds
+from cnnctl.orchestrator.modeling import build_model, evaluate, initialise, summarize
+from cnnctl.orchestrator.schedule import Plateau, lr_at
+from cnnctl.orchestrator.train_state import EpochTotals, ProcessRNG
+from cnnctl.shards import location as loc
+from cnnctl.shards.position import DIGEST_MOD
+from cnnctl.shards.reader import Split
 
 Report = Callable[[dict, str | None], None]  # (metrics, checkpoint folder or None)
 CLOCK_EVERY = 20  # steps between looks at the clock for run.checkpoint_minutes (a broadcast from rank 0)

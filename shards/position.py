@@ -17,7 +17,7 @@ import hashlib
 import multiprocessing
 from dataclasses import asdict, dataclass
 
-from shards.batching import PREFETCH
+from cnnctl.shards.batching import PREFETCH
 
 MAX_WORKERS = 64  # DataLoader workers per stream that positions are kept for
 SLOTS = 2 * PREFETCH + 4  # batches a worker may run ahead of the trainer, and then some

@@ -26,13 +26,13 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards import manifest as mf
-from shards import stages
-from shards.batching import RING_SHARE, Batch, Ring, prefetch, ring_budget, ring_size
-from shards.position import DIGEST_MOD, Progress, ReaderPosition, key_hash, sample_seed
-from shards.shard_tar import BadSample, Sample
-from shards.stages import BadSampleHandler, Split, Unit, raise_bad
-from shards.transforms import Transform
+from cnnctl.shards import manifest as mf
+from cnnctl.shards import stages
+from cnnctl.shards.batching import RING_SHARE, Batch, Ring, prefetch, ring_budget, ring_size
+from cnnctl.shards.position import DIGEST_MOD, Progress, ReaderPosition, key_hash, sample_seed
+from cnnctl.shards.shard_tar import BadSample, Sample
+from cnnctl.shards.stages import BadSampleHandler, Split, Unit, raise_bad
+from cnnctl.shards.transforms import Transform
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ land beside the run, as a local run's do."""
 
 import os
 
-from orchestrator.metrics import MetricsLog, read
+from cnnctl.orchestrator.metrics import MetricsLog, read
 
 
 def scalars(folder) -> dict[str, list[tuple[int, float]]]:
