@@ -18,9 +18,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from cnnctl.models.layout import Net
-from cnnctl.orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig, ParallelConfig,
-                                          RunConfig, RunSection, ScheduleConfig, TuneConfig)
-from cnnctl.orchestrator.yaml_tree import ConfigError, deep_merge, format_errors, load_yaml, nest, parse_assignments, scalar
+from cnnctl.orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig,
+                                                 ParallelConfig, RunConfig, RunSection, ScheduleConfig, TuneConfig)
+from cnnctl.orchestrator.yaml_tree import (ConfigError, deep_merge, format_errors, load_yaml, nest, parse_assignments,
+                                           scalar)
 
 __all__ = ["CONFIGS_DIR", "ConfigError", "DataConfig", "EvalConfig", "LRNConfig", "ModelConfig", "OptimConfig",
            "ParallelConfig", "RunConfig", "RunSection", "ScheduleConfig", "TuneConfig", "check", "model_problems",

@@ -68,7 +68,8 @@ def graph() -> dict[str, set[str]]:
 
 def test_the_packages_are_imported_through_the_cnnctl_namespace():
     """`import models` would find a user's own package first (cnnctl/__init__.py)."""
-    files = [p for d in ("orchestrator", "models", "shards", "bench", "tests") for p in sorted((ROOT / d).rglob("*.py"))]
+    folders = ("orchestrator", "models", "shards", "bench", "tests")
+    files = [p for d in folders for p in sorted((ROOT / d).rglob("*.py"))]
     found = []
     for path in files:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
