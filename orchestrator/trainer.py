@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from cnnctl.models.parallel import (Mesh, apply_compile, apply_data_parallel, apply_fc_split, apply_tower_split,
-                             canonical_optimizer_state, canonical_state_dict, load_canonical_optimizer, unwrap)
+                                    canonical_optimizer_state, canonical_state_dict, load_canonical_optimizer, unwrap)
 from cnnctl.orchestrator import checkpoint as ckpt
 from cnnctl.orchestrator import train_state
 from cnnctl.orchestrator.config import RunConfig

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from cnnctl.models.alexnet import alexnet_small
 from cnnctl.models.parallel import (Mesh, apply_compile, apply_fc_split, apply_tower_split, canonical_names,
-                             canonical_state_dict)
+                                    canonical_state_dict)
 from cnnctl.orchestrator.local_ranks import run_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]  # inductor compiles, gloo process groups
