@@ -18,9 +18,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from cnnctl.models.layout import Net
-from cnnctl.orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig, ParallelConfig,
-                                                 RunConfig, RunSection, ScheduleConfig, TuneConfig)
-from cnnctl.orchestrator.yaml_tree import ConfigError, deep_merge, format_errors, load_yaml, nest, parse_assignments, scalar
+from cnnctl.orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig,
+                                                 ParallelConfig, RunConfig, RunSection, ScheduleConfig, TuneConfig)
+from cnnctl.orchestrator.yaml_tree import (ConfigError, deep_merge, format_errors, load_yaml, nest, parse_assignments,
+                                           scalar)
 
 __all__ = ["CONFIGS_DIR", "ConfigError", "DataConfig", "EvalConfig", "LRNConfig", "ModelConfig", "OptimConfig",
            "ParallelConfig", "RunConfig", "RunSection", "ScheduleConfig", "TuneConfig", "check", "model_problems",
@@ -29,7 +30,7 @@ __all__ = ["CONFIGS_DIR", "ConfigError", "DataConfig", "EvalConfig", "LRNConfig"
 
 def _configs_dir() -> Traversable:
     """The presets folder: configs/ of the source checkout these modules run from (PYTHONPATH, an
-    editable install), else the package data ``orchestrator.configs`` that a wheel installs
+    editable install), else the package data ``cnnctl.orchestrator.configs`` that a wheel installs
     (pyproject.toml maps configs/ there), through importlib.resources."""
     checkout = Path(__file__).resolve().parent.parent
     if (checkout / "pyproject.toml").is_file() and (checkout / "configs").is_dir():
