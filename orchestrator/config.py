@@ -104,6 +104,9 @@ def check(cfg: RunConfig) -> list[str]:
     """Cross-field rules that single fields cannot express (the layout's are models/layout.py's)."""
     bad_model = model_problems(cfg.model)
     problems = cfg.parallel.layout.problems(cfg.data.batch_size, None if bad_model else net(cfg.model))
+    if (whole := cfg.data.global_batch) and whole % cfg.data.batch_size:
+        problems.append(f"data.global_batch: {whole} is not a whole number of batches of data.batch_size "
+                        f"{cfg.data.batch_size}")
     if cfg.model.lrn is not None and cfg.model.lrn.n % 2 == 0:
         problems.append(f"model.lrn.n: must be odd (the window is centred), got {cfg.model.lrn.n}")
     problems += bad_model
