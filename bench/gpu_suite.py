@@ -76,6 +76,11 @@ def build_shards(tmp: Path, sizes: Sizes, cores: int) -> Path:
     return dest
 
 
+def num(v: float) -> str:
+    """10,140 rather than 1.01e+04; three significant digits below 100."""
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| section | figure | value, median [min-max] | baseline | ratio |", "|---|---|---|---|---|"]
     for r in rows:
@@ -83,8 +88,8 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['group']} | {r['name']} | skipped: {r['skipped']} | | |")
             continue
         lo, hi = r["spread"]
-        value = f"{r['value']:,.3g} {r['unit']} [{lo:,.3g}-{hi:,.3g}]"
-        base = f"{r['baseline']}: {r['baseline_value']:,.3g}" if r["baseline"] else "(the baseline)"
+        value = f"{num(r['value'])} {r['unit']} [{num(lo)}-{num(hi)}]"
+        base = f"{r['baseline']}: {num(r['baseline_value'])}" if r["baseline"] else "(the baseline)"
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
         note = f" ({r['note']})" if r["note"] else ""
         lines.append(f"| {r['group']} | {r['name']}{note} | {value} | {base} | {ratio} |")
@@ -94,7 +99,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=sorted(SIZES), default="cuda", help="cpu: the dry form, tiny sizes")
-    ap.add_argument("--images", type=int, help="training split's images (cuda: 4800, as the README's figure)")
+    ap.add_argument("--images", type=int, help="training split's images (cuda: 4800, as docs/training.md's figure)")
     ap.add_argument("--workers", type=lambda v: [int(w) for w in v.split(",")],
                     help="loader worker counts swept per decoder (cuda: 4,8,14)")
     ap.add_argument("--rounds", type=int, help="rounds per figure (cuda: 3)")

@@ -63,7 +63,7 @@ def train_rows(sizes: Sizes, shards: Path, runs: Path, cores: int, ceiling: list
         runs_by = {w: train_once(sizes, shards, runs, cores, decoder, w) for w in sizes.loader_workers}
         best = max(runs_by, key=lambda w: statistics.median(runs_by[w][0]))
         swept = ", ".join(f"{w}: {statistics.median(r):,.0f}" for w, (r, _) in runs_by.items())
-        note = (f"{best} loader workers (swept img/s {swept}); {runs_by[best][1] * 1e3:.3f} ms CPU per image; "
+        note = (f"{best} loader worker(s) (swept img/s {swept}); {runs_by[best][1] * 1e3:.3f} ms CPU per image; "
                 f"alexnet {PRECISION} channels_last, batch {sizes.train_batch}")
         if worker_side is None:
             row = figure("train", name, runs_by[best][0], "img/s", "synthetic step (the GPU's ceiling)", ceiling, note)
