@@ -54,7 +54,8 @@ def train_stream(cfg: RunConfig, split: Split, side: int | None = None) -> Shard
     stream = ShardStream(url, split, d.batch_size // split.dp_size, transform,
                          train=True, seed=cfg.run.seed, limit=d.limit, shuffle_buffer=d.shuffle_buffer,
                          on_bad=bad_sample_policy(d.on_bad_sample), frame=side if transform.windowed else None,
-                         num_classes=cfg.model.num_classes)
+                         num_classes=cfg.model.num_classes,
+                         accumulate=(d.global_batch or d.batch_size) // d.batch_size)  # orchestrator/elastic.py
     stream.windowed = decoders.windowed(d.decoder, transform, url, stream.manifest)
     return stream
 
