@@ -51,9 +51,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import models  # noqa: E402
-from models.parallel import Mesh, apply_data_parallel, apply_fc_split, apply_tower_split, unwrap  # noqa: E402
-from orchestrator.local_ranks import run_local  # noqa: E402
+from cnnctl import models  # noqa: E402
+from cnnctl.models.parallel import Mesh, apply_data_parallel, apply_fc_split, apply_tower_split, unwrap  # noqa: E402
+from cnnctl.orchestrator.local_ranks import run_local  # noqa: E402
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast")
 LAYOUTS = {  # name: (model, mp, OWT groups (0: none), grad_compression, bf16 autocast)

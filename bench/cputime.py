@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, when run as a script
 
-from orchestrator.metrics import tree_cpu_seconds  # noqa: E402  (the project's one /proc reader)
+from cnnctl.orchestrator.metrics import tree_cpu_seconds  # noqa: E402  (the project's one /proc reader)
 
 
 class CpuTimer:

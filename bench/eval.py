@@ -33,16 +33,16 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import models  # noqa: E402
+from cnnctl import models  # noqa: E402
 from cputime import Rounds  # noqa: E402  (bench/cputime.py)
-from orchestrator import checkpoint as ckpt  # noqa: E402
-from orchestrator import eval_ray  # noqa: E402
-from orchestrator.cluster import connect  # noqa: E402
-from orchestrator.config import resolve  # noqa: E402
-from orchestrator.evaluate import eval_part, plan_eval  # noqa: E402
-from orchestrator.shard_config import ShardConfig  # noqa: E402
-from orchestrator.sharding import run_pack  # noqa: E402
-from shards.reader import Split  # noqa: E402
+from cnnctl.orchestrator import checkpoint as ckpt  # noqa: E402
+from cnnctl.orchestrator import eval_ray  # noqa: E402
+from cnnctl.orchestrator.cluster import connect  # noqa: E402
+from cnnctl.orchestrator.config import resolve  # noqa: E402
+from cnnctl.orchestrator.evaluate import eval_part, plan_eval  # noqa: E402
+from cnnctl.orchestrator.shard_config import ShardConfig  # noqa: E402
+from cnnctl.orchestrator.sharding import run_pack  # noqa: E402
+from cnnctl.shards.reader import Split  # noqa: E402
 
 
 def setup(tmp: Path, images: int) -> str:

@@ -58,13 +58,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from shards import codec, decoders, reader
-from shards import manifest as mf
-from shards.batching import shared_memory_bytes
-from shards.layouts import class_folders
-from shards.reader import ShardStream, Split, loader
-from shards.transforms import AlexNetCrop, ScaleJitter
-from shards.writer import PackOptions, pack
+from cnnctl.shards import codec, decoders, reader
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.batching import shared_memory_bytes
+from cnnctl.shards.layouts import class_folders
+from cnnctl.shards.reader import ShardStream, Split, loader
+from cnnctl.shards.transforms import AlexNetCrop, ScaleJitter
+from cnnctl.shards.writer import PackOptions, pack
 from cputime import Rounds  # bench/cputime.py
 from shard import build_corpus  # bench/shard.py (this folder): the same ImageNet-like corpus
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from models.lrn import PAPER, lrn, to_torch  # noqa: E402
+from cnnctl.models.lrn import PAPER, lrn, to_torch  # noqa: E402
 
 
 def fwd_bwd_ms(candidates: dict, x: torch.Tensor, grad: torch.Tensor, repeat: int) -> dict[str, float]:

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shards.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist
-from shards.listing import Record
-from shards.sources import TRAIN_TAR
+from cnnctl.shards.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist
+from cnnctl.shards.listing import Record
+from cnnctl.shards.sources import TRAIN_TAR
 
 QUALITY = 90
 SOLUTION, MAPPING = "LOC_val_solution.csv", "LOC_synset_mapping.txt"

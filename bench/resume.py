@@ -52,8 +52,8 @@ def spread(values: list[float], unit: str, scale: float = 1.0) -> str:
 
 def reader(url: str):
     """The one training reader every figure-1 contender uses: AlexNet crops, batches of 128."""
-    from shards.reader import ShardStream, Split
-    from shards.transforms import AlexNetCrop
+    from cnnctl.shards.reader import ShardStream, Split
+    from cnnctl.shards.transforms import AlexNetCrop
 
     return ShardStream(url, Split(), 128, AlexNetCrop(227), train=True, seed=1)
 
@@ -61,7 +61,7 @@ def reader(url: str):
 def first_batch(url: str, cut: int, positions) -> tuple[float, float, object]:
     """(wall s, CPU s, first batch) of a fresh reader to the batch after ``cut`` steps: resumed at
     ``positions``, or (None) reading and decoding its way there."""
-    from shards.reader import loader
+    from cnnctl.shards.reader import loader
 
     stream = reader(url)
     with CpuTimer() as t:
@@ -77,7 +77,7 @@ def first_batch(url: str, cut: int, positions) -> tuple[float, float, object]:
 
 
 def restart(args, url: str) -> None:
-    from shards.reader import loader
+    from cnnctl.shards.reader import loader
 
     stream = reader(url)
     cut = int(len(stream) * args.cut)
@@ -101,7 +101,7 @@ def restart(args, url: str) -> None:
         print(f"   {'':<22} CPU  {spread([c for _, c in runs], 's')}")
     ratios = [n[1] / r[1] for r, n in zip(way["resumed (positions)"], way["decode the skipped"])]
     print(f"   decode the skipped / resumed, CPU-seconds: {spread(ratios, 'x')}")
-    from shards import stages
+    from cnnctl.shards import stages
 
     for readers in (1, 16):
         length = IMAGENET // readers
@@ -123,10 +123,10 @@ def stall_loop(config: dict) -> None:
     import ray.train
     import torch
 
-    import models
-    from orchestrator import checkpoint as ckpt
-    from orchestrator.config import RunConfig
-    from orchestrator.train import ray_report
+    from cnnctl import models
+    from cnnctl.orchestrator import checkpoint as ckpt
+    from cnnctl.orchestrator.config import RunConfig
+    from cnnctl.orchestrator.train import ray_report
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -192,7 +192,7 @@ def stall(args) -> None:
         s3fs.S3FileSystem().mkdir("bench")
         import ray
 
-        from orchestrator.ray_workers import torch_trainer
+        from cnnctl.orchestrator.ray_workers import torch_trainer
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         import ray.train
@@ -242,9 +242,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     if args.only in (None, "restart"):
-        from shards import manifest as mf
-        from shards.layouts import class_folders
-        from shards.writer import PackOptions, pack
+        from cnnctl.shards import manifest as mf
+        from cnnctl.shards.layouts import class_folders
+        from cnnctl.shards.writer import PackOptions, pack
 
         with tempfile.TemporaryDirectory() as tmp:
             root, dest = Path(tmp, "corpus"), Path(tmp, "shards")

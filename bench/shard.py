@@ -30,10 +30,10 @@ from PIL import Image
 from skimage import data as photos
 
 from cputime import Rounds  # bench/cputime.py
-from shards import codec
-from shards.sources import open_source
-from shards import writer
-from shards.writer import PackOptions, pack
+from cnnctl.shards import codec
+from cnnctl.shards.sources import open_source
+from cnnctl.shards import writer
+from cnnctl.shards.writer import PackOptions, pack
 
 SHORT = 256
 IMAGENET_STATS_FRACTION = writer.STATS_SAMPLE / 1_281_167

@@ -25,15 +25,15 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.cluster import connect  # noqa: E402
-from orchestrator.config import resolve  # noqa: E402
+from cnnctl.orchestrator.cluster import connect  # noqa: E402
+from cnnctl.orchestrator.config import resolve  # noqa: E402
 from cputime import CpuTimer  # noqa: E402  (bench/cputime.py)
-from orchestrator.data import make_loader, train_stream  # noqa: E402
-from orchestrator.device_batch import device_batch  # noqa: E402
-from orchestrator.metrics import read  # noqa: E402
-from orchestrator.modeling import build_model  # noqa: E402
-from orchestrator.train import fit, run_dir  # noqa: E402
-from shards.reader import Split  # noqa: E402
+from cnnctl.orchestrator.data import make_loader, train_stream  # noqa: E402
+from cnnctl.orchestrator.device_batch import device_batch  # noqa: E402
+from cnnctl.orchestrator.metrics import read  # noqa: E402
+from cnnctl.orchestrator.modeling import build_model  # noqa: E402
+from cnnctl.orchestrator.train import fit, run_dir  # noqa: E402
+from cnnctl.shards.reader import Split  # noqa: E402
 
 
 def config(args, name):

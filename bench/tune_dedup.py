@@ -27,12 +27,12 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from orchestrator.config import resolve  # noqa: E402
-from orchestrator.tune import plan as tune_plan  # noqa: E402
-from orchestrator.tune import space as search_space  # noqa: E402
-from orchestrator.tune.space import SearchSpace, effective_key  # noqa: E402
-from orchestrator.tune.spec import load_spec  # noqa: E402
-from orchestrator.tune.sweep import trial_cpus  # noqa: E402
+from cnnctl.orchestrator.config import resolve  # noqa: E402
+from cnnctl.orchestrator.tune import plan as tune_plan  # noqa: E402
+from cnnctl.orchestrator.tune import space as search_space  # noqa: E402
+from cnnctl.orchestrator.tune.space import SearchSpace, effective_key  # noqa: E402
+from cnnctl.orchestrator.tune.spec import load_spec  # noqa: E402
+from cnnctl.orchestrator.tune.sweep import trial_cpus  # noqa: E402
 
 SAMPLES = (4, 8, 16, 32, 64)
 SEEDS = 100

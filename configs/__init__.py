@@ -1,2 +1,2 @@
 """The presets and Tune search spaces as package data: a wheel installs this folder as
-``orchestrator.configs`` (pyproject.toml); orchestrator/config.py reads it with importlib.resources."""
+``cnnctl.orchestrator.configs`` (pyproject.toml); orchestrator/config.py reads it with importlib.resources."""

@@ -18,7 +18,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "alexnet-small": _alexnet.alexnet_small,
     **{f"vgg-{cfg.lower()}": (lambda cfg=cfg, **kw: _vgg.vgg(cfg, **kw)) for cfg in _vgg.CFGS},
 }
-assert tuple(_BUILDERS) == ALEXNETS + VGGS, "models.catalog lists every registered model"
+assert tuple(_BUILDERS) == ALEXNETS + VGGS, "cnnctl.models.catalog lists every registered model"
 assert set(_alexnet._INITS) == set(INITS["alexnet"]) and set(_vgg._INITS) == set(INITS["vgg"]), "and every init"
 
 

@@ -31,8 +31,8 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save_file
 
-from orchestrator.config import RunConfig, to_yaml
-from shards import location as loc
+from cnnctl.orchestrator.config import RunConfig, to_yaml
+from cnnctl.shards import location as loc
 
 MARKER = "COMPLETE"
 MEAN_IMAGE = "mean_image.npy"

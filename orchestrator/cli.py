@@ -10,15 +10,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from models import layout as layouts
-from orchestrator.cli_cluster import cluster_app
-from orchestrator.cli_common import ConfigFile, Preset, Sets, Verbose, resolve_options
-from orchestrator.cli_groups import fail
-from orchestrator.cli_shard import shard_app
-from orchestrator.config import to_yaml
-from orchestrator.preflight import PreflightError, preflight
-from orchestrator.tune.cli import tune_app
-from shards import location as loc
+from cnnctl.models import layout as layouts
+from cnnctl.orchestrator.cli_cluster import cluster_app
+from cnnctl.orchestrator.cli_common import ConfigFile, Preset, Sets, Verbose, resolve_options
+from cnnctl.orchestrator.cli_groups import fail
+from cnnctl.orchestrator.cli_shard import shard_app
+from cnnctl.orchestrator.config import to_yaml
+from cnnctl.orchestrator.preflight import PreflightError, preflight
+from cnnctl.orchestrator.tune.cli import tune_app
+from cnnctl.shards import location as loc
 
 app = typer.Typer(
     help="cnnctl: shard ImageNet-style data, then train and tune AlexNet and VGG on Ray.",
@@ -75,9 +75,9 @@ def train(
     if dry_run:
         typer.echo(to_yaml(cfg) + f"# cluster: {shape}")
         return
-    from orchestrator.console import short
-    from orchestrator.launch import TrainingFailed, watched_fit
-    from orchestrator.train import run_dir
+    from cnnctl.orchestrator.console import short
+    from cnnctl.orchestrator.launch import TrainingFailed, watched_fit
+    from cnnctl.orchestrator.train import run_dir
 
     typer.echo(f"training {cfg.model.name} on {cfg.data.root} | {shape} | run {run_dir(cfg)}")
     try:
@@ -142,7 +142,7 @@ def eval_(
     With --workers N (or --nodes/--workers-per-node, --gpus, --address) N Ray workers each evaluate
     an exact part of the split and the driver adds their sums: the same top-1 and top-5 as one
     process, the loss to rounding, with a progress bar (images, img/s, time left)."""
-    from orchestrator import eval_ray
+    from cnnctl.orchestrator import eval_ray
 
     try:
         qs = [int(q) for q in scales.split(",") if q.strip()] if scales else None
@@ -168,7 +168,7 @@ def eval_(
         return
     from rich.console import Console
 
-    from orchestrator.console import eval_table
+    from cnnctl.orchestrator.console import eval_table
 
     out = Console(highlight=False, soft_wrap=True)
     out.print(eval_table(result))
@@ -182,7 +182,7 @@ def models_(
 ) -> None:
     """Table of the registered models: parameters, GMACs at the native input size (measured with
     torch.utils.flop_counter), input size, towers, LRN."""
-    import models
+    from cnnctl import models
     from rich.console import Console
     from rich.table import Table
 
@@ -207,7 +207,7 @@ def report(
 ) -> None:
     """Draw loss, accuracy, learning rate and img/s against epoch as a PNG; several runs overlaid,
     the legend saying what differs between their configs."""
-    from orchestrator.report import plot_run, plot_runs
+    from cnnctl.orchestrator.report import plot_run, plot_runs
 
     unreachable = [line for run in runs if (line := loc.check_access(run, "run"))]
     if unreachable:
@@ -232,8 +232,8 @@ def runs_(
 
     from rich.console import Console
 
-    from orchestrator.console import runs_table
-    from orchestrator.runs import list_runs
+    from cnnctl.orchestrator.console import runs_table
+    from cnnctl.orchestrator.runs import list_runs
 
     if line := loc.check_access(storage, "STORAGE"):
         raise fail(line)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli_groups import fail
+from cnnctl.orchestrator.cli_groups import fail
 
 cluster_app = typer.Typer(
     help="A real multi-node Ray cluster on this machine (head + worker raylets, token auth, loopback).",
@@ -25,33 +25,40 @@ def cluster_up(
     nodes: Annotated[int, typer.Option(min=1, help="Ray nodes: one head plus nodes-1 worker raylets.")] = 2,
     cpus_per_node: Annotated[float, typer.Option(
         "--cpus-per-node", min=0.5, help="Logical CPUs each node offers.")] = 2,
+    dashboard: Annotated[bool, typer.Option(
+        "--dashboard", help="Also serve Ray's dashboard and jobs API (`ray job submit`) on 127.0.0.1.")] = False,
     state_dir: StateDir = None,
 ) -> None:
     """Start a local multi-node Ray cluster and print the address to pass to --address."""
-    from orchestrator import cluster
+    from cnnctl.orchestrator import cluster
 
     if not local:
         raise fail("only --local clusters are started by cnnctl; see deploy/ for the cluster launcher and KubeRay")
     try:
-        c = cluster.up_local(nodes, cpus_per_node, state_dir or cluster.DEFAULT_STATE)
+        c = cluster.up_local(nodes, cpus_per_node, state_dir or cluster.DEFAULT_STATE, dashboard=dashboard)
     except cluster.ClusterError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"cluster up: {c.nodes} nodes x {c.cpus_per_node:g} CPUs at {c.address} "
                f"(token auth on, token {c.token_path} mode 0600; every node listens on {cluster.LOOPBACK} only)")
     typer.echo(f"  cnnctl train --address {c.address} --nodes {c.nodes} ...")
     typer.echo(f"  other Ray clients: export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={c.token_path}")
+    if c.dashboard:
+        typer.echo(f"dashboard and jobs API at {c.dashboard}; submit a run as a Ray job:")
+        typer.echo(f"  RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={c.token_path} "
+                   f"ray job submit --address {c.dashboard} -- cnnctl train --nodes {c.nodes} ...")
 
 
 @cluster_app.command("status")
 def cluster_status(*, state_dir: StateDir = None) -> None:
     """Print the local cluster's address and whether its node processes are alive."""
-    from orchestrator import cluster
+    from cnnctl.orchestrator import cluster
 
     c = cluster.load(state_dir or cluster.DEFAULT_STATE)
     if c is None:
         raise fail("no local cluster is up (cnnctl cluster up --local)")
     alive = [cluster.node_alive(p, t) for p, t in c.processes()]
-    typer.echo(f"address {c.address}; nodes {sum(alive)}/{len(alive)} alive; token {c.token_path}")
+    dashboard = f"; dashboard {c.dashboard}" if c.dashboard else ""
+    typer.echo(f"address {c.address}; nodes {sum(alive)}/{len(alive)} alive; token {c.token_path}{dashboard}")
     if not all(alive):
         raise typer.Exit(1)
 
@@ -59,7 +66,7 @@ def cluster_status(*, state_dir: StateDir = None) -> None:
 @cluster_app.command("down")
 def cluster_down(*, state_dir: StateDir = None) -> None:
     """Stop the processes `cluster up` started (by their own pids)."""
-    from orchestrator import cluster
+    from cnnctl.orchestrator import cluster
 
     pids = cluster.down(state_dir or cluster.DEFAULT_STATE)
     typer.echo(f"stopped {len(pids)} node(s)" if pids else "no local cluster was up")

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli_groups import fail
-from orchestrator.config import ConfigError, RunConfig, resolve
+from cnnctl.orchestrator.cli_groups import fail
+from cnnctl.orchestrator.config import ConfigError, RunConfig, resolve
 
 Preset = Annotated[Optional[str], typer.Option(
     "--preset", help="Preset from configs/ (e.g. demo-fashion), applied before --config.")]

@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli_groups import default_command, fail
-from orchestrator.config import ConfigError
-from orchestrator.shard_config import describe, resolve_shard
-from shards import location as loc
+from cnnctl.orchestrator.cli_groups import default_command, fail
+from cnnctl.orchestrator.config import ConfigError
+from cnnctl.orchestrator.shard_config import describe, resolve_shard
+from cnnctl.shards import location as loc
 
 shard_app = typer.Typer(
     cls=default_command("pack"), no_args_is_help=True,
@@ -58,7 +58,7 @@ def shard(
                                           "options; read no image, start nothing, write nothing.")] = False,
 ) -> None:
     """Pack a dataset into WebDataset tar shards plus a manifest per split (written last)."""
-    from orchestrator.sharding import pack_plan, run_pack
+    from cnnctl.orchestrator.sharding import pack_plan, run_pack
 
     flags = {"source": source, "dest": dest, "layout": layout, "splits": split or None, "labels": labels,
              "synsets": synsets, "prefix": prefix, "image_format": image_format, "resize": resize,
@@ -87,7 +87,7 @@ def shard_verify(
     """Re-read every shard: tar integrity, sha256 and counts against the manifest, unique keys, labels in range."""
     from rich.console import Console
 
-    from orchestrator.sharding import run_verify
+    from cnnctl.orchestrator.sharding import run_verify
 
     if line := loc.check_access(url, "URL"):
         raise fail(line)
@@ -106,7 +106,7 @@ def shard_info(
     """Print a summary table of the packed splits: samples, shards, size, classes, rejected inputs, options."""
     from rich.console import Console
 
-    from orchestrator.sharding import info_table
+    from cnnctl.orchestrator.sharding import info_table
 
     if line := loc.check_access(url, "URL"):
         raise fail(line)

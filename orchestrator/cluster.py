@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from orchestrator.ray_security import ensure_private_token, keep_loopback, private_dir, write_private
+from cnnctl.orchestrator.ray_security import ensure_private_token, keep_loopback, private_dir, write_private
 
 DEFAULT_STATE = Path(os.environ.get("CNNCTL_CLUSTER_DIR", Path.home() / ".cnnctl" / "cluster"))
 # Ray's GCS, raylets and agents listen on loopback only when the node's address is exactly 127.0.0.1
@@ -46,6 +46,7 @@ class LocalCluster:
     cpus_per_node: float
     # each pid's start time (`start_time`): `down` signals a pid only while it is still that process
     started: list[int] = field(default_factory=list)
+    dashboard: str | None = None  # the head's dashboard and jobs API (`up --dashboard`), on loopback
 
     def env(self) -> dict[str, str]:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
@@ -92,8 +93,10 @@ def alive(pid: int) -> bool:
 
 
 # `ray start` and a driver's probe, each in a process of its own that keeps loopback addresses as given.
-_KEEP_LOOPBACK = "from orchestrator.ray_security import keep_loopback; keep_loopback();"
+_KEEP_LOOPBACK = "from cnnctl.orchestrator.ray_security import keep_loopback; keep_loopback();"
 _RAY_CLI = _KEEP_LOOPBACK + "from ray.scripts.scripts import main; main()"
+# With the dashboard, the processes the nodes start join at 127.0.0.1 too (`ray job submit`'s drivers).
+_RAY_CLI_BELOW = _RAY_CLI.replace("keep_loopback", "keep_loopback_below")
 _PROBE = (_KEEP_LOOPBACK + "import ray, sys;"
           "ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2], logging_level='ERROR');"
           "print(sum(n['Alive'] for n in ray.nodes()))")
@@ -112,8 +115,9 @@ def _wait_for_nodes(address: str, env: dict, count: int, timeout: float) -> None
 
 
 def up_local(nodes: int, cpus_per_node: float, state_dir: Path = DEFAULT_STATE,
-             timeout: float = 90) -> LocalCluster:
-    """Start ``nodes`` Ray nodes on 127.0.0.1, each listening there only, with one 0600 token."""
+             timeout: float = 90, dashboard: bool = False) -> LocalCluster:
+    """Start ``nodes`` Ray nodes on 127.0.0.1, each listening there only, with one 0600 token; with
+    ``dashboard``, the head also serves Ray's dashboard and jobs API (`ray job submit`) there."""
     state_dir = Path(state_dir)
     existing = load(state_dir)
     if existing and any(node_alive(p, t) for p, t in existing.processes()):
@@ -125,19 +129,30 @@ def up_local(nodes: int, cpus_per_node: float, state_dir: Path = DEFAULT_STATE,
     temp_dir = Path("/tmp") / f"cnnctl-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
     port = free_port(LOOPBACK)
     cluster = LocalCluster(f"{LOOPBACK}:{port}", str(token_path), str(temp_dir), [], nodes, cpus_per_node)
+    # the head's Ray Client server on a free port too (its fixed default would clash with another cluster's)
+    head = ["--head", f"--port={port}", f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port(LOOPBACK)}",
+            "--include-dashboard=false"]
+    if dashboard:
+        dashboard_port = free_port(LOOPBACK)
+        cluster.dashboard = f"http://{LOOPBACK}:{dashboard_port}"
+        head[-1:] = ["--include-dashboard=true", f"--dashboard-host={LOOPBACK}", f"--dashboard-port={dashboard_port}"]
     # Nothing preempts nodes on this machine: Train's preemption watcher (an actor per run, which
     # also logs an error line about its constructor arguments) only costs start-up time.
     env = {**os.environ, **cluster.env(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    # The head's metrics servers (autoscaler, dashboard) on free ports: Ray's fixed ones clash between clusters.
+    env |= {name: str(free_port(LOOPBACK)) for name in ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")}
     common = ["--block", f"--node-ip-address={LOOPBACK}", f"--num-cpus={cpus_per_node:g}", "--num-gpus=0",
               "--disable-usage-stats"]
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
     try:
         for i in range(nodes):
-            head = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"]
-            role = head if i == 0 else [f"--address={cluster.address}"]
+            # each node's dashboard agent on a port of its own (Ray's fixed default would clash)
+            agent = [f"--dashboard-agent-listen-port={free_port(LOOPBACK)}"]
+            role = (head if i == 0 else [f"--address={cluster.address}"]) + agent
             resources = f"--resources={json.dumps({NODE_RESOURCE.format(i): 1})}"
-            cmd = [sys.executable, "-c", _RAY_CLI, "start", *role, *common, resources]
+            cli = _RAY_CLI_BELOW if dashboard else _RAY_CLI
+            cmd = [sys.executable, "-c", cli, "start", *role, *common, resources]
             with open(logs / f"node-{i}.log", "w") as log:
                 proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             cluster.pids.append(proc.pid)
@@ -193,6 +208,10 @@ def connect(address: str | None, cpus_needed: float = 0, state_dir: Path = DEFAU
     `cnnctl cluster up --local` started picks up its auth token. Ray's own INFO lines (and its
     token-auth notice) are shown with ``verbose`` only; its warnings and errors always are.
     """
+    # A Ray job's driver (`ray job submit -- cnnctl train ...`) joins the cluster its RAY_ADDRESS names
+    # (a GCS address; a dashboard URL there is for Ray's job client, and left to Ray as before).
+    env_address = os.environ.get("RAY_ADDRESS", "")
+    address = address or (env_address if env_address and "://" not in env_address else None)
     local = load(state_dir) if address else None
     if local and address in (local.address, "auto"):
         # Ray reads RAY_AUTH_MODE when it is imported: set the token before the import, and make an

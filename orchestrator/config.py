@@ -17,10 +17,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from models.layout import Net
-from orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig, ParallelConfig,
-                                          RunConfig, RunSection, ScheduleConfig, TuneConfig)
-from orchestrator.yaml_tree import ConfigError, deep_merge, format_errors, load_yaml, nest, parse_assignments, scalar
+from cnnctl.models.layout import Net
+from cnnctl.orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig,
+                                                 ParallelConfig, RunConfig, RunSection, ScheduleConfig, TuneConfig)
+from cnnctl.orchestrator.yaml_tree import (ConfigError, deep_merge, format_errors, load_yaml, nest, parse_assignments,
+                                           scalar)
 
 __all__ = ["CONFIGS_DIR", "ConfigError", "DataConfig", "EvalConfig", "LRNConfig", "ModelConfig", "OptimConfig",
            "ParallelConfig", "RunConfig", "RunSection", "ScheduleConfig", "TuneConfig", "check", "model_problems",
@@ -29,12 +30,12 @@ __all__ = ["CONFIGS_DIR", "ConfigError", "DataConfig", "EvalConfig", "LRNConfig"
 
 def _configs_dir() -> Traversable:
     """The presets folder: configs/ of the source checkout these modules run from (PYTHONPATH, an
-    editable install), else the package data ``orchestrator.configs`` that a wheel installs
+    editable install), else the package data ``cnnctl.orchestrator.configs`` that a wheel installs
     (pyproject.toml maps configs/ there), through importlib.resources."""
     checkout = Path(__file__).resolve().parent.parent
     if (checkout / "pyproject.toml").is_file() and (checkout / "configs").is_dir():
         return checkout / "configs"
-    return resources.files("orchestrator.configs")
+    return resources.files("cnnctl.orchestrator.configs")
 
 
 CONFIGS_DIR = _configs_dir()
@@ -103,6 +104,9 @@ def check(cfg: RunConfig) -> list[str]:
     """Cross-field rules that single fields cannot express (the layout's are models/layout.py's)."""
     bad_model = model_problems(cfg.model)
     problems = cfg.parallel.layout.problems(cfg.data.batch_size, None if bad_model else net(cfg.model))
+    if (whole := cfg.data.global_batch) and whole % cfg.data.batch_size:
+        problems.append(f"data.global_batch: {whole} is not a whole number of batches of data.batch_size "
+                        f"{cfg.data.batch_size}")
     if cfg.model.lrn is not None and cfg.model.lrn.n % 2 == 0:
         problems.append(f"model.lrn.n: must be odd (the window is centred), got {cfg.model.lrn.n}")
     problems += bad_model
@@ -114,7 +118,7 @@ def check(cfg: RunConfig) -> list[str]:
                         f"got {e.scales}")
     t = cfg.tune
     if t.scheduler == "pbt" and t.pbt_lrn and not bad_model:
-        from models import catalog
+        from cnnctl.models import catalog
 
         if "lrn" not in catalog.ACCEPTS[catalog.resolve(cfg.model.name)]:
             problems.append(f"tune.pbt_lrn: {catalog.resolve(cfg.model.name)} has no LRN for PBT to mutate")
@@ -131,7 +135,7 @@ def check(cfg: RunConfig) -> list[str]:
 
 def net(m: ModelConfig) -> Net:
     """What the layout's rules need of the model, from models.catalog (without torch)."""
-    from models import catalog
+    from cnnctl.models import catalog
 
     name = catalog.resolve(m.name)
     alexnet = catalog.family(name) == "alexnet"
@@ -140,7 +144,7 @@ def net(m: ModelConfig) -> Net:
 
 def model_problems(m: ModelConfig) -> list[str]:
     """One line per model field that the named model does not take (checked without torch)."""
-    from models import catalog
+    from cnnctl.models import catalog
 
     try:
         name = catalog.resolve(m.name)

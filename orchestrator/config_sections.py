@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from models.layout import Layout
+from cnnctl.models.layout import Layout
 
 
 class _Section(BaseModel):
@@ -22,6 +22,9 @@ class DataConfig(_Section):
     train_split: str = Field("train", description="Split used for training.")
     val_split: str = Field("test", description="Split evaluated after every epoch (Fashion-MNIST has only train/test).")
     batch_size: int = Field(128, gt=0, description="Global batch size; each data-parallel rank takes batch_size / dp.")
+    global_batch: int | None = Field(None, gt=0, description=(
+        "Samples per optimiser step, fixed when the run starts (default batch_size): each rank accumulates "
+        "gradients over global_batch / batch_size batches (a resume at a smaller dp keeps it; docs/resume.md)."))
     image_size: int = Field(28, gt=0, description="Side of the square crop fed to the model.")
     augment: Literal["none", "crop-flip", "alexnet", "vgg"] = Field("crop-flip", description=(
         "Train augmentation: none (centre crop); crop-flip (random crop of the zero-padded image, flip); alexnet "

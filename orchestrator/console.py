@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from orchestrator.console_events import Sink, epoch_callback, sink_name
-from shards import location as loc
+from cnnctl.orchestrator.console_events import Sink, epoch_callback, sink_name
+from cnnctl.shards import location as loc
 
 POLL_S = 0.2
 HEADER = (f"{'epoch':>7}  {'train loss':>10} {'top-1':>6}   {'val loss':>8} {'top-1':>6} {'top-5':>6}   "

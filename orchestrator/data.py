@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.config import DataConfig, RunConfig
-from shards import decoders
-from shards import manifest as mf
-from shards.reader import ShardStream, Split, loader
-from shards.stages import bad_sample_policy
-from shards.transforms import AlexNetCrop, CenterCrop, CropFlip, Full, ScaleJitter, TenCrop, Transform
+from cnnctl.orchestrator.config import DataConfig, RunConfig
+from cnnctl.shards import decoders
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.reader import ShardStream, Split, loader
+from cnnctl.shards.stages import bad_sample_policy
+from cnnctl.shards.transforms import AlexNetCrop, CenterCrop, CropFlip, Full, ScaleJitter, TenCrop, Transform
 
 TTA = ("center", "ten-crop", "dense")
 
@@ -54,7 +54,8 @@ def train_stream(cfg: RunConfig, split: Split, side: int | None = None) -> Shard
     stream = ShardStream(url, split, d.batch_size // split.dp_size, transform,
                          train=True, seed=cfg.run.seed, limit=d.limit, shuffle_buffer=d.shuffle_buffer,
                          on_bad=bad_sample_policy(d.on_bad_sample), frame=side if transform.windowed else None,
-                         num_classes=cfg.model.num_classes)
+                         num_classes=cfg.model.num_classes,
+                         accumulate=(d.global_batch or d.batch_size) // d.batch_size)  # orchestrator/elastic.py
     stream.windowed = decoders.windowed(d.decoder, transform, url, stream.manifest)
     if d.decoder == "device":  # decoded by the consumer of the batches (ShardStream.counted), on its device
         if problem := decoders.device_problem(transform, stream.manifest):

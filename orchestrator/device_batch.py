@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from orchestrator.config import RunConfig
+from cnnctl.orchestrator.config import RunConfig
 
 
 class DeviceBatch(torch.nn.Module):

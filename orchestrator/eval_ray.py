@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from orchestrator.cluster import ClusterError
+from cnnctl.orchestrator.cluster import ClusterError
 
 if TYPE_CHECKING:  # torch is imported by the workers only: the tally actor's process stays small
-    from orchestrator.evaluate import EvalPlan
+    from cnnctl.orchestrator.evaluate import EvalPlan
 
 SEND_EVERY_S = 0.25  # a worker's count updates: smooth enough for a bar, one small message each
 POLL_S = 0.2
@@ -98,8 +98,8 @@ def _evaluate_part(plan: EvalPlan, rank: int, world: int, threads: int, gpus: bo
     """One worker: its part's sums, the node it ran on and when it finished (the driver's merge clock)."""
     import ray
 
-    from orchestrator.evaluate import eval_part
-    from shards.reader import Split
+    from cnnctl.orchestrator.evaluate import eval_part
+    from cnnctl.shards.reader import Split
 
     pending, last = 0, time.monotonic()
 
@@ -132,8 +132,8 @@ def run(plan: EvalPlan, lay: Layout, threads: int, gpus: bool,
     the workers' wall clocks with the driver's: across machines it includes their clock offset."""
     import ray
 
-    from orchestrator.modeling import summarize
-    from orchestrator.ray_workers import place_workers
+    from cnnctl.orchestrator.modeling import summarize
+    from cnnctl.orchestrator.ray_workers import place_workers
 
     if lay.nodes:
         selectors = place_workers(lay.nodes, lay.workers_per_node, threads, gpus) or [None] * lay.workers
@@ -182,14 +182,14 @@ def evaluate(checkpoints: list[str], lay: Layout, views: dict, *, threads: int, 
     """`cnnctl eval`: one evaluation in this process without Ray, or spread over ``lay``'s Ray workers
     (with ``gpus``, an ``address`` or pinned nodes too). ``views``: plan_eval's data, split, tta,
     scales, flip and batch_size. ``show``: a progress bar of the Ray workers' images."""
-    from orchestrator.evaluate import plan_eval, result_of, run_eval
+    from cnnctl.orchestrator.evaluate import plan_eval, result_of, run_eval
 
     if lay.workers == 1 and not (lay.nodes or gpus or address):
         return run_eval(checkpoints, out=out, threads=threads, **views)
     from contextlib import nullcontext
 
-    from orchestrator.cluster import connect
-    from orchestrator.console import EvalProgress
+    from cnnctl.orchestrator.cluster import connect
+    from cnnctl.orchestrator.console import EvalProgress
 
     plan = plan_eval(checkpoints, **views)  # everything checked here, before Ray starts
     connect(address, cpus_needed=lay.workers * threads, verbose=verbose)

@@ -23,15 +23,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from models.dense import dense_scores, to_dense
-from orchestrator import checkpoint as ckpt
-from orchestrator.data import DENSE_BATCH, TTA, eval_stream, make_loader
-from orchestrator.device_batch import DeviceBatch, device_batch
-from orchestrator.modeling import build_model, evaluate, summarize
-from shards import location as loc
-from shards import manifest as mf
-from shards.reader import Split
-from shards.transforms import TenCrop
+from cnnctl.models.dense import dense_scores, to_dense
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.data import DENSE_BATCH, TTA, eval_stream, make_loader
+from cnnctl.orchestrator.device_batch import DeviceBatch, device_batch
+from cnnctl.orchestrator.modeling import build_model, evaluate, summarize
+from cnnctl.shards import location as loc
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.reader import Split
+from cnnctl.shards.transforms import TenCrop
 
 
 def load_model(path: str) -> tuple[torch.nn.Module, object]:

@@ -4,8 +4,8 @@ then runs it here, with the console on the screen and the run's state beside it 
 
 from __future__ import annotations
 
-from orchestrator.config import RunConfig
-from orchestrator.runs import mark
+from cnnctl.orchestrator.config import RunConfig
+from cnnctl.orchestrator.runs import mark
 
 
 class TrainingFailed(RuntimeError):
@@ -16,8 +16,8 @@ def watched_fit(cfg: RunConfig, verbose: bool = False):
     """`train.fit` with the console on the screen and the run's state in its status.json; returns
     Ray's Result, or raises TrainingFailed with the error's last line (Ray Train raises a worker's
     error; Ray has forwarded its traceback under the worker's name already). Ray is connected."""
-    from orchestrator.console import TrainConsole
-    from orchestrator.train import fit, run_dir
+    from cnnctl.orchestrator.console import TrainConsole
+    from cnnctl.orchestrator.train import fit, run_dir
 
     run = run_dir(cfg)
     mark(run, "running")

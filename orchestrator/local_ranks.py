@@ -7,7 +7,7 @@ import os
 import time
 from typing import Callable
 
-from orchestrator.cluster import free_port
+from cnnctl.orchestrator.cluster import free_port
 
 
 def _local_rank(rank: int, fn: Callable, world: int, port: int, args: tuple) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
-from shards import location as loc
+from cnnctl.shards import location as loc
 
 NUMERIC = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec", "epoch_time_s",
            "train_cpu_s_per_image")
@@ -53,28 +55,45 @@ def read(run_dir: str) -> list[dict]:
 
 class MetricsLog:
     """Rank 0's metrics. The whole file is rewritten each epoch, so it works on object stores too,
-    and a resumed run drops the lines of epochs it is about to redo."""
+    and a resumed run drops the lines of epochs it is about to redo.
+
+    TensorBoard events go to ``<run>/tensorboard/``. TensorBoard's writer appends to a local file, and
+    an object store has no append: for a URL run it writes in a local folder and each epoch's flush
+    uploads its events file whole (one PUT, atomic like metrics.jsonl), so `tensorboard --logdir
+    s3://...` or a copied folder shows the run as a local one's does."""
 
     def __init__(self, run_dir: str, enabled: bool = True, start_epoch: int = 0):
         self.run_dir, self.enabled = run_dir.rstrip("/"), enabled
         self.rows = [r for r in read(run_dir) if r.get("epoch", -1) < start_epoch] if enabled else []
         self.tb = None  # opened at the first write: importing TensorBoard would delay the first step
+        self.tb_local = None  # the local folder a URL run's events are written in before each upload
 
     def write(self, metrics: dict) -> None:
         if not self.enabled:
             return
         self.rows.append(metrics)
         loc.write_bytes(f"{self.run_dir}/metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows).encode())
-        if self.tb is None and "://" not in self.run_dir:
-            from torch.utils.tensorboard import SummaryWriter
+        if self.tb is None:
+            self.tb = self._open_tensorboard()
+        for key in NUMERIC:
+            if key in metrics:
+                self.tb.add_scalar(key, metrics[key], metrics["epoch"])
+        self.tb.flush()
+        if self.tb_local is not None:
+            for name in os.listdir(self.tb_local):
+                with open(os.path.join(self.tb_local, name), "rb") as f:
+                    loc.write_bytes(f"{self.run_dir}/tensorboard/{name}", f.read())
 
-            self.tb = SummaryWriter(f"{self.run_dir}/tensorboard")
-        if self.tb is not None:
-            for key in NUMERIC:
-                if key in metrics:
-                    self.tb.add_scalar(key, metrics[key], metrics["epoch"])
-            self.tb.flush()
+    def _open_tensorboard(self):
+        from torch.utils.tensorboard import SummaryWriter
+
+        if not loc.is_url(self.run_dir):
+            return SummaryWriter(f"{self.run_dir}/tensorboard")
+        self.tb_local = tempfile.mkdtemp(prefix="cnnctl-tensorboard-")
+        return SummaryWriter(self.tb_local)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.tb_local is not None:
+            shutil.rmtree(self.tb_local, ignore_errors=True)

@@ -7,10 +7,10 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-import models
-from models import catalog
-from orchestrator import checkpoint as ckpt
-from orchestrator.config import RunConfig
+from cnnctl import models
+from cnnctl.models import catalog
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.config import RunConfig
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> torch.nn.Module:

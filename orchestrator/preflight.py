@@ -13,10 +13,10 @@ from __future__ import annotations
 import importlib
 import threading
 
-from orchestrator import tracking
-from orchestrator.cluster import connect
-from orchestrator.config import ConfigError, RunConfig
-from shards import location as loc
+from cnnctl.orchestrator import tracking
+from cnnctl.orchestrator.cluster import connect
+from cnnctl.orchestrator.config import ConfigError, RunConfig
+from cnnctl.shards import location as loc
 
 
 class PreflightError(ConfigError):
@@ -26,7 +26,7 @@ class PreflightError(ConfigError):
 def check_data(cfg: RunConfig) -> list[str]:
     """Problems with the stores, the configured splits and model.init_from, found before Ray or any
     worker starts."""
-    from shards.manifest import check_splits
+    from cnnctl.shards.manifest import check_splits
 
     # an object store that cannot be reached (no bucket, no credentials) is one line, not a worker's trace
     unreachable = [line for what, url in (("data.root", cfg.data.root), ("run.storage", cfg.run.storage),
@@ -38,13 +38,13 @@ def check_data(cfg: RunConfig) -> list[str]:
     if not problems and (line := epoch_has_steps(cfg)):
         problems.append(line)
     if not problems and cfg.data.decoder == "device":  # PNG shards, a padded crop: refused here, in one line
-        from orchestrator.data import manifest_url, train_transform
-        from shards import decoders, manifest as mf
+        from cnnctl.orchestrator.data import manifest_url, train_transform
+        from cnnctl.shards import decoders, manifest as mf
 
         if line := decoders.device_problem(train_transform(cfg.data), mf.load(manifest_url(cfg, cfg.data.train_split))):
             problems.append(line)
     if cfg.model.init_from:  # a source that cannot initialise this model is refused before Ray starts
-        from orchestrator.modeling import init_source
+        from cnnctl.orchestrator.modeling import init_source
 
         try:
             init_source(cfg)
@@ -56,7 +56,7 @@ def check_data(cfg: RunConfig) -> list[str]:
 def epoch_has_steps(cfg: RunConfig) -> str | None:
     """One line when the training split holds less than one global batch: every dp rank takes
     (samples // dp) // (batch_size // dp) steps an epoch (shards/reader.py), here none."""
-    from shards import manifest as mf
+    from cnnctl.shards import manifest as mf
 
     d, dp = cfg.data, cfg.parallel.dp
     samples = mf.load(mf.manifest_url(d.root, d.prefix, d.train_split))["num_samples"]
@@ -83,7 +83,7 @@ def preflight(cfg: RunConfig, *, dry_run: bool = False, verbose: bool = False) -
         return shape
     if problems := config_problems(cfg):
         raise PreflightError(problems)
-    from orchestrator import resume  # torch: only a real run pays for it
+    from cnnctl.orchestrator import resume  # torch: only a real run pays for it
 
     try:  # a rerun that would resume mid-epoch at another layout: refused before Ray starts
         resume.check(cfg, loc.join(loc.absolute(cfg.run.storage), cfg.run.name))
@@ -92,7 +92,7 @@ def preflight(cfg: RunConfig, *, dry_run: bool = False, verbose: bool = False) -
     # Importing the training code and torch (seconds) overlaps with starting Ray, which stays on this
     # thread (Ray ends the processes it starts when the thread that started them ends). Ray Train is
     # imported later, by build_trainer: only after connect() has set a cluster's auth env.
-    importer = threading.Thread(target=importlib.import_module, args=("orchestrator.train",), daemon=True)
+    importer = threading.Thread(target=importlib.import_module, args=("cnnctl.orchestrator.train",), daemon=True)
     importer.start()
     try:
         connect(cfg.parallel.address, cpus_needed=cfg.parallel.world * cfg.parallel.cpus_per_worker, verbose=verbose)

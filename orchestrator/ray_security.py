@@ -12,7 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
-from shards import location as loc
+from cnnctl.shards import location as loc
 
 _LOCALHOST = {"127.0.0.1", "localhost", "::1"}
 
@@ -70,3 +70,13 @@ def keep_loopback() -> None:
 
     keep.keeps_loopback = True
     services.resolve_ip_for_localhost = keep
+
+
+def keep_loopback_below() -> None:
+    """``keep_loopback`` in this process, and in every process a node started from it runs: the
+    dashboard, its agents, a Ray job's driver (each joins at 127.0.0.1, and would otherwise go to the
+    routable address, where nothing listens). Ray resolves loopback to loopback when its multi-node
+    support is off; this process has read that setting already, so its own node still joins a cluster.
+    """
+    keep_loopback()  # imports Ray's constants, with multi-node support on
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

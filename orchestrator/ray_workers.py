@@ -4,7 +4,7 @@ autoscaling coordinator started early (``warm_up_train``)."""
 
 from __future__ import annotations
 
-from orchestrator.cluster import ClusterError
+from cnnctl.orchestrator.cluster import ClusterError
 
 
 def _start_coordinator() -> None:

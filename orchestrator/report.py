@@ -13,8 +13,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 
-from orchestrator.metrics import read  # noqa: E402
-from shards import location as loc  # noqa: E402
+from cnnctl.orchestrator.metrics import read  # noqa: E402
+from cnnctl.shards import location as loc  # noqa: E402
 
 PANELS = [
     ("loss", [("train_loss", "train"), ("val_loss", "val")], None),

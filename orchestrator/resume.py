@@ -6,9 +6,11 @@ for every world rank its loader workers' reader positions (shards/position.py), 
 layout it was taken at (``layout``) is in meta.json too, so the driver can refuse a resume that
 cannot be exact before any worker starts, without reading the weights.
 
-Resuming mid-epoch needs the same dp x mp layout and OWT group, loader workers, batch and seed: each
-reader's part of the shards and each rank's RNG streams depend on them. Anything else is refused; an
-end-of-epoch checkpoint resumes at any layout.
+Resuming mid-epoch at the same dp needs the same mp, OWT group, loader workers, batch and seed: each
+reader's part of the shards and each rank's RNG streams depend on them, and it is bitwise exact. At
+another dp (mp, OWT group, seed and global batch kept; the loader workers may change too), the rest
+of the epoch is dealt to the new readers (orchestrator/elastic.py): each sample once, not in the same
+order. Anything else is refused; an end-of-epoch checkpoint resumes at any layout.
 """
 
 from __future__ import annotations
@@ -18,38 +20,49 @@ import random
 import numpy as np
 import torch
 
-from orchestrator import checkpoint as ckpt
-from orchestrator.config import RunConfig
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator import elastic
+from cnnctl.orchestrator.config import RunConfig
 
 LAYOUT_FIELDS = {"dp": "parallel (dp)", "mp": "parallel.mp", "fc": "parallel.fc_group (OWT)",
                  "loader_workers": "data.loader_workers", "batch_size": "data.batch_size", "seed": "run.seed",
-                 "limit": "data.limit"}
+                 "limit": "data.limit", "global_batch": "data.global_batch"}
 
 
 def layout(cfg: RunConfig) -> dict:
     """What a mid-epoch position depends on."""
     return {"dp": cfg.parallel.dp, "mp": cfg.parallel.mp, "fc": cfg.parallel.layout.fc,
             "loader_workers": cfg.data.loader_workers, "batch_size": cfg.data.batch_size, "seed": cfg.run.seed,
-            "limit": cfg.data.limit}
+            "limit": cfg.data.limit, "global_batch": elastic.global_batch(cfg)}
 
 
 def refusal(saved: dict, cfg: RunConfig, where: str) -> str | None:
     """One line saying why a step checkpoint taken at layout ``saved`` cannot resume exactly under
     ``cfg``; None when it can."""
-    now = layout(cfg)
-    diffs = [f"{LAYOUT_FIELDS[k]} {saved.get(k)} -> {now[k]}" for k in LAYOUT_FIELDS if saved.get(k) != now[k]]
+    now, saved = layout(cfg), {**saved, "global_batch": elastic.saved_global(saved)}
+    free = elastic.RESIZABLE if elastic.resized(saved, cfg) else ()
+    diffs = [f"{LAYOUT_FIELDS[k]} {saved.get(k)} -> {now[k]}" for k in LAYOUT_FIELDS
+             if saved.get(k) != now[k] and k not in free]
     if not diffs:
         return None
-    return (f"{where}: a mid-epoch checkpoint resumes only at the layout it was taken at ({'; '.join(diffs)}); "
+    return (f"{where}: a mid-epoch checkpoint resumes only at the layout it was taken at, or at another dp alone "
+            f"({'; '.join(diffs)}); "
             f"rerun with those settings, "
             f"or set model.init_from to an end-of-epoch checkpoint to start afresh from its weights")
 
 
 def check(cfg: RunConfig, run_dir: str) -> None:
-    """On the driver, before Ray starts: the checkpoint a rerun would resume from must resume exactly."""
+    """On the driver, before Ray starts: the checkpoint a rerun would resume from must resume exactly
+    (at another dp: with each sample once, ``cfg``'s batch settled for it by elastic.adjust)."""
     path = ckpt.resume_point(None, run_dir)
     meta = ckpt.load_meta(path) if path else {}
-    if meta.get("mid_epoch") and (line := refusal(meta["layout"], cfg, path)):
+    if not meta.get("mid_epoch"):
+        return
+    saved = meta["layout"]
+    if elastic.resized(saved, cfg) or elastic.saved_global(saved) != saved["batch_size"]:
+        if line := elastic.adjust(cfg, saved, path):
+            raise ValueError(line)
+    if line := refusal(saved, cfg, path):
         raise ValueError(line)
 
 

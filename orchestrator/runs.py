@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import yaml
 
-from orchestrator import checkpoint as ckpt
-from orchestrator.config import RunConfig
-from orchestrator.metrics import read
-from shards import location as loc
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.config import RunConfig
+from cnnctl.orchestrator.metrics import read
+from cnnctl.shards import location as loc
 
 STATUS = "status.json"
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-from orchestrator.config import RunConfig
+from cnnctl.orchestrator.config import RunConfig
 
 
 def peak_lr(cfg: RunConfig) -> float:
     """The base lr, scaled by the linear rule (lr ∝ global batch, Goyal et al. 2017) when asked."""
     if cfg.optim.scale_lr == "linear":
-        return cfg.optim.lr * cfg.data.batch_size / cfg.optim.reference_batch
+        return cfg.optim.lr * (cfg.data.global_batch or cfg.data.batch_size) / cfg.optim.reference_batch
     return cfg.optim.lr
 
 

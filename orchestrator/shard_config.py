@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.config import resolve
+from cnnctl.orchestrator.config import resolve
 
 
 class ShardConfig(BaseModel):

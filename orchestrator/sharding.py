@@ -12,13 +12,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from orchestrator.shard_config import ShardConfig
-from shards import location as loc
-from shards import manifest as mf
-from shards import sources
-from shards.job_map import MapFn, bounded_map
-from shards.verify import verify
-from shards.writer import PackOptions, TooManyErrors, pack
+from cnnctl.orchestrator.shard_config import ShardConfig
+from cnnctl.shards import location as loc
+from cnnctl.shards import manifest as mf
+from cnnctl.shards import sources
+from cnnctl.shards.job_map import MapFn, bounded_map
+from cnnctl.shards.verify import verify
+from cnnctl.shards.writer import PackOptions, TooManyErrors, pack
 
 SIZE_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
               "G": 2**30, "GB": 2**30, "GIB": 2**30}
@@ -67,7 +67,7 @@ def ray_map(address: str, nodes: set[str]) -> MapFn:
     the nodes that wrote any go into ``nodes``."""
 
     def run(fn: Callable, jobs: list) -> Iterator[tuple[int, object]]:
-        from orchestrator.cluster import connect
+        from cnnctl.orchestrator.cluster import connect
 
         connect(address)  # as train and tune connect: a `cnnctl cluster up` cluster's token included
         import ray

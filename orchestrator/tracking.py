@@ -29,7 +29,7 @@ import os
 import time
 from typing import Callable
 
-from orchestrator.tracking_common import EXTRA, Tracker, epoch_metrics, flat, warn
+from cnnctl.orchestrator.tracking_common import EXTRA, Tracker, epoch_metrics, flat, warn
 
 __all__ = ["MlflowTracker", "check", "flat", "start", "warn"]
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -42,7 +42,7 @@ def check(cfg) -> list[str]:
     if kind in ("mlflow", "wandb") and importlib.util.find_spec(kind) is None:
         return [f"run.tracker={kind} needs {kind}: {EXTRA}"]
     if kind == "wandb":
-        from orchestrator.tracking_wandb import problems
+        from cnnctl.orchestrator.tracking_wandb import problems
 
         return problems(cfg)
     return []
@@ -148,7 +148,7 @@ def start(cfg, run_dir: str, say: Callable[[str], None] = warn, trial: dict | No
     if cfg.run.tracker == "mlflow":
         tracker = MlflowTracker(cfg.run.tracker_uri, cfg.run.tracker_experiment, say)
     elif cfg.run.tracker == "wandb":
-        from orchestrator.tracking_wandb import WandbTracker, folder
+        from cnnctl.orchestrator.tracking_wandb import WandbTracker, folder
 
         tracker = WandbTracker(folder(cfg, run_dir), say)
     else:

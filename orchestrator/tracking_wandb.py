@@ -33,8 +33,8 @@ import os
 import threading
 from typing import Callable
 
-from orchestrator.tracking_common import Tracker, epoch_metrics, warn
-from shards import location as loc
+from cnnctl.orchestrator.tracking_common import Tracker, epoch_metrics, warn
+from cnnctl.shards import location as loc
 
 
 def folder(cfg, run_dir: str) -> str:

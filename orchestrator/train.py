@@ -10,13 +10,13 @@ import random
 import shutil
 from contextlib import nullcontext
 
-from orchestrator import checkpoint as ckpt
-from orchestrator.config import RunConfig, to_yaml
-from orchestrator.console_events import WorkerConsole, quiet_worker
-from orchestrator.data import manifest_url
-from orchestrator.trainer import Report, Trainer, run_dir
-from shards import location as loc
-from shards import manifest as mf
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.config import RunConfig, to_yaml
+from cnnctl.orchestrator.console_events import WorkerConsole, quiet_worker
+from cnnctl.orchestrator.data import manifest_url
+from cnnctl.orchestrator.trainer import Report, Trainer, run_dir
+from cnnctl.shards import location as loc
+from cnnctl.shards import manifest as mf
 
 
 def train_loop(config: dict) -> None:
@@ -83,10 +83,10 @@ def ray_report(upload: str = "async") -> Report:
 def fit(cfg: RunConfig, console=None, verbose: bool = False):
     """Start cfg.parallel.world Ray Train workers and run the training loop; returns Ray's Result.
     ``console``: a `console.TrainConsole` that shows the run. Ray is connected: `preflight.preflight`."""
-    from orchestrator.ray_workers import warm_up_train
+    from cnnctl.orchestrator.ray_workers import warm_up_train
 
     warm_up_train()
-    from orchestrator import tracking
+    from cnnctl.orchestrator import tracking
 
     tracker = tracking.start(cfg, run_dir(cfg), say=console.print if console else tracking.warn)  # run.tracker
     callbacks = [*(console.callbacks() if console else []), *(tracker.callbacks() if tracker else [])]
@@ -129,12 +129,12 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool
     over the cluster instead of all waiting for the same node. ``verbose``: Ray Train's INFO lines
     (worker group start-up, every report and checkpoint) on the console too.
     """
-    from orchestrator.ray_workers import place_workers, torch_trainer
+    from cnnctl.orchestrator.ray_workers import place_workers, torch_trainer
 
     p = prepare_run(cfg).parallel
     import ray.train
 
-    from orchestrator.rendezvous import LoopbackTorchConfig
+    from cnnctl.orchestrator.rendezvous import LoopbackTorchConfig
 
     resources = {"CPU": p.cpus_per_worker, **({"GPU": 1} if p.gpus else {})}
     pin = pin_nodes or p.nodes > 1

@@ -24,8 +24,8 @@ from typing import Protocol
 
 import torch
 
-from orchestrator import resume
-from orchestrator.config import RunConfig
+from cnnctl.orchestrator import resume
+from cnnctl.orchestrator.config import RunConfig
 
 
 class Stateful(Protocol):
@@ -98,17 +98,21 @@ def rank_entry(states: dict[str, dict]) -> dict:
 def position(stream: dict, ranks: list[dict], cfg: RunConfig, manifest: dict) -> dict:
     """A step checkpoint's position: where the epoch stands (``stream``, any rank's: they step
     together), every rank's entry, and what it depends on (the layout, the training split's shards)."""
+    deal = {"deal": stream["deal"]} if stream.get("deal") else {}
     return {"epoch": stream["epoch"], "steps_done": stream["steps_done"], "layout": resume.layout(cfg), "ranks": ranks,
-            "shards": resume.shards_fingerprint(manifest)}
+            "shards": resume.shards_fingerprint(manifest), **deal}
 
 
 def rank_states(position: dict, rank: int) -> dict[str, dict]:
     """The inverse of `rank_entry`: rank ``rank``'s components' states in a step checkpoint's position."""
     entry = position["ranks"][rank]
+    stream = {"epoch": position["epoch"], "steps_done": position["steps_done"], "readers": entry["readers"],
+              **({"deal": position["deal"]} if position.get("deal") else {})}
+    states = {"stream": stream, "totals": {"sums": entry["sums"]}}
+    if entry.get("rng") is None:  # a position dealt to another dp (elastic.relayout): the streams start afresh
+        return states
     rng = {k: v for k, v in entry["rng"].items() if k != "lighting"}
-    stream = {"epoch": position["epoch"], "steps_done": position["steps_done"], "readers": entry["readers"]}
-    return {"stream": stream, "rng": rng, "device_batch": {"lighting": entry["rng"].get("lighting")},
-            "totals": {"sums": entry["sums"]}}
+    return {**states, "rng": rng, "device_batch": {"lighting": entry["rng"].get("lighting")}}
 
 
 def check_position(position: dict, cfg: RunConfig, manifest: dict, world: int, path: str) -> None:
@@ -119,5 +123,5 @@ def check_position(position: dict, cfg: RunConfig, manifest: dict, world: int, p
     if position["shards"] != resume.shards_fingerprint(manifest):
         raise ValueError(f"{path}: the training split's shards are not those this mid-epoch checkpoint read "
                          f"(names or sample counts differ): its position in them means nothing now")
-    if len(position["ranks"]) != world:
+    if position["layout"].get("dp") == cfg.parallel.dp and len(position["ranks"]) != world:
         raise ValueError(f"{path}: taken by {len(position['ranks'])} ranks, this run has {world}")

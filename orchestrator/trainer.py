@@ -16,21 +16,22 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from models.parallel import (Mesh, apply_compile, apply_data_parallel, apply_fc_split, apply_tower_split,
-                             canonical_optimizer_state, canonical_state_dict, load_canonical_optimizer, unwrap)
-from orchestrator import checkpoint as ckpt
-from orchestrator import train_state
-from orchestrator.config import RunConfig
-from orchestrator.console_events import WorkerConsole
-from orchestrator.data import eval_stream, make_loader, mean_image, train_stream
-from orchestrator.device_batch import device_batch
-from orchestrator.metrics import MetricsLog, tree_cpu_seconds
-from orchestrator.modeling import build_model, evaluate, initialise, summarize
-from orchestrator.schedule import Plateau, lr_at
-from orchestrator.train_state import EpochTotals, ProcessRNG
-from shards import location as loc
-from shards.position import DIGEST_MOD
-from shards.reader import Split
+from cnnctl.models.parallel import (Mesh, apply_compile, apply_data_parallel, apply_fc_split, apply_tower_split,
+                                    canonical_optimizer_state, canonical_state_dict, load_canonical_optimizer, unwrap)
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator import elastic, resume, train_state
+from cnnctl.orchestrator.collectives import Collectives
+from cnnctl.orchestrator.config import RunConfig
+from cnnctl.orchestrator.console_events import WorkerConsole
+from cnnctl.orchestrator.data import eval_stream, make_loader, mean_image, train_stream
+from cnnctl.orchestrator.device_batch import device_batch
+from cnnctl.orchestrator.metrics import MetricsLog, tree_cpu_seconds
+from cnnctl.orchestrator.modeling import build_model, evaluate, initialise, summarize
+from cnnctl.orchestrator.schedule import Plateau, lr_at
+from cnnctl.orchestrator.train_state import EpochTotals, ProcessRNG
+from cnnctl.shards import location as loc
+from cnnctl.shards.position import DIGEST_MOD
+from cnnctl.shards.reader import Split
 
 Report = Callable[[dict, str | None], None]  # (metrics, checkpoint folder or None)
 CLOCK_EVERY = 20  # steps between looks at the clock for run.checkpoint_minutes (a broadcast from rank 0)
@@ -51,6 +52,7 @@ class Trainer:
         self.mesh = Mesh.init(cfg.parallel.layout.mp, cfg.parallel.layout.fc)
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if cfg.parallel.gpus else torch.device("cpu")
         self.is_logger = self.mesh.rank == 0
+        self.ranks = Collectives(self.mesh, self.device)
         torch.manual_seed(cfg.run.seed)  # identical init on every rank
         model = build_model(cfg, cfg.model.num_classes)
         state = self._load_canonical(model, resume_from)
@@ -78,6 +80,7 @@ class Trainer:
         self.train_data = train_stream(cfg, Split(self.mesh.dp_rank, self.mesh.dp), side)
         # Split by replica: the ranks of a tower pair or an OWT group evaluate the same batches together.
         self.val_data = eval_stream(cfg, Split(self.mesh.replica, self.mesh.replicas), side=side)
+        self.accumulate, self.segments = elastic.accumulation(cfg), []  # data.global_batch; the epoch's worlds
         # a step checkpoint's states for this rank's per-epoch components: its epoch starts where they stood
         self.resume = self._position(state["position"], resume_from) if state and state.get("position") else None
         # uint8 batches -> normalised, lit (training) floats on the device, in the model's memory format.
@@ -88,7 +91,7 @@ class Trainer:
         self.log = MetricsLog(run_dir(cfg), enabled=self.is_logger, start_epoch=self.start_epoch)
         self.last_checkpoint = time.monotonic()  # run.checkpoint_minutes counts from here
         # Where each rank runs (Ray node, process id), reported with the metrics.
-        self.node_of_rank, self.pid_of_rank = zip(*self._gather_objects((node, os.getpid())))
+        self.node_of_rank, self.pid_of_rank = zip(*self.ranks.gather_objects((node, os.getpid())))
 
     def _load_canonical(self, model: torch.nn.Module, resume_from: str | None) -> dict | None:
         """Weights go into the canonical model before any split, so any mp loads any checkpoint."""
@@ -104,10 +107,18 @@ class Trainer:
         return None
 
     def _position(self, position: dict, path: str) -> dict[str, dict]:
-        """This rank's components' states in a step checkpoint's position, once the layout is checked."""
-        train_state.check_position(position, self.cfg, self.train_data.manifest, self.mesh.world, path)
+        """This rank's components' states in a step checkpoint's position, once the layout is checked
+        (one taken at another dp: its epoch's rest dealt to this layout's readers, elastic.relayout)."""
+        cfg = self.cfg
+        train_state.check_position(position, cfg, self.train_data.manifest, self.mesh.world, path)
+        if elastic.resized(position["layout"], cfg):
+            line = elastic.resumed_line(position, cfg)
+            position = elastic.relayout(position, cfg, self.train_data, resume.layout(cfg))
+        else:
+            line = f"resuming epoch {position['epoch'] + 1} after its step {position['steps_done']}"
         if self.is_logger:
-            self.console.note(f"resuming epoch {position['epoch'] + 1} after its step {position['steps_done']}")
+            self.console.note(line)
+        self.segments = position.get("segments") or [elastic.segment(cfg, 0)]
         return train_state.rank_states(position, self.mesh.rank)
 
     def run_components(self) -> dict:
@@ -128,29 +139,6 @@ class Trainer:
         load_canonical_optimizer(self.model, self.optimizer, state_dict["optimizer"])
         self.epochs_done, self.step = state_dict["epoch"] + 1, state_dict["step"]
 
-    def _all_sum(self, values: list[float], group=None) -> list[float]:
-        if self.mesh.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
-        # each dp group sees every sample exactly once
-        dist.all_reduce(t, group=self.mesh.dp_group if group is None else group)
-        return t.tolist()
-
-    def _gather_objects(self, value) -> list:
-        if self.mesh.world == 1:
-            return [value]
-        out = [None] * self.mesh.world
-        dist.all_gather_object(out, value)
-        return out
-
-    def _gather(self, value: int) -> list[int]:
-        """Every rank's value, in world-rank order (the metrics prove that ranks stepped equally)."""
-        if self.mesh.world == 1:
-            return [value]
-        out = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.mesh.world)]
-        dist.all_gather(out, torch.tensor([value], device=self.device))
-        return [int(t) for t in out]
-
     def train_epoch(self, epoch: int, report: Report) -> dict:
         cfg, model = self.cfg, self.model
         data = make_loader(cfg, self.train_data)  # first: positions are per loader worker
@@ -164,6 +152,8 @@ class Trainer:
         model.train()
         self.totals = totals = EpochTotals(self.device)
         at, self.resume = (self.resume if self.resume and self.resume["stream"]["epoch"] == epoch else None), None
+        self.segments = self.segments if at else [elastic.segment(cfg, 0)]
+        sizes, a = elastic.StepSizes(), self.accumulate
         if at:  # a step checkpoint's epoch: its readers where they stood, its sums so far
             train_state.restore({"stream": self.train_data, "totals": totals}, at)
         else:
@@ -177,45 +167,56 @@ class Trainer:
         t0, cpu0, seen0, stall = time.perf_counter(), tree_cpu_seconds(), totals.seen, 0.0
         # an epoch without a step (a split smaller than one global batch; the CLI refuses it) ends
         # with NaN training metrics instead of names never bound
-        i, lr = done - 1, lr_at(cfg, self.step, max(steps, 1), self.plateau.drops)
+        i, lr = done - 1, lr_at(cfg, self.step, max(steps // a, 1), self.plateau.drops)
+        # an optimiser step every ``a`` batches (data.global_batch), DDP's all-reduce on the last
         for i, (images, labels, *windows) in enumerate(batches, start=done):
-            lr = lr_at(cfg, self.step, steps, self.plateau.drops)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            first, last = i % a == 0, (i + 1) % a == 0
+            if first:
+                lr = lr_at(cfg, self.step, steps // a, self.plateau.drops)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
             images, labels = self.batches(images, *windows), labels.to(self.device, non_blocking=True)
-            with self.autocast:
-                logits = model(images)
-                loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with elastic.no_sync(model, not last):
+                with self.autocast:
+                    logits = model(images)
+                    loss = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
+                if first:
+                    self.optimizer.zero_grad(set_to_none=True)
+                (loss / a if a > 1 else loss).backward()
+            sizes.add(len(labels), last)
+            totals.add(loss, logits, labels)
+            if not last:
+                continue
             self.optimizer.step()
             self.step += 1
-            totals.add(loss, logits, labels)
             if self.is_logger and self.console.due(i + 1, steps):
                 elapsed = time.perf_counter() - t0
                 rate = (totals.seen - seen0) * self.mesh.dp / elapsed
                 self.console.step(epoch, cfg.schedule.epochs, i + 1, steps, totals.sums[0].item() / totals.seen, lr,
                                   rate, elapsed)
-            if i + 1 < steps and self._checkpoint_due(i + 1):
+            if i + 1 < steps and self._checkpoint_due((i + 1) // a):
                 stall += self.checkpoint_step(steps, report)
         elapsed = time.perf_counter() - t0
         # this rank's CPU-seconds (its process and loader workers) per image it trained on: unlike
         # img/s, other jobs on the machine barely move it (bench/train_step.py compares it)
         seen = totals.seen
         cpu_per_image = (tree_cpu_seconds() - cpu0) / max(seen - seen0, 1)
-        steps_per_rank = self._gather(i + 1)
+        steps_per_rank = self.ranks.gather(i + 1)
         # The samples trained on, counted and digested by key across the dp group (position.py): a
         # resumed epoch that re-read or dropped a sample shows another count or digest.
-        readers = self._gather_objects([p.as_list() for p in self.train_data.position(steps)])
+        readers = self.ranks.gather_objects([p.as_list() for p in self.train_data.position(steps)])
         mine = [r for rank in self.mesh.dp_ranks(0) for r in readers[rank]]  # tower 0's: a pair reads one batch
-        loss_sum, hits, total, bad = self._all_sum([*totals.sums.tolist(), seen, self.train_data.bad_samples])
+        sums = [*totals.sums.tolist(), seen, self.train_data.bad_samples, sizes.low or 0, sizes.high or 0]
+        loss_sum, hits, total, bad, low, high = self.ranks.all_sum(sums)
         total = total or float("nan")
+        keys, digest = self.train_data.deal["carried"] if self.train_data.deal else (0, 0)  # trained before a resize
         return {"train_loss": loss_sum / total, "train_top1": hits / total, "lr": lr,
                 "images_per_sec": (seen - seen0) * self.mesh.dp / elapsed, "steps_per_rank": steps_per_rank,
                 "bad_samples": int(bad), "train_cpu_s_per_image": cpu_per_image,
                 "resumed_at_step": done if at else None,
-                "samples_trained": sum(r[2] for r in mine),
-                "samples_digest": f"{sum(r[3] for r in mine) % DIGEST_MOD:016x}", "checkpoint_stall_s": stall}
+                "samples_trained": keys + sum(r[2] for r in mine),
+                "samples_digest": f"{(digest + sum(r[3] for r in mine)) % DIGEST_MOD:016x}",
+                "checkpoint_stall_s": stall, "global_batch": [int(low), int(high)], "segments": self.segments}
 
     def _checkpoint_due(self, step_in_epoch: int) -> bool:
         """A step checkpoint after this step? Every rank must answer alike: run.checkpoint_minutes
@@ -237,8 +238,9 @@ class Trainer:
         async mode the upload runs on, in the background)."""
         t0 = time.perf_counter()
         mine = train_state.collect(self.rank_components())
-        ranks = self._gather_objects(train_state.rank_entry(mine))
-        position = train_state.position(mine["stream"], ranks, self.cfg, self.train_data.manifest)
+        ranks = self.ranks.gather_objects(train_state.rank_entry(mine))
+        position = {**train_state.position(mine["stream"], ranks, self.cfg, self.train_data.manifest),
+                    "segments": self.segments}
         epoch, done = position["epoch"], position["steps_done"]
         metrics = {"epoch": epoch, "mid_epoch": True, "step_in_epoch": done, "steps": steps, "global_step": self.step}
         meta = {"epoch": epoch, "step": self.step, "mid_epoch": True, "layout": position["layout"], "metrics": metrics}
@@ -272,7 +274,7 @@ class Trainer:
 
         sums = evaluate(forward, make_loader(self.cfg, self.val_data), self.device)
         model.train()
-        loss, top1, top5, count = self._all_sum([sums["loss_sum"], sums["top1"], sums["top5"], sums["count"]],
+        loss, top1, top5, count = self.ranks.all_sum([sums["loss_sum"], sums["top1"], sums["top5"], sums["count"]],
                                                 self.mesh.replica_group)
         s = summarize({"loss_sum": loss, "top1": top1, "top5": top5, "count": int(count)})
         return {"val_loss": s["loss"], "val_top1": s["top1"], "val_top5": s["top5"], "val_count": s["count"]}

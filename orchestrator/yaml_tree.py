@@ -49,7 +49,7 @@ def yaml_problem(exc: BaseException) -> str:
 
 def load_yaml(path: str | Path, what: str) -> dict:
     """A YAML mapping from a local path or a URL (`--config s3://.../config.yaml`)."""
-    from shards import location as loc
+    from cnnctl.shards import location as loc
 
     if line := loc.check_access(str(path), what):
         raise ConfigError([line])

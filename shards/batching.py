@@ -11,8 +11,8 @@ import warnings
 import numpy as np
 import torch
 
-from shards.shard_tar import BadSample
-from shards.transforms import Placed
+from cnnctl.shards.shard_tar import BadSample
+from cnnctl.shards.transforms import Placed
 
 PREFETCH = 4  # batches in flight per DataLoader worker, with few workers
 MANY_WORKERS = 4  # from here on, 2 per worker: W x 2 batches in flight are still plenty, in half the memory

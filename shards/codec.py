@@ -18,7 +18,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 try:  # built from shards/_jpegcrop.c where libjpeg-turbo's headers are found (pyproject.toml)
-    from shards._jpegcrop import decode_into as _decode_into
+    from cnnctl.shards._jpegcrop import decode_into as _decode_into
 except ImportError:  # then transforms decode whole images and crop after: the same pixels, more CPU
     _decode_into = None
 

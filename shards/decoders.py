@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from shards import codec, shard_tar
-from shards import manifest as mf
-from shards.stages import decode
-from shards.transforms import ScaleJitter, Transform
+from cnnctl.shards import codec, shard_tar
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.stages import decode
+from cnnctl.shards.transforms import ScaleJitter, Transform
 
 CHOICES = ("auto", "windowed", "whole", "device")
 SAMPLES = 48  # JPEGs of the first shard decoded each way

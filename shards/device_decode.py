@@ -24,10 +24,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shards import codec
-from shards.encoded import EncodedBatch, Plan
-from shards.shard_tar import BadSample
-from shards.transforms import Transform
+from cnnctl.shards import codec
+from cnnctl.shards.encoded import EncodedBatch, Plan
+from cnnctl.shards.shard_tar import BadSample
+from cnnctl.shards.transforms import Transform
 
 
 class DeviceDecode:
@@ -37,7 +37,7 @@ class DeviceDecode:
         self.transform, self.on_bad, self.device = transform, on_bad, torch.device(device)
         self.backend = None
         if self.device.type == "cuda":
-            from shards.nvimgcodec_decode import NvImageCodec  # the `gpu` extra: a one-line error without it
+            from cnnctl.shards.nvimgcodec_decode import NvImageCodec  # the `gpu` extra: a one-line error without it
 
             self.backend = NvImageCodec(self.device)
 

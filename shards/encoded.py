@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shards.transforms import Placed
+from cnnctl.shards.transforms import Placed
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.listing import Listing, Record, SourceError
+from cnnctl.shards.listing import Listing, Record, SourceError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from shards import imagenet_tars
-from shards import labels as lb
-from shards.listing import Candidate, Listing, SourceError, admit, class_list
-from shards.manifest import KEY_RE
+from cnnctl.shards import imagenet_tars
+from cnnctl.shards import labels as lb
+from cnnctl.shards.listing import Candidate, Listing, SourceError, admit, class_list
+from cnnctl.shards.manifest import KEY_RE
 
 
 def _search_dirs(path: Path) -> list[Path]:

@@ -15,8 +15,8 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from shards import codec
-from shards.manifest import KEY_RE
+from cnnctl.shards import codec
+from cnnctl.shards.manifest import KEY_RE
 
 MAX_KEY = 94  # "<key>.json" must fit USTAR's 100-byte name field
 

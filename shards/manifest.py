@@ -12,7 +12,7 @@ import re
 import fsspec
 import numpy as np
 
-from shards import location
+from cnnctl.shards import location
 
 FORMAT = "cnnctl-shards/1"
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")

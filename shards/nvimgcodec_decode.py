@@ -23,9 +23,9 @@ try:
 except ImportError:  # the one line a user sees, raised when the stage is made
     nvimgcodec = None
 
-from shards.encoded import EncodedBatch
-from shards.pillow_resize import resize_box
-from shards.transforms import ScaleJitter, Transform
+from cnnctl.shards.encoded import EncodedBatch
+from cnnctl.shards.pillow_resize import resize_box
+from cnnctl.shards.transforms import ScaleJitter, Transform
 
 OPTIONS = ":fancy_upsampling=1"
 MISSING = ("data.decoder=device on CUDA needs NVIDIA nvImageCodec, which is not installed: "

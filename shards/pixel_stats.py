@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shards import codec
+from cnnctl.shards import codec
 
 STATS_PIXELS = 1024  # pixels taken per image, on a fixed grid: 10M pixels estimate a 3x3 covariance well
 # sum, sum of outer products and count of the sampled pixels (0-1 scale); the sum (int64, exact in

@@ -6,6 +6,9 @@ its own seed (`sample_seed`). So a reader's whole state is one number, the ``ord
 has taken from its shuffled stream. A resumed reader replays the shuffle over positions alone
 (`stages.replay`), reads only the shards still holding what is left, and decodes nothing it skips.
 
+In an epoch resized mid-way (shards/dealt.py) a reader's items are its dealt pieces of the source
+readers' streams, and ``ordinal`` counts the items of those it has taken.
+
 The trainer consumes batches behind the readers (the DataLoader prefetches), so each reader writes
 its position after every batch into a small ring in shared memory, and the trainer reads the one of
 the last batch it trained on (`Progress.at`).
@@ -17,7 +20,7 @@ import hashlib
 import multiprocessing
 from dataclasses import asdict, dataclass
 
-from shards.batching import PREFETCH
+from cnnctl.shards.batching import PREFETCH
 
 MAX_WORKERS = 64  # DataLoader workers per stream that positions are kept for
 SLOTS = 2 * PREFETCH + 4  # batches a worker may run ahead of the trainer, and then some

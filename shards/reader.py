@@ -26,15 +26,15 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards import manifest as mf
-from shards import stages
-from shards.batching import RING_SHARE, Batch, Ring, prefetch, ring_budget, ring_size
-from shards.device_decode import DeviceDecode
-from shards.encoded import PlanBatch
-from shards.position import DIGEST_MOD, Progress, ReaderPosition, key_hash, sample_seed
-from shards.shard_tar import BadSample, Sample
-from shards.stages import BadSampleHandler, Split, Unit, raise_bad
-from shards.transforms import Transform
+from cnnctl.shards import manifest as mf
+from cnnctl.shards import dealt, stages
+from cnnctl.shards.batching import RING_SHARE, Batch, Ring, prefetch, ring_budget, ring_size
+from cnnctl.shards.device_decode import DeviceDecode
+from cnnctl.shards.encoded import PlanBatch
+from cnnctl.shards.position import DIGEST_MOD, Progress, ReaderPosition, key_hash, sample_seed
+from cnnctl.shards.shard_tar import BadSample, Sample
+from cnnctl.shards.stages import BadSampleHandler, Split, Unit, raise_bad
+from cnnctl.shards.transforms import Transform
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class ShardStream(IterableDataset):
         frame: int | None = None,
         windowed: bool = True,
         num_classes: int | None = None,
+        accumulate: int = 1,
     ):
         if frame is not None and not transform.windowed:
             raise ValueError(f"{type(transform).__name__} is not one window of the image: it has no place in a "
@@ -84,8 +85,11 @@ class ShardStream(IterableDataset):
         self.split, self.batch_size, self.transform = split, batch_size, transform
         self.train, self.seed, self.shuffle_buffer, self.on_bad = train, seed, shuffle_buffer, on_bad
         total = self.manifest["num_samples"] if limit is None else min(limit, self.manifest["num_samples"])
-        self.samples_per_rank = total // split.dp_size
-        self.steps = self.samples_per_rank // batch_size if train else -(-self.samples_per_rank // batch_size)
+        self.samples, self.samples_per_rank = total, total // split.dp_size
+        # training: whole optimiser steps of ``accumulate`` batches each (redistribute.py)
+        self.steps = (self.samples_per_rank // (batch_size * accumulate) * accumulate if train
+                      else -(-self.samples_per_rank // batch_size))
+        self.deal: dict | None = None  # the epoch's work after a resize (shards/dealt.py); None: its own part
         # Shared with DataLoader workers that persist across epochs: set_epoch reaches them.
         self._epoch = mp_value()
         self.progress = Progress()  # where each reader stands in the epoch (position.py), shared likewise
@@ -122,14 +126,16 @@ class ShardStream(IterableDataset):
         """Before iterating the epoch's loader: persistent workers read it when the iteration starts."""
         self._epoch.value = epoch
 
-    def set_position(self, positions: list[ReaderPosition] | None, steps_done: int = 0) -> None:
+    def set_position(self, positions: list[ReaderPosition] | None, steps_done: int = 0, deal: dict | None = None):
         """Before iterating a training epoch: start it after ``steps_done`` of its steps, each
         worker at its ``positions`` entry (from `position`, saved in a checkpoint); None starts the
-        epoch at its beginning. The worker count must be the one the positions were taken with."""
+        epoch at its beginning. The worker count must be the one the positions were taken with.
+        ``deal``: the readers' work in an epoch resized mid-way (shards/dealt.py)."""
         if positions is not None and len(positions) != self.workers:
             raise ValueError(f"positions of {len(positions)} loader workers, this stream has {self.workers}")
         self.progress.begin(positions, steps_done % self.workers if positions else 0)
         self.steps_done = steps_done if positions else 0
+        self.deal = deal if positions else None
 
     def position(self, steps_done: int) -> list[ReaderPosition]:
         """Each worker's position after the epoch's first ``steps_done`` batches (those the trainer
@@ -157,13 +163,15 @@ class ShardStream(IterableDataset):
         """Where a training epoch stands after the batches its consumer has taken (`counted`): the
         epoch, its steps done, and each loader worker's reader position (lists of ints)."""
         readers = [p.as_list() for p in self.position(self.steps_done)]
-        return {"epoch": self.epoch, "steps_done": self.steps_done, "readers": readers}
+        deal = {"deal": self.deal} if self.deal else {}
+        return {"epoch": self.epoch, "steps_done": self.steps_done, "readers": readers, **deal}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Before iterating the epoch's loader (after `loader`, which sets the worker count): the
         epoch resumes where `state_dict` found it."""
         self.set_epoch(state_dict["epoch"])
-        self.set_position([ReaderPosition(*r) for r in state_dict["readers"]], state_dict["steps_done"])
+        self.set_position([ReaderPosition(*r) for r in state_dict["readers"]], state_dict["steps_done"],
+                          state_dict.get("deal"))
 
     def _unit(self) -> Unit:
         info = get_worker_info()
@@ -171,8 +179,8 @@ class ShardStream(IterableDataset):
             return Unit.of(self.split, 0, 1)
         return Unit.of(self.split, (info.id + self.progress.rotation) % info.num_workers, info.num_workers)
 
-    def _passes(self, epoch: int, unit: Unit, rng: random.Random, buffer: int, wanted: int,
-                start: int) -> Iterator[Sample | None]:
+    def passes(self, epoch: int, unit: Unit, rng: random.Random, buffer: int, wanted: int,
+               start: int) -> Iterator[Sample | None]:
         """Stages 1-4 from item ``start`` on. Training: the part, pass after pass, each pass shuffled
         on its own through a buffer of ``buffer`` items, so no pass is read before the last one is
         used up. A later pass (a part that runs short of the epoch's ``wanted`` items) fills its
@@ -216,20 +224,24 @@ class ShardStream(IterableDataset):
                           Batch(self.batch_size, shared=shared, ring=ring, windows=self.frame is not None)), 0
         # A buffer no larger than this reader's part: a larger one would hold nothing more.
         buffer = min(self.shuffle_buffer, max(self.samples_per_rank // unit.workers, 1))
-        stream = self._passes(epoch, unit, rng, buffer, my_steps * self.batch_size, at.ordinal)
+        if self.deal is None:
+            own = self.passes(epoch, unit, rng, buffer, my_steps * self.batch_size, at.ordinal)
+            stream = ((raw, sample_seed(self.seed, epoch, unit.index, k)) for k, raw in enumerate(own, at.ordinal))
+        else:  # an epoch resized mid-way: this reader's dealt pieces of the source readers' streams
+            stream = dealt.items(self, epoch, self.deal, unit.index, at.ordinal)
         ordinal, keys, digest = at.ordinal, 0, 0
         # Evaluation of whole images, whose sizes vary: a batch per size (ImageNet's are mostly 4:3),
         # each handed on when full; at most OPEN_SIZES part-filled at once (a new size hands on the
         # oldest), the rest at the end. Every sample is still read exactly once.
         by_size = {} if shape is None and not self.train else None
-        for raw in stream:
+        for raw, seed in stream:
             if self.train and at.batches == my_steps:
                 break
             ordinal += 1
             try:  # stage 5: decode + crop, straight into the batch's next slot where it can
                 if raw is None:  # a hole: its shard came up short, and the policy has heard of it
                     raise BadSample("")
-                sample_rng.seed(sample_seed(self.seed, epoch, unit.index, ordinal - 1))
+                sample_rng.seed(seed)
                 # data.decoder=device: the window only, the consumer's process decodes (`counted`)
                 image, label = (stages.plan(raw, self.transform, sample_rng, self.num_classes) if self.on_device
                                 else stages.decode(raw, self.transform, sample_rng, batch.slot(shape), self.windowed,

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import fsspec
 
-from shards import codec, shard_tar
-from shards import location as loc
-from shards import manifest as mf
-from shards.listing import Record
-from shards.pixel_stats import NO_STATS, Stats, add_stats, pixel_stats
+from cnnctl.shards import codec, shard_tar
+from cnnctl.shards import location as loc
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.listing import Record
+from cnnctl.shards.pixel_stats import NO_STATS, Stats, add_stats, pixel_stats
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Iterator
 import fsspec
 import numpy as np
 
-from shards import manifest as mf
+from cnnctl.shards import manifest as mf
 
 Sample = dict  # {"__key__", "__url__", "jpg"|"jpeg"|"png": bytes, "cls": bytes, ...}
 BLOCK = 512

@@ -12,11 +12,11 @@ import os
 import re
 from pathlib import Path
 
-from shards import codec, imagenet_tars
-from shards import labels as lb
-from shards.fashion_mnist import fashion_mnist
-from shards.layouts import class_folders, train_tar, val_flat, val_tar
-from shards.listing import Listing, Record, SourceError
+from cnnctl.shards import codec, imagenet_tars
+from cnnctl.shards import labels as lb
+from cnnctl.shards.fashion_mnist import fashion_mnist
+from cnnctl.shards.layouts import class_folders, train_tar, val_flat, val_tar
+from cnnctl.shards.listing import Listing, Record, SourceError
 
 LAYOUTS = ("auto", "fashion-mnist", "class-folders", "val-flat", "train-tar", "val-tar", "imagenet")
 TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"

@@ -22,11 +22,11 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from shards import codec
-from shards import shard_tar
-from shards.encoded import Plan
-from shards.shard_tar import BadSample, Sample
-from shards.transforms import Placed, ScaleJitter, Transform
+from cnnctl.shards import codec
+from cnnctl.shards import shard_tar
+from cnnctl.shards.encoded import Plan
+from cnnctl.shards.shard_tar import BadSample, Sample
+from cnnctl.shards.transforms import Placed, ScaleJitter, Transform
 
 REPORT_FIRST = 10  # bad samples printed per process under SkipBad; the rest are only counted
 

@@ -32,7 +32,7 @@ import simplejpeg
 import torch
 from PIL import Image
 
-from shards import codec
+from cnnctl.shards import codec
 
 
 def _square(h: int, w: int, size: int) -> tuple[int, int, int]:

@@ -11,9 +11,9 @@ import hashlib
 
 import fsspec
 
-from shards import codec
-from shards import manifest as mf
-from shards import shard_tar
+from cnnctl.shards import codec
+from cnnctl.shards import manifest as mf
+from cnnctl.shards import shard_tar
 
 
 def _sample_problems(key: str, members: dict[str, bytes], n_classes: int, decode: bool) -> list[str]:

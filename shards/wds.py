@@ -6,7 +6,7 @@ manifest, splits its shards by rank and by DataLoader worker, and yields ``(imag
 the label from the sample's ``.cls`` member. webdataset is imported here only, inside ``pipeline``.
 
     from torch.utils.data import DataLoader
-    from shards.wds import pipeline
+    from cnnctl.shards.wds import pipeline
 
     ds = pipeline("data/fashion-mnist/fashion-mnist-train.manifest.json", rank=rank, world=world,
                   image="torchrgb", shuffle=1000)
@@ -28,7 +28,7 @@ from typing import Iterator
 
 import fsspec
 
-from shards import manifest as mf
+from cnnctl.shards import manifest as mf
 
 IMAGE_MEMBERS = "jpg;jpeg;png"
 

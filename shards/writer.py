@@ -24,12 +24,12 @@ from typing import Callable
 import fsspec
 import numpy as np
 
-from shards import codec, shard_tar
-from shards import manifest as mf
-from shards.job_map import MapFn, local_map
-from shards.listing import Listing, Record
-from shards.pixel_stats import NO_STATS, add_stats, rgb_stats
-from shards.shard_job import ShardJob, encode, write_shard
+from cnnctl.shards import codec, shard_tar
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.job_map import MapFn, local_map
+from cnnctl.shards.listing import Listing, Record
+from cnnctl.shards.pixel_stats import NO_STATS, add_stats, rgb_stats
+from cnnctl.shards.shard_job import ShardJob, encode, write_shard
 
 STATS_SAMPLE = 10_000  # images sampled for the statistics (bench/shard.py scales it to its subset)
 BYTES_SAMPLE = 64  # images encoded to turn --shard-bytes into a sample count

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orchestrator.shard_config import ShardConfig
-from orchestrator.sharding import run_pack
-from shards.fashion_mnist import FASHION_MNIST_DIR, fashion_mnist
+from cnnctl.orchestrator.shard_config import ShardConfig
+from cnnctl.orchestrator.sharding import run_pack
+from cnnctl.shards.fashion_mnist import FASHION_MNIST_DIR, fashion_mnist
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # The decoder choice cache (shards/decoders.py) of this session only: a test never reads or writes
@@ -98,8 +98,8 @@ def ray_cluster(tmp_path_factory, s3_server):
     server, so its nodes inherit the endpoint."""
     from typer.testing import CliRunner
 
-    from orchestrator import cluster
-    from orchestrator.cli import app
+    from cnnctl.orchestrator import cluster
+    from cnnctl.orchestrator.cli import app
 
     state = tmp_path_factory.mktemp("cluster")
     up = CliRunner().invoke(app, ["cluster", "up", "--local", "--nodes", "2", "--cpus-per-node", "2",

@@ -115,9 +115,9 @@ def corpus() -> dict:
     """Real shards (the project's writer: JPEG and PNG), images, a manifest, label files."""
     if _CORPUS:
         return _CORPUS
-    from shards.fashion_mnist import fashion_mnist
-    from shards.sources import open_source
-    from shards.writer import PackOptions, pack
+    from cnnctl.shards.fashion_mnist import fashion_mnist
+    from cnnctl.shards.sources import open_source
+    from cnnctl.shards.writer import PackOptions, pack
 
     root = Path(tempfile.mkdtemp(prefix="cnnctl-fuzz-corpus-"))
     listing = fashion_mnist("test")
@@ -226,7 +226,7 @@ def png_hot(data: bytes) -> list[tuple[int, int]]:
 def resum(blob: bytes) -> bytes:
     """Every header's checksum made right again, as a forger would: the walk then meets the mutated
     fields themselves. Headers are found as the strict reader would find them, up to the first it refuses."""
-    from shards import shard_tar
+    from cnnctl.shards import shard_tar
 
     data, pos = bytearray(blob), 0
     while pos + 512 <= len(data) and data[pos : pos + 512] != bytes(512):
@@ -254,12 +254,12 @@ def tar_inputs():
 
 def check_shard(case: tuple[str, bytes], tmp: Path, family: str = "tar") -> str:
     """A mutated shard in its split, read by the loader under both policies and by verify."""
-    from shards import manifest as mf
-    from shards.reader import BadSample, ShardStream, Split, loader
-    from shards.shard_job import shard_keys
-    from shards.stages import SkipBad
-    from shards.transforms import CenterCrop
-    from shards.verify import verify
+    from cnnctl.shards import manifest as mf
+    from cnnctl.shards.reader import BadSample, ShardStream, Split, loader
+    from cnnctl.shards.shard_job import shard_keys
+    from cnnctl.shards.stages import SkipBad
+    from cnnctl.shards.transforms import CenterCrop
+    from cnnctl.shards.verify import verify
 
     which, blob = case
     c = corpus()
@@ -316,8 +316,8 @@ def member_inputs():
 
 
 def check_members(case, tmp: Path) -> str:
-    from shards import shard_tar, stages
-    from shards.transforms import CenterCrop
+    from cnnctl.shards import shard_tar, stages
+    from cnnctl.shards.transforms import CenterCrop
 
     fmt, members = case
     out = io.BytesIO()
@@ -348,7 +348,7 @@ def check_members(case, tmp: Path) -> str:
 
 
 def check_cls(payload: bytes, tmp: Path) -> str:
-    from shards import stages
+    from cnnctl.shards import stages
 
     raw = {"__key__": "k", "__url__": "x.tar", "cls": payload, "png": b""}
     try:
@@ -371,8 +371,8 @@ def check_image(case: tuple[str, bytes], tmp: Path) -> str:
     """A mutated image: the loader's decodes (whole, windowed, VGG's scale jitter) and the writer's transcode."""
     import random
 
-    from shards import codec, stages
-    from shards.transforms import CenterCrop, ScaleJitter
+    from cnnctl.shards import codec, stages
+    from cnnctl.shards.transforms import CenterCrop, ScaleJitter
 
     which, data = case
     ext = "jpg" if which.startswith("jpg") else "png"
@@ -457,10 +457,10 @@ def manifest_inputs(draw):
 
 
 def check_manifest(case: tuple[str, bytes], tmp: Path) -> str:
-    from shards import manifest as mf
-    from shards.reader import BadSample, ShardStream, Split
-    from shards.transforms import CenterCrop
-    from shards.verify import verify
+    from cnnctl.shards import manifest as mf
+    from cnnctl.shards.reader import BadSample, ShardStream, Split
+    from cnnctl.shards.transforms import CenterCrop
+    from cnnctl.shards.verify import verify
 
     which, text = case
     c = corpus()
@@ -523,7 +523,7 @@ def label_inputs():
 
 
 def check_labels(case: tuple[str, bytes], tmp: Path) -> str:
-    from shards import labels
+    from cnnctl.shards import labels
 
     which, data = case
     path = tmp / {"csv": "LOC_val_solution.csv", "truth": "ILSVRC2012_validation_ground_truth.txt",
@@ -571,7 +571,7 @@ def meta_inputs(draw):
 
 
 def check_meta(data: bytes, tmp: Path) -> str:
-    from orchestrator import checkpoint as ckpt
+    from cnnctl.orchestrator import checkpoint as ckpt
 
     folder = tmp / "checkpoint_000001"
     folder.mkdir(exist_ok=True)
@@ -628,7 +628,7 @@ def yaml_inputs(draw, base: str):
 
 
 def check_config(data: bytes, tmp: Path) -> str:
-    from orchestrator.config import ConfigError, resolve
+    from cnnctl.orchestrator.config import ConfigError, resolve
 
     path = tmp / "run.yaml"
     path.write_bytes(data)
@@ -644,8 +644,8 @@ def check_config(data: bytes, tmp: Path) -> str:
 
 
 def check_search(data: bytes, tmp: Path) -> str:
-    from orchestrator.config import ConfigError
-    from orchestrator.tune import space as search_space
+    from cnnctl.orchestrator.config import ConfigError
+    from cnnctl.orchestrator.tune import space as search_space
 
     path = tmp / "space.yaml"
     path.write_bytes(data)
@@ -663,15 +663,15 @@ def check_search(data: bytes, tmp: Path) -> str:
 def sweep_spec() -> str:
     import yaml
 
-    from orchestrator.config import RunConfig
+    from cnnctl.orchestrator.config import RunConfig
 
     base = RunConfig().model_dump(mode="json")
     return yaml.safe_dump({"base": base, "search": yaml.safe_load(SEARCH), "plan": {"draws": [1, 2]}}, sort_keys=False)
 
 
 def check_sweep(data: bytes, tmp: Path) -> str:
-    from orchestrator.config import ConfigError
-    from orchestrator.tune import spec as tune
+    from cnnctl.orchestrator.config import ConfigError
+    from cnnctl.orchestrator.tune import spec as tune
 
     folder = tmp / "sweep"
     folder.mkdir(exist_ok=True)

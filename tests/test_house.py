@@ -29,6 +29,11 @@ def modules() -> dict[str, Path]:
 MODULES = modules()
 
 
+def bare(name: str) -> str:
+    """The module's name without the cnnctl. namespace the code imports it by."""
+    return "" if name == "cnnctl" else name.removeprefix("cnnctl.")
+
+
 def imports(path: Path) -> list[tuple[str, list[str], int]]:
     """(module imported, names taken from it, line) for every import in the file, lazy ones too."""
     tree = ast.parse(path.read_text(), str(path))
@@ -37,18 +42,18 @@ def imports(path: Path) -> list[tuple[str, list[str], int]]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(alias.name, [], node.lineno) for alias in node.names]
+            found += [(bare(alias.name), [], node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against this file's package
                 base = package[: len(package) - node.level + 1]
                 target = ".".join([*base, *([node.module] if node.module else [])])
             else:
-                target = node.module or ""
+                target = bare(node.module or "")
             names = [alias.name for alias in node.names]
             # `from package import module` imports the module itself
-            subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in MODULES]
+            subs = [f"{target}.{n}".lstrip(".") for n in names if f"{target}.{n}".lstrip(".") in MODULES]
             found += [(s, [], node.lineno) for s in subs]
-            rest = [n for n in names if f"{target}.{n}" not in MODULES]
+            rest = [n for n in names if f"{target}.{n}".lstrip(".") not in MODULES]
             if rest:
                 found.append((target, rest, node.lineno))
     return [(m, names, line) for m, names, line in found if m.split(".")[0] in MAY_IMPORT]
@@ -59,6 +64,19 @@ def graph() -> dict[str, set[str]]:
     for name, path in MODULES.items():
         edges[name] = {m for m, _, _ in imports(path) if m in MODULES and m != name}
     return edges
+
+
+def test_the_packages_are_imported_through_the_cnnctl_namespace():
+    """`import models` would find a user's own package first (cnnctl/__init__.py)."""
+    folders = ("orchestrator", "models", "shards", "bench", "tests")
+    files = [p for d in folders for p in sorted((ROOT / d).rglob("*.py"))]
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else [])
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in MAY_IMPORT]
+    assert found == []
 
 
 def test_imports_run_one_way():

@@ -7,11 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli_common import ConfigFile, Preset, Sets, resolve_options
-from orchestrator.cli_groups import default_command, fail
-from orchestrator.config import ConfigError, to_yaml
-from orchestrator.preflight import config_problems
-from shards import location as loc
+from cnnctl.orchestrator.cli_common import ConfigFile, Preset, Sets, resolve_options
+from cnnctl.orchestrator.cli_groups import default_command, fail
+from cnnctl.orchestrator.config import ConfigError, to_yaml
+from cnnctl.orchestrator.preflight import config_problems
+from cnnctl.shards import location as loc
 
 tune_app = typer.Typer(
     cls=default_command("run", bare_runs_default=True),
@@ -81,8 +81,8 @@ def tune_run(
     dry_run: DryRun = False,
 ) -> None:
     """Search hyperparameters with Ray Tune; print and save the results table, the best config and plots."""
-    from orchestrator.tune import space as search_space
-    from orchestrator.tune import sweep as sweeps
+    from cnnctl.orchestrator.tune import space as search_space
+    from cnnctl.orchestrator.tune import sweep as sweeps
 
     flags = {"tune.search": search, "tune.search_alg": search_alg, "tune.scheduler": scheduler,
              "tune.num_samples": num_samples, "tune.seeds": seeds, "tune.baseline": baseline,
@@ -115,7 +115,7 @@ def _tune_dry_run(cfg, space, note: str = "") -> None:
     """The resolved base config, the search space, and the trials and cluster shape it gives."""
     import yaml
 
-    from orchestrator.tune import sweep as sweeps
+    from cnnctl.orchestrator.tune import sweep as sweeps
 
     shape = sweeps.shape(cfg, space, sweeps.plan(cfg, space))
     typer.echo(to_yaml(cfg) + "# search space\n"
@@ -143,7 +143,7 @@ def _tune_print(folder: str, baseline: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from orchestrator.tune.report import write
+    from cnnctl.orchestrator.tune.report import write
 
     out = write(folder, baseline)
     typer.echo(out["summary"])

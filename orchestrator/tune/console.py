@@ -14,7 +14,7 @@ from ray.tune import Callback
 from rich.console import Console
 from rich.live import Live
 
-from orchestrator.tune import plan as tune_plan
+from cnnctl.orchestrator.tune import plan as tune_plan
 
 
 def _value(v) -> str:

@@ -14,10 +14,10 @@ import statistics
 
 from ray.tune.search import Searcher
 
-from orchestrator.config import RunConfig
-from orchestrator.tune.plan import CELL, SEED, trial_seed
-from orchestrator.tune.space import SearchSpace, effective_key
-from shards import location as loc
+from cnnctl.orchestrator.config import RunConfig
+from cnnctl.orchestrator.tune.plan import CELL, SEED, trial_seed
+from cnnctl.orchestrator.tune.space import SearchSpace, effective_key
+from cnnctl.shards import location as loc
 
 MAX_REPEATS = 50  # optuna: draws in a row that repeat a configuration before the search is called done
 

@@ -13,9 +13,9 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from orchestrator.config import ConfigError, RunConfig
-from orchestrator.tune.space import SearchSpace, effective_key, lookup
-from orchestrator.yaml_tree import parse_assignments
+from cnnctl.orchestrator.config import ConfigError, RunConfig
+from cnnctl.orchestrator.tune.space import SearchSpace, effective_key, lookup
+from cnnctl.orchestrator.yaml_tree import parse_assignments
 
 CELL, SEED = "_cell", "_seed"  # a trial's configuration number and training seed, beside its dotted paths
 TRIAL = "_trial"  # random search: the planned trial, one value of a Tune grid

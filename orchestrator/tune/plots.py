@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-from shards import location as loc  # noqa: E402
+from cnnctl.shards import location as loc  # noqa: E402
 
 
 def _axis_values(values: list, log: bool) -> tuple[list[float], list[str] | None]:

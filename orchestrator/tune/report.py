@@ -16,13 +16,13 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from orchestrator.config import to_yaml
-from orchestrator.tune import stats as tune_stats
-from orchestrator.tune.plan import CELL, SEED, baseline_cell, flat
-from orchestrator.tune.plots import plot
-from orchestrator.tune.space import apply
-from orchestrator.tune.spec import load_draws, load_spec
-from shards import location as loc
+from cnnctl.orchestrator.config import to_yaml
+from cnnctl.orchestrator.tune import stats as tune_stats
+from cnnctl.orchestrator.tune.plan import CELL, SEED, baseline_cell, flat
+from cnnctl.orchestrator.tune.plots import plot
+from cnnctl.orchestrator.tune.space import apply
+from cnnctl.orchestrator.tune.spec import load_draws, load_spec
+from cnnctl.shards import location as loc
 
 
 @dataclass

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import functools
 
-from orchestrator.config import LRNConfig, RunConfig
-from orchestrator.tune import plan as tune_plan
-from orchestrator.tune.space import SearchSpace
+from cnnctl.orchestrator.config import LRNConfig, RunConfig
+from cnnctl.orchestrator.tune import plan as tune_plan
+from cnnctl.orchestrator.tune.space import SearchSpace
 
 
 def _pbt_base(cfg: RunConfig) -> dict:

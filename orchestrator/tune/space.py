@@ -34,9 +34,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from orchestrator import yaml_tree
-from orchestrator.config import CONFIGS_DIR, ConfigError, RunConfig, check, yaml_names
-from orchestrator.yaml_tree import deep_merge, format_errors, load_yaml, nest
+from cnnctl.orchestrator import yaml_tree
+from cnnctl.orchestrator.config import CONFIGS_DIR, ConfigError, RunConfig, check, yaml_names
+from cnnctl.orchestrator.yaml_tree import deep_merge, format_errors, load_yaml, nest
 
 SEARCH_DIR = CONFIGS_DIR / "search"
 KINDS = ("choice", "uniform", "loguniform", "randint", "grid")

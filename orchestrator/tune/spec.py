@@ -8,11 +8,11 @@ from __future__ import annotations
 import yaml
 from pydantic import ValidationError
 
-from orchestrator.config import ConfigError, RunConfig, to_yaml
-from orchestrator.tune.plan import Plan
-from orchestrator.tune.space import SearchSpace
-from orchestrator.yaml_tree import yaml_problem
-from shards import location as loc
+from cnnctl.orchestrator.config import ConfigError, RunConfig, to_yaml
+from cnnctl.orchestrator.tune.plan import Plan
+from cnnctl.orchestrator.tune.space import SearchSpace
+from cnnctl.orchestrator.yaml_tree import yaml_problem
+from cnnctl.shards import location as loc
 
 SPEC = "sweep.yaml"
 

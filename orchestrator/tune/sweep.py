@@ -9,14 +9,14 @@ from __future__ import annotations
 import math
 import os
 
-from orchestrator import checkpoint as ckpt
-from orchestrator.config import ConfigError, RunConfig, check
-from orchestrator.tune import plan as tune_plan
-from orchestrator.tune.schedulers import param_space, pbt_start, scheduler
-from orchestrator.tune.space import SearchSpace
-from orchestrator.tune.spec import SPEC, save_spec, saved, sweep_dir
-from orchestrator.tune.trial import run_trial, trial_resources
-from shards import location as loc
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.config import ConfigError, RunConfig, check
+from cnnctl.orchestrator.tune import plan as tune_plan
+from cnnctl.orchestrator.tune.schedulers import param_space, pbt_start, scheduler
+from cnnctl.orchestrator.tune.space import SearchSpace
+from cnnctl.orchestrator.tune.spec import SPEC, save_spec, saved, sweep_dir
+from cnnctl.orchestrator.tune.trial import run_trial, trial_resources
+from cnnctl.shards import location as loc
 
 KEEP_TRIAL_CHECKPOINTS = 4  # PBT warns below 3: a donor's checkpoint must outlive the exploit
 
@@ -90,7 +90,7 @@ def resume(name: str, storage: str, address: str | None, say=print):
 
 def search(cfg: RunConfig, space: SearchSpace, resume: bool = False, trials: tune_plan.Plan | None = None):
     """Run (or, with ``resume``, continue) the sweep; returns Tune's ResultGrid."""
-    from orchestrator.cluster import connect
+    from cnnctl.orchestrator.cluster import connect
 
     # Every trial finish is recorded within seconds, so a killed driver loses little.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -98,7 +98,7 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False, trials: tun
     import ray
     from ray import tune
 
-    from orchestrator.tune import console  # a row per finished trial instead of Tune's status tables
+    from cnnctl.orchestrator.tune import console  # a row per finished trial instead of Tune's status tables
     ckpt.absolute_paths(cfg)  # trials run in Tune's working folders
     path = sweep_dir(cfg)
     base = cfg.model_dump(mode="json")
@@ -115,7 +115,7 @@ def search(cfg: RunConfig, space: SearchSpace, resume: bool = False, trials: tun
     save_spec(cfg, space, trials)
     searcher = None
     if trials is None:
-        from orchestrator.tune.optuna_cells import OptunaCells
+        from cnnctl.orchestrator.tune.optuna_cells import OptunaCells
 
         searcher = OptunaCells(cfg, space)
     tuner = tune.Tuner(

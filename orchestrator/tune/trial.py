@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import tempfile
 
-from orchestrator import checkpoint as ckpt
-from orchestrator.config import RunConfig
-from orchestrator.metrics import read
-from orchestrator.train import run_dir
-from orchestrator.tune import plan as tune_plan
-from orchestrator.tune.space import apply
-from orchestrator.tune.trial_run import TrialRun, scalars
-from shards import location as loc
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.config import RunConfig
+from cnnctl.orchestrator.metrics import read
+from cnnctl.orchestrator.train import run_dir
+from cnnctl.orchestrator.tune import plan as tune_plan
+from cnnctl.orchestrator.tune.space import apply
+from cnnctl.orchestrator.tune.trial_run import TrialRun, scalars
+from cnnctl.shards import location as loc
 
 # A trial's own process needs no CPU (its Train workers hold theirs); Tune refuses an empty
 # request, so it asks for one byte of memory.
@@ -60,7 +60,7 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
     in the trial's own process for one worker, as a Ray Train run for more."""
     from ray import tune
 
-    from orchestrator.tune.console import quiet_trial
+    from cnnctl.orchestrator.tune.console import quiet_trial
 
     trial_id = tune.get_context().get_trial_id()
     quiet_trial()
@@ -99,8 +99,8 @@ def run_trial(params: dict, base: dict, sweep: str) -> None:
 
 def _track(cfg: RunConfig, sweep: str, trial_id: str, cell):
     """The trial's run.tracker (one MLflow run per trial, tagged with its configuration and seed), or None."""
-    from orchestrator import tracking
-    from orchestrator.train import prepare_run
+    from cnnctl.orchestrator import tracking
+    from cnnctl.orchestrator.train import prepare_run
 
     trial = {"sweep": sweep, "trial": trial_id, "cell": "?" if cell is None else f"c{cell}", "seed": cfg.run.seed}
     tracker = tracking.start(cfg, run_dir(cfg), trial=trial)
@@ -135,7 +135,7 @@ def _train_here(cfg: RunConfig, origin: dict, tell) -> None:
     import torch.distributed as dist
     from ray import tune
 
-    from orchestrator.train import Trainer, prepare_run
+    from cnnctl.orchestrator.train import Trainer, prepare_run
 
     cfg = prepare_run(cfg)
     random.seed(cfg.run.seed)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import functools
 import os
 
-from orchestrator.config import RunConfig
-from orchestrator.train import build_trainer
+from cnnctl.orchestrator.config import RunConfig
+from cnnctl.orchestrator.train import build_trainer
 
 POLL_S = 0.25  # how often a trial's Train controller polls its workers (Train's default: 2 s)
 

@@ -24,7 +24,7 @@ import yaml
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from cnnctl.orchestrator.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -2,7 +2,7 @@
 
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from cnnctl.orchestrator.cli import app
 
 
 def cli(*args: str) -> str:

@@ -114,8 +114,8 @@ def test_a_second_run_of_the_same_name_in_one_process_keeps_its_console(ray_clus
     import ray
     from rich.console import Console
 
-    from orchestrator.console import TrainConsole
-    from orchestrator.console_events import WorkerConsole
+    from cnnctl.orchestrator.console import TrainConsole
+    from cnnctl.orchestrator.console_events import WorkerConsole
 
     run = str(tmp_path / "same-name")
     first = TrainConsole(run, 1, 1, console=Console(file=io.StringIO()))

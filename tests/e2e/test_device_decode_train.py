@@ -10,7 +10,7 @@ import pytest
 
 from bench import mini_imagenet as mini
 from cnnctl_cli import cli, sets
-from orchestrator.metrics import read
+from cnnctl.orchestrator.metrics import read
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import models
-from orchestrator import checkpoint as ckpt
-from orchestrator.cli import app
-from orchestrator.config import RunConfig
+from cnnctl import models
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.config import RunConfig
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import checkpoint as ckpt
-from orchestrator.metrics import read
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.metrics import read
 from cnnctl_cli import cli, sets
 
 pytestmark = pytest.mark.timeout(900)

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from orchestrator.config import resolve
-from orchestrator.metrics import read
-from orchestrator.train import fit, run_dir
+from cnnctl.orchestrator.config import resolve
+from cnnctl.orchestrator.metrics import read
+from cnnctl.orchestrator.train import fit, run_dir
 
 pytestmark = pytest.mark.timeout(600)
 

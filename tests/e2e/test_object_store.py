@@ -19,8 +19,8 @@ import yaml
 from typer.testing import CliRunner
 
 from cnnctl_cli import cli, sets
-from orchestrator.cli import app
-from orchestrator.metrics import read
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.metrics import read
 
 pytestmark = pytest.mark.timeout(900)
 BUCKET = "s3://cnn"

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import models
+from cnnctl import models
 from bench import mini_imagenet as mini
 from cnnctl_cli import cli, sets
-from orchestrator import checkpoint as ckpt
-from orchestrator.metrics import read
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.metrics import read
 
 pytestmark = pytest.mark.timeout(900)
 CLASSES, VAL = 10, 100

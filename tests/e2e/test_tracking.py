@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cluster import free_port
-from orchestrator.config import resolve
+from cnnctl.orchestrator.cluster import free_port
+from cnnctl.orchestrator.config import resolve
 from tests.e2e.cnnctl_cli import cli, sets
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import tracking
-from orchestrator.config import resolve
+from cnnctl.orchestrator import tracking
+from cnnctl.orchestrator.config import resolve
 from tests.e2e.cnnctl_cli import cli, sets
 from tests.sockets import descendants, listening
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator import checkpoint as ckpt
-from orchestrator.cli import app
-from orchestrator.config import resolve
-from orchestrator.metrics import read
-from orchestrator.train import fit, run_dir
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.config import resolve
+from cnnctl.orchestrator.metrics import read
+from cnnctl.orchestrator.train import fit, run_dir
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -83,7 +83,7 @@ def test_two_nodes_data_parallel(ray_cluster, fmnist_root, tmp_path):
 
 
 def test_more_nodes_than_the_cluster_has_fails_fast(ray_cluster, fmnist_root, tmp_path):
-    from orchestrator.cluster import ClusterError
+    from cnnctl.orchestrator.cluster import ClusterError
 
     cfg = resolve("demo-fashion", None, [f"data.root={fmnist_root}", f"run.storage={tmp_path}", "parallel.nodes=3",
                                          "data.batch_size=96", "parallel.workers_per_node=1",

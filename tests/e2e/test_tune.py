@@ -19,8 +19,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from orchestrator.tune.plan import flat
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.tune.plan import flat
 from cnnctl_cli import cli
 
 pytestmark = pytest.mark.timeout(600)

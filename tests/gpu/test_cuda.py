@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.lrn import PAPER, lrn
+from cnnctl.models.lrn import PAPER, lrn
 from tests.orchestrator.test_precision import run_trainer
 
 pytestmark = pytest.mark.gpu

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import models
-from orchestrator import checkpoint as ckpt
-from orchestrator.config import RunConfig
-from orchestrator.evaluate import eval_part, plan_eval
-from shards.reader import Split
+from cnnctl import models
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.config import RunConfig
+from cnnctl.orchestrator.evaluate import eval_part, plan_eval
+from cnnctl.shards.reader import Split
 
 pytestmark = pytest.mark.gpu
 

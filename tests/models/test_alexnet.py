@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from models.alexnet import AlexNet
-from models.lrn import LRN, PAPER, LRNParams
+from cnnctl import models
+from cnnctl.models.alexnet import AlexNet
+from cnnctl.models.lrn import LRN, PAPER, LRNParams
 
 
 def n_params(model: nn.Module) -> int:

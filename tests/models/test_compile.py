@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.alexnet import alexnet_small
-from models.parallel import (Mesh, apply_compile, apply_fc_split, apply_tower_split, canonical_names,
-                             canonical_state_dict)
-from orchestrator.local_ranks import run_local
+from cnnctl.models.alexnet import alexnet_small
+from cnnctl.models.parallel import (Mesh, apply_compile, apply_fc_split, apply_tower_split, canonical_names,
+                                    canonical_state_dict)
+from cnnctl.orchestrator.local_ranks import run_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]  # inductor compiles, gloo process groups
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from models.dense import dense_scores, to_dense
+from cnnctl import models
+from cnnctl.models.dense import dense_scores, to_dense
 
 
 def build_with_signal(name: str, **overrides) -> nn.Module:

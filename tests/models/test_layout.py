@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from models.layout import NAMED, NAMED_HELP, Layout, Net, named
+from cnnctl.models.layout import NAMED, NAMED_HELP, Layout, Net, named
 
 ALEXNET_1 = Net("alexnet-owt", alexnet=True, towers=1, fc_width=4096)
 ALEXNET_2 = Net("alexnet-small", alexnet=True, towers=2, fc_width=512)
@@ -96,7 +96,7 @@ def test_describe():
 
 
 def test_the_mesh_asks_the_layout():
-    from models.parallel import Mesh
+    from cnnctl.models.parallel import Mesh
 
     mesh = Mesh(world=4, rank=3, mp=2)
     assert mesh.layout == Layout(1, 4, 2) and (mesh.dp, mesh.dp_rank, mesh.mp_rank, mesh.replica) == (2, 1, 1, 1)

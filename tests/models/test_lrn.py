@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.lrn import LRN, PAPER, LRNParams, from_caffe, from_torch, lrn, to_torch
+from cnnctl.models.lrn import LRN, PAPER, LRNParams, from_caffe, from_torch, lrn, to_torch
 
 PARAMS = [
     LRNParams(5, 2.0, 1e-4, 0.75),  # the paper's

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.alexnet import AlexNet, alexnet_small
-from models.owt import OneWeirdTrickAlexNet
-from models.parallel import Mesh, apply_fc_split, canonical_state_dict
-from orchestrator.local_ranks import run_local
+from cnnctl.models.alexnet import AlexNet, alexnet_small
+from cnnctl.models.owt import OneWeirdTrickAlexNet
+from cnnctl.models.parallel import Mesh, apply_fc_split, canonical_state_dict
+from cnnctl.orchestrator.local_ranks import run_local
 
 K, B = 2, 3
 

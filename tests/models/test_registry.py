@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-import models
+from cnnctl import models
 
 NAMES = ["alexnet", "alexnet-owt", "alexnet-small", "vgg-a", "vgg-a-lrn", "vgg-b", "vgg-c", "vgg-d", "vgg-e"]
 

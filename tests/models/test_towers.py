@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
-from models.parallel import Mesh, apply_tower_split, canonical_state_dict
-from orchestrator.local_ranks import run_local
-from models.towers import TowerParallelAlexNet
+from cnnctl import models
+from cnnctl.models.parallel import Mesh, apply_tower_split, canonical_state_dict
+from cnnctl.orchestrator.local_ranks import run_local
+from cnnctl.models.towers import TowerParallelAlexNet
 
 
 

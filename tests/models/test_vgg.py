@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from models.lrn import LRN, PAPER, LRNParams
-from models.vgg import CFGS, conv_positions, init_from
+from cnnctl import models
+from cnnctl.models.lrn import LRN, PAPER, LRNParams
+from cnnctl.models.vgg import CFGS, conv_positions, init_from
 
 # Table 2 / torchvision, at 224 px and 1000 classes.
 PARAMS = {"A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848, "C": 133_638_952,

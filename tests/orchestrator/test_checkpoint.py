@@ -6,9 +6,9 @@ import pickle
 import pytest
 import torch
 
-import models
-from orchestrator import checkpoint as ckpt
-from orchestrator.config import RunConfig
+from cnnctl import models
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.config import RunConfig
 
 
 def _save(folder, epoch, complete=True):
@@ -51,7 +51,7 @@ def test_a_marker_without_all_files_is_torn(tmp_path, missing):
 
 def test_an_object_store_run_resumes_from_its_folder_when_ray_has_no_checkpoint(tmp_path):
     # workers lost before Ray registered the last report: the newest complete checkpoint in the store
-    from shards import location as loc
+    from cnnctl.shards import location as loc
 
     run = "memory://ckpt-test/runs/r"
     for epoch, complete in ((1, True), (2, False)):

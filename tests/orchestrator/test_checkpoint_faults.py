@@ -19,10 +19,10 @@ import pytest
 import torch
 from pyarrow import fs as pafs
 
-import models
-from orchestrator import checkpoint as ckpt
-from orchestrator import trainer
-from orchestrator.config import RunConfig
+from cnnctl import models
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator import trainer
+from cnnctl.orchestrator.config import RunConfig
 
 STAGED = "cnnctl-checkpoint-"
 
@@ -161,7 +161,7 @@ def test_async_uploads_are_one_at_a_time(tmpdir_only, tmp_path, monkeypatch):
 
 
 def test_a_full_disk_while_rewriting_metrics_keeps_the_old_rows_and_no_temp(tmp_path, monkeypatch):
-    from orchestrator.metrics import MetricsLog, read
+    from cnnctl.orchestrator.metrics import MetricsLog, read
 
     log = MetricsLog(str(tmp_path / "run"))
     log.write({"epoch": 0, "train_loss": 1.0})

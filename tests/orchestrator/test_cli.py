@@ -7,7 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from cnnctl.orchestrator.cli import app
 
 runner = CliRunner()
 COMMANDS = ["shard", "train", "eval", "report", "cluster", "models", "tune"]
@@ -118,7 +118,7 @@ def test_owt_that_cannot_apply_is_refused_in_one_line_before_ray(monkeypatch, ar
     def no_ray(*a, **kw):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr("orchestrator.preflight.connect", no_ray)
+    monkeypatch.setattr("cnnctl.orchestrator.preflight.connect", no_ray)
     res = runner.invoke(app, ["train", *args])
     assert res.exit_code == 1
     (only,) = [out for out in res.output.splitlines() if out.strip()]
@@ -169,9 +169,9 @@ def test_group_help_stays_help_only():
 
 
 def test_tune_resume_dry_run_prints_the_saved_sweep_and_starts_nothing(tmp_path):
-    from orchestrator.tune import space as search_space
-    from orchestrator.tune import sweep as sweeps
-    from orchestrator.config import resolve
+    from cnnctl.orchestrator.tune import space as search_space
+    from cnnctl.orchestrator.tune import sweep as sweeps
+    from cnnctl.orchestrator.config import resolve
 
     cfg = resolve("demo-fashion", None, [f"run.storage={tmp_path}", "tune.name=saved", "tune.seeds=2"])
     sweeps.save_spec(cfg, search_space.load("lrn"))
@@ -259,14 +259,14 @@ class _FakeTrainer:
 
 def _count_preflight(monkeypatch) -> dict:
     """Count every connect (wherever it is looked up), resume check and data check of one command."""
-    from orchestrator import cli, preflight, resume
+    from cnnctl.orchestrator import cli, preflight, resume
 
     counts = {"connect": _Counted(), "resume": _Counted(resume.check), "data": _Counted(preflight.check_data),
               "preflight": _Counted(preflight.preflight)}
-    monkeypatch.setattr("orchestrator.preflight.connect", counts["connect"])
-    monkeypatch.setattr("orchestrator.cluster.connect", counts["connect"])
-    monkeypatch.setattr("orchestrator.resume.check", counts["resume"])
-    monkeypatch.setattr("orchestrator.preflight.check_data", counts["data"])
+    monkeypatch.setattr("cnnctl.orchestrator.preflight.connect", counts["connect"])
+    monkeypatch.setattr("cnnctl.orchestrator.cluster.connect", counts["connect"])
+    monkeypatch.setattr("cnnctl.orchestrator.resume.check", counts["resume"])
+    monkeypatch.setattr("cnnctl.orchestrator.preflight.check_data", counts["data"])
     monkeypatch.setattr(cli, "preflight", counts["preflight"])
     return counts
 
@@ -284,10 +284,10 @@ def test_a_real_run_checks_and_connects_once(monkeypatch, fmnist_root, tmp_path)
     build_trainer) with Ray Train's trainer and the console replaced: one connect, one resume
     check, one data check."""
     counts = _count_preflight(monkeypatch)
-    monkeypatch.setattr("orchestrator.console.TrainConsole", _FakeConsole)
-    monkeypatch.setattr("orchestrator.ray_workers.warm_up_train", lambda: None)
-    monkeypatch.setattr("orchestrator.ray_workers.place_workers", lambda *a: None)
-    monkeypatch.setattr("orchestrator.ray_workers.torch_trainer", lambda: _FakeTrainer)
+    monkeypatch.setattr("cnnctl.orchestrator.console.TrainConsole", _FakeConsole)
+    monkeypatch.setattr("cnnctl.orchestrator.ray_workers.warm_up_train", lambda: None)
+    monkeypatch.setattr("cnnctl.orchestrator.ray_workers.place_workers", lambda *a: None)
+    monkeypatch.setattr("cnnctl.orchestrator.ray_workers.torch_trainer", lambda: _FakeTrainer)
     res = runner.invoke(app, ["train", "--preset", "demo-fashion", "--data", fmnist_root, "--name", "once",
                               "--set", f"run.storage={tmp_path}", "--set", "data.batch_size=64"])
     assert res.exit_code == 0, res.output
@@ -308,7 +308,7 @@ def test_preflight_problems_stop_before_ray(monkeypatch, tmp_path):
 def test_a_sweep_whose_tracker_cannot_run_is_refused_before_ray(monkeypatch, fmnist_root, tmp_path):
     """`cnnctl tune` checks the tracker as `cnnctl train` does: one line, exit 1, no Ray (the fast
     tier's guard fails a test that starts it)."""
-    from orchestrator import tracking
+    from cnnctl.orchestrator import tracking
 
     real = tracking.importlib.util.find_spec
     monkeypatch.setattr(tracking.importlib.util, "find_spec",

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from orchestrator import cluster, ray_security
+from cnnctl.orchestrator import cluster, ray_security
 
 
 def test_cluster_down_leaves_a_process_that_reused_a_recorded_pid_alone(tmp_path):

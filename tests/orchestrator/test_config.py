@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import ConfigError, RunConfig, parse_set, resolve
+from cnnctl.orchestrator.config import ConfigError, RunConfig, parse_set, resolve
 
 
 def test_defaults_validate_and_every_field_is_described():

@@ -6,12 +6,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import models
-from orchestrator import checkpoint as ckpt
-from orchestrator.cli import app
-from orchestrator.config import RunConfig
-from orchestrator.device_batch import DeviceBatch, Normalize
-from orchestrator.evaluate import make_predict
+from cnnctl import models
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.config import RunConfig
+from cnnctl.orchestrator.device_batch import DeviceBatch, Normalize
+from cnnctl.orchestrator.evaluate import make_predict
 
 runner = CliRunner()
 
@@ -118,7 +118,7 @@ def test_eval_prints_a_table_by_default(checkpoint, tmp_path):
      "error: --scales [16]: dense evaluation needs every Q >= the crop size 28"),
 ])
 def test_eval_on_workers_refuses_bad_paths_in_one_line_before_ray_starts(checkpoint, monkeypatch, args, message):
-    from orchestrator import cluster
+    from cnnctl.orchestrator import cluster
 
     def no_ray(*a, **k):
         raise AssertionError("Ray must not start")
@@ -133,7 +133,7 @@ def test_eval_progress_lines_off_a_terminal():
 
     from rich.console import Console
 
-    from orchestrator.console import EvalProgress
+    from cnnctl.orchestrator.console import EvalProgress
 
     buf = io.StringIO()
     with EvalProgress("eval test", Console(file=buf, width=200)) as bar:

@@ -46,7 +46,7 @@ def test_fuzz_sweep_spec(data):
                                            (b'{"epoch": "3"}', "epoch"), (b"[]", "not an object"),
                                            (b'{"epoch": 2, "mid_epoch": true}', "layout")])
 def test_a_bad_meta_json_is_one_line_naming_it_and_sorts_last(tmp_path, text, problem):
-    from orchestrator import checkpoint as ckpt
+    from cnnctl.orchestrator import checkpoint as ckpt
 
     (tmp_path / "meta.json").write_bytes(text)
     with pytest.raises(ckpt.CheckpointError, match=f"meta.json: .*{problem}") as err:
@@ -56,7 +56,7 @@ def test_a_bad_meta_json_is_one_line_naming_it_and_sorts_last(tmp_path, text, pr
 
 
 def test_a_yaml_error_in_a_config_file_is_one_line(tmp_path):
-    from orchestrator.config import ConfigError, resolve
+    from cnnctl.orchestrator.config import ConfigError, resolve
 
     (tmp_path / "run.yaml").write_text("model:\n  name: alexnet\n   lrn: [\n")
     with pytest.raises(ConfigError) as err:
@@ -68,8 +68,8 @@ def test_a_yaml_error_in_a_config_file_is_one_line(tmp_path):
                                   b"base: {model: {name: 3}}\nsearch: {space: {}}\n",
                                   b"base: {}\nsearch: {space: {optim.lr: {choice: [0.1]}}}\nplan: {draws: x}\n"])
 def test_a_damaged_sweep_spec_is_one_line_naming_it(tmp_path, text):
-    from orchestrator.config import ConfigError
-    from orchestrator.tune import spec as tune
+    from cnnctl.orchestrator.config import ConfigError
+    from cnnctl.orchestrator.tune import spec as tune
 
     (tmp_path / tune.SPEC).write_bytes(text)
     with pytest.raises(ConfigError) as err:
@@ -80,7 +80,7 @@ def test_a_damaged_sweep_spec_is_one_line_naming_it(tmp_path, text):
 
 
 def test_a_bad_meta_json_is_still_a_value_error_for_callers_that_pass_over_torn_ones(tmp_path):
-    from orchestrator import checkpoint as ckpt
+    from cnnctl.orchestrator import checkpoint as ckpt
 
     (tmp_path / "meta.json").write_text('{"epoch": 1, "st')  # torn mid-write
     with pytest.raises(ValueError):

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
+from cnnctl import models
 from bench.comm import Counter
-from models.parallel import Mesh, apply_data_parallel, apply_fc_split, canonical_state_dict
-from orchestrator.local_ranks import run_local
+from cnnctl.models.parallel import Mesh, apply_data_parallel, apply_fc_split, canonical_state_dict
+from cnnctl.orchestrator.local_ranks import run_local
 
 pytestmark = pytest.mark.slow  # gloo process groups
 

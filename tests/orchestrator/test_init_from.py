@@ -4,10 +4,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from orchestrator import checkpoint as ckpt
-from orchestrator.cli import app
-from orchestrator.config import resolve
-from orchestrator.modeling import build_model, init_source, initialise
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.config import resolve
+from cnnctl.orchestrator.modeling import build_model, init_source, initialise
 
 SMALL = ["model.width=0.125", "model.num_classes=10"]
 # A's first four convs (blocks 1 and 2, both of block 3) and its three FC layers, at D's positions.
@@ -89,7 +89,7 @@ def test_the_cli_refuses_a_bad_source_before_ray_starts(tmp_path, fmnist_root):
 
 
 def test_the_run_records_the_one_checkpoint_every_rank_loads(tmp_path, monkeypatch):
-    from orchestrator import checkpoint as ck
+    from cnnctl.orchestrator import checkpoint as ck
 
     path, _ = checkpoint(tmp_path / "runs" / "a" , "vgg-a", *SMALL)  # runs/a/vgg-a: a checkpoint folder
     monkeypatch.chdir(tmp_path)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from orchestrator.config import ConfigError, resolve
-from orchestrator.device_batch import Normalize
-from shards.fashion_mnist import fashion_mnist
-from shards.writer import PackOptions, pack
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.config import ConfigError, resolve
+from cnnctl.orchestrator.device_batch import Normalize
+from cnnctl.shards.fashion_mnist import fashion_mnist
+from cnnctl.shards.writer import PackOptions, pack
 from test_precision import run_trainer
 
 

@@ -6,10 +6,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import models
-from orchestrator.cli import app
-from orchestrator.config import CONFIGS_DIR, ConfigError, RunConfig, resolve, to_yaml
-from orchestrator.modeling import build_model
+from cnnctl import models
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.config import CONFIGS_DIR, ConfigError, RunConfig, resolve, to_yaml
+from cnnctl.orchestrator.modeling import build_model
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -69,7 +69,7 @@ def test_a_field_the_model_does_not_take_is_refused_on_the_driver(sets, line):
 
 @pytest.mark.parametrize("name", ["alexnet", "alexnet-owt", "alexnet-small", "vgg-a"])
 def test_the_catalog_knows_each_models_towers_and_mp2_needs_two(name):
-    from models import catalog
+    from cnnctl.models import catalog
 
     with torch.device("meta"):
         built = build_model(resolve(None, None, [f"model.name={name}"]), 10)
@@ -88,7 +88,7 @@ def test_the_model_catalog_imports_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from orchestrator.config import resolve; resolve('demo-fashion'); "
+    code = ("import sys; from cnnctl.orchestrator.config import resolve; resolve('demo-fashion'); "
             "resolve(None, None, ['model.name=vgg-a']); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
-from models.parallel import (Mesh, apply_data_parallel, apply_fc_split, apply_tower_split, canonical_names,
-                             canonical_optimizer_state, canonical_state_dict, load_canonical_optimizer, unwrap)
-from orchestrator.local_ranks import run_local
+from cnnctl import models
+from cnnctl.models.parallel import (Mesh, apply_data_parallel, apply_fc_split, apply_tower_split, canonical_names,
+                                    canonical_optimizer_state, canonical_state_dict, load_canonical_optimizer, unwrap)
+from cnnctl.orchestrator.local_ranks import run_local
 
 pytestmark = pytest.mark.slow  # gloo process groups of 2-4 ranks
 

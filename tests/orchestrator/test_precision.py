@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from orchestrator.cluster import free_port
-from orchestrator.config import resolve
-from orchestrator.train import Trainer, prepare_run
+from cnnctl.orchestrator.cluster import free_port
+from cnnctl.orchestrator.config import resolve
+from cnnctl.orchestrator.train import Trainer, prepare_run
 
 
 def run_trainer(data: str, out, backend: str, sets: list[str]) -> tuple[set, list[dict]]:

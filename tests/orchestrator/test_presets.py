@@ -7,8 +7,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from orchestrator.config import CONFIGS_DIR
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.config import CONFIGS_DIR
 
 VGGS = ["vgg-a", "vgg-a-lrn", "vgg-b", "vgg-c", "vgg-d", "vgg-e"]
 PRESETS = ["imagenet-alexnet", "imagenet-alexnet-owt"] + [f"imagenet-{v}" for v in VGGS]

@@ -3,7 +3,7 @@ import json
 from PIL import Image
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from cnnctl.orchestrator.cli import app
 
 
 def test_report_draws_a_png(tmp_path):
@@ -23,7 +23,7 @@ def test_report_without_metrics_is_an_error(tmp_path):
 
 
 def test_sweep_plots_read_a_grid_over_decades_on_a_log_axis():
-    from orchestrator.tune.plots import _spans_decades
+    from cnnctl.orchestrator.tune.plots import _spans_decades
 
     assert _spans_decades([1e-5, 1e-4, 1e-3])
     assert not _spans_decades([0.5, 0.75, 1.0])

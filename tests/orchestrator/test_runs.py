@@ -12,11 +12,11 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from orchestrator import checkpoint as ckpt
-from orchestrator import runs
-from orchestrator.cli import app
-from orchestrator.config import RunConfig, to_yaml
-from orchestrator.report import differences
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator import runs
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.config import RunConfig, to_yaml
+from cnnctl.orchestrator.report import differences
 
 runner = CliRunner()
 

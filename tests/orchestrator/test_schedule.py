@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from orchestrator.config import resolve
-from orchestrator.schedule import Plateau, lr_at, peak_lr
+from cnnctl.orchestrator.config import resolve
+from cnnctl.orchestrator.schedule import Plateau, lr_at, peak_lr
 
 
 def cfg(*sets):

@@ -3,11 +3,11 @@
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from orchestrator.config import ConfigError, resolve
-from orchestrator.tune import plan as tune_plan
-from orchestrator.tune import space as search_space
-from orchestrator.tune.space import SearchSpace, apply, validate
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.config import ConfigError, resolve
+from cnnctl.orchestrator.tune import plan as tune_plan
+from cnnctl.orchestrator.tune import space as search_space
+from cnnctl.orchestrator.tune.space import SearchSpace, apply, validate
 
 runner = CliRunner()
 
@@ -230,7 +230,7 @@ def test_a_drawn_value_equal_to_the_base_is_the_same_configuration(base):
 def test_optuna_searcher_trains_each_configuration_with_its_seeds_and_tells_tpe_the_mean(base):
     from ray.tune.search import Searcher
 
-    from orchestrator.tune.optuna_cells import OptunaCells
+    from cnnctl.orchestrator.tune.optuna_cells import OptunaCells
 
     cfg = base.model_copy(deep=True)
     cfg.tune.num_samples, cfg.tune.seeds, cfg.run.seed = 6, 2, 5

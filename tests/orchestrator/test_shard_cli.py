@@ -15,7 +15,7 @@ from PIL import Image
 from skimage import data as photos
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from cnnctl.orchestrator.cli import app
 
 runner = CliRunner()
 CNNCTL = str(Path(sys.executable).parent / "cnnctl")
@@ -188,7 +188,7 @@ def test_bad_shard_options_one_line_each(tmp_path):
 
 
 def test_a_shard_config_packs_as_the_flags_do(tmp_path):
-    from orchestrator.shard_config import ShardConfig, resolve_shard
+    from cnnctl.orchestrator.shard_config import ShardConfig, resolve_shard
 
     cfg = resolve_shard(None, ["per_class_limit=2", "shard_bytes=1MB"], {"source": "fashion-mnist", "dest": "d"})
     assert cfg == ShardConfig(source="fashion-mnist", dest="d", per_class_limit=2, shard_bytes="1MB")

@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from orchestrator import checkpoint as ckpt
-from orchestrator import resume
-from orchestrator.cluster import free_port
-from orchestrator.config import resolve
-from orchestrator.train import Trainer, prepare_run
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator import resume
+from cnnctl.orchestrator.cluster import free_port
+from cnnctl.orchestrator.config import resolve
+from cnnctl.orchestrator.train import Trainer, prepare_run
 
 
 def train(data: str, out: Path, name: str, sets: list[str], resume_from: str | None = None) -> list[tuple[dict, Path]]:

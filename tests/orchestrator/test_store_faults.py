@@ -22,11 +22,11 @@ import pytest
 from pyarrow import fs as pafs
 from typer.testing import CliRunner
 
-import models
-from orchestrator import checkpoint as ckpt
-from orchestrator.cli import app
-from orchestrator.config import RunConfig
-from shards import location as loc
+from cnnctl import models
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.config import RunConfig
+from cnnctl.shards import location as loc
 
 pytestmark = pytest.mark.slow  # retries and backoffs through a faulty proxy: seconds each
 

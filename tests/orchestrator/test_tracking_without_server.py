@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from orchestrator import tracking
-from orchestrator.cluster import free_port
-from orchestrator.config import resolve
+from cnnctl.orchestrator import tracking
+from cnnctl.orchestrator.cluster import free_port
+from cnnctl.orchestrator.config import resolve
 
 
 def test_a_tracker_that_is_down_is_one_warning_line():

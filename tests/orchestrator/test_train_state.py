@@ -11,10 +11,10 @@ import random
 import numpy as np
 import torch
 
-from orchestrator import train_state
-from orchestrator.device_batch import DeviceBatch, Lighting, Normalize
-from orchestrator.schedule import Plateau
-from orchestrator.train_state import EpochTotals, ProcessRNG
+from cnnctl.orchestrator import train_state
+from cnnctl.orchestrator.device_batch import DeviceBatch, Lighting, Normalize
+from cnnctl.orchestrator.schedule import Plateau
+from cnnctl.orchestrator.train_state import EpochTotals, ProcessRNG
 
 EIGVAL = [0.2175, 0.0188, 0.0045]
 EIGVEC = [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]

@@ -9,12 +9,12 @@ import statistics
 import pytest
 from scipy import stats
 
-from orchestrator.config import ConfigError, resolve
-from orchestrator.tune import stats as tune_stats
-from orchestrator.tune.plan import CELL, SEED
-from orchestrator.tune.report import write
-from orchestrator.tune.space import SearchSpace
-from orchestrator.tune.spec import save_spec
+from cnnctl.orchestrator.config import ConfigError, resolve
+from cnnctl.orchestrator.tune import stats as tune_stats
+from cnnctl.orchestrator.tune.plan import CELL, SEED
+from cnnctl.orchestrator.tune.report import write
+from cnnctl.orchestrator.tune.space import SearchSpace
+from cnnctl.orchestrator.tune.spec import save_spec
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4.6, 9, 30])
@@ -114,7 +114,7 @@ def test_a_baseline_that_names_no_single_configuration_is_refused(tmp_path, base
 def test_tune_report_prints_the_table_and_one_sentence_per_comparison_and_refuses_a_bad_baseline(tmp_path):
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from cnnctl.orchestrator.cli import app
 
     folder = _sweep(tmp_path, {0: [0.90, 0.902, 0.898], 1: [0.851, 0.847, 0.853], 2: [0.850, 0.852, 0.848]}, PARAMS)
     res = CliRunner().invoke(app, ["tune", "report", folder, "--baseline", "model.lrn.enabled=false"])

@@ -1,8 +1,8 @@
 """`tune --resume` loads Tune's pickled state from run.storage: it says so, in one line, before it does."""
 
-from orchestrator.tune import space as search_space
-from orchestrator.tune import sweep as sweeps
-from orchestrator.config import RunConfig
+from cnnctl.orchestrator.tune import space as search_space
+from cnnctl.orchestrator.tune import sweep as sweeps
+from cnnctl.orchestrator.config import RunConfig
 
 
 def test_resume_warns_that_it_unpickles_the_sweeps_state(tmp_path, monkeypatch):

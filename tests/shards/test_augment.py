@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from skimage import data as photos
 
-from orchestrator.device_batch import Lighting
-from shards.transforms import AlexNetCrop, CenterCrop, ScaleJitter, TenCrop
+from cnnctl.orchestrator.device_batch import Lighting
+from cnnctl.shards.transforms import AlexNetCrop, CenterCrop, ScaleJitter, TenCrop
 
 # ImageNet's RGB eigen-decomposition on the 0-1 scale (AlexNet §4.1, as fb.resnet.torch quotes it)
 EIGVAL = [0.2175, 0.0188, 0.0045]

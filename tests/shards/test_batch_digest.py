@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards import codec
-from shards import manifest as mf
-from shards.layouts import class_folders
-from shards.reader import ShardStream, Split, loader
-from shards.transforms import AlexNetCrop, CenterCrop, CropFlip, Full, ScaleJitter, TenCrop
-from shards.writer import PackOptions, pack
+from cnnctl.shards import codec
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.layouts import class_folders
+from cnnctl.shards.reader import ShardStream, Split, loader
+from cnnctl.shards.transforms import AlexNetCrop, CenterCrop, CropFlip, Full, ScaleJitter, TenCrop
+from cnnctl.shards.writer import PackOptions, pack
 from conftest import photo
 
 DIGESTS = Path(__file__).with_name("batch_digests.json")
@@ -98,9 +98,9 @@ def test_same_seed_same_batches_as_the_reader_before_its_restructuring(shard_set
 def device_digest(root: Path, augment: str, mean_image: bool) -> str:
     """What the trainer feeds the model: the batches after normalisation (per channel or per pixel)
     and PCA lighting, two dp ranks, two epochs."""
-    from orchestrator.config import RunConfig
-    from orchestrator.data import mean_image as load_mean, train_stream
-    from orchestrator.device_batch import device_batch
+    from cnnctl.orchestrator.config import RunConfig
+    from cnnctl.orchestrator.data import mean_image as load_mean, train_stream
+    from cnnctl.orchestrator.device_batch import device_batch
 
     size = 40 if augment == "alexnet" else 32
     cfg = RunConfig.model_validate({"data": {"root": str(root), "prefix": "square", "augment": augment,

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import jpeg_bytes, photo
-from shards import codec, decoders
-from shards import manifest as mf
-from shards.layouts import class_folders
-from shards.transforms import AlexNetCrop, CenterCrop
-from shards.writer import PackOptions, pack
+from cnnctl.shards import codec, decoders
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.layouts import class_folders
+from cnnctl.shards.transforms import AlexNetCrop, CenterCrop
+from cnnctl.shards.writer import PackOptions, pack
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_measure_counts_cpu_seconds_per_image(jpeg_split):
 
 
 def test_auto_measures_nothing_where_there_is_nothing_to_choose(jpeg_split, tmp_path, monkeypatch):
-    from shards.transforms import CropFlip, Full
+    from cnnctl.shards.transforms import CropFlip, Full
 
     monkeypatch.setenv("CNNCTL_CACHE_DIR", str(tmp_path))
     url, manifest = jpeg_split

@@ -15,16 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
-from shards import codec, decoders
-from shards import manifest as mf
-from shards.device_decode import DeviceDecode
-from shards.layouts import class_folders
-from shards.pillow_resize import resize_box
-from shards.reader import ShardStream, Split, loader
-from shards.shard_tar import BadSample
-from shards.stages import SkipBad, raise_bad
-from shards.transforms import AlexNetCrop, CenterCrop, CropFlip, ScaleJitter
-from shards.writer import PackOptions, pack
+from cnnctl.shards import codec, decoders
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.device_decode import DeviceDecode
+from cnnctl.shards.layouts import class_folders
+from cnnctl.shards.pillow_resize import resize_box
+from cnnctl.shards.reader import ShardStream, Split, loader
+from cnnctl.shards.shard_tar import BadSample
+from cnnctl.shards.stages import SkipBad, raise_bad
+from cnnctl.shards.transforms import AlexNetCrop, CenterCrop, CropFlip, ScaleJitter
+from cnnctl.shards.writer import PackOptions, pack
 from conftest import photo
 
 CASES = {  # name -> (transform, frame, loader workers)
@@ -191,7 +191,7 @@ def test_the_nvimagecodec_backend_decodes_the_cpu_backends_pixels(splits, transf
     its ROI decode, flips and VGG's resize give the CPU backend's pixels. Runs where the `gpu` extra
     is installed; on a GPU the IDCT differs (docs/DESIGN.md states the tolerance)."""
     pytest.importorskip("nvidia.nvimgcodec")
-    from shards.nvimgcodec_decode import NvImageCodec
+    from cnnctl.shards.nvimgcodec_decode import NvImageCodec
 
     url = splits["varied" if isinstance(transform, ScaleJitter) else "square"]
     s = stream(url, transform)
@@ -203,7 +203,7 @@ def test_the_nvimagecodec_backend_decodes_the_cpu_backends_pixels(splits, transf
 
 
 def run_config(root: str, prefix: str, decoder: str, augment: str = "alexnet"):
-    from orchestrator.config import RunConfig
+    from cnnctl.orchestrator.config import RunConfig
 
     return RunConfig.model_validate({"data": {"root": root, "prefix": prefix, "augment": augment, "image_size": 40,
                                               "batch_size": 8, "shuffle_buffer": 16, "decoder": decoder,
@@ -214,8 +214,8 @@ def run_config(root: str, prefix: str, decoder: str, augment: str = "alexnet"):
 def test_the_trainers_batches_are_the_same_with_data_decoder_device(splits):
     """What the model is fed: data.train_stream and the device batch stage (normalised, lit), as the
     Trainer chains them (ShardStream.counted decodes)."""
-    from orchestrator.data import train_stream
-    from orchestrator.device_batch import device_batch
+    from cnnctl.orchestrator.data import train_stream
+    from cnnctl.orchestrator.device_batch import device_batch
 
     root, prefix = str(Path(splits["square"]).parent), "square"
     fed = {}
@@ -231,7 +231,7 @@ def test_the_trainers_batches_are_the_same_with_data_decoder_device(splits):
 
 
 def test_preflight_refuses_device_decoding_of_png_shards_in_one_line(tmp_path):
-    from orchestrator.preflight import check_data
+    from cnnctl.orchestrator.preflight import check_data
 
     make_split(tmp_path, "png", 12, fmt="png")
     problems = check_data(run_config(str(tmp_path), "png", "device"))
@@ -244,7 +244,7 @@ def test_the_nvimagecodec_backend_skips_a_damaged_jpeg_as_the_cpu_backend_does(d
     """nvImageCodec hands back None for the damaged JPEG: the same sample is heard of, and the same
     batch-mate takes its slot."""
     pytest.importorskip("nvidia.nvimgcodec")
-    from shards.nvimgcodec_decode import NvImageCodec
+    from cnnctl.shards.nvimgcodec_decode import NvImageCodec
 
     url = damaged[0]
     for rank in range(2):
@@ -265,7 +265,7 @@ def test_evaluation_streams_of_a_device_run_decode_in_the_workers_as_auto_choose
 def test_cnnctl_train_refuses_device_decoding_of_png_shards_in_one_line(tmp_path):
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from cnnctl.orchestrator.cli import app
 
     make_split(tmp_path, "png", 12, fmt="png")
     sets = ["data.prefix=png", "data.val_split=train", "data.decoder=device", "data.batch_size=4",

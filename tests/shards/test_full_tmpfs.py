@@ -16,9 +16,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from orchestrator import checkpoint as ckpt
-from orchestrator.cli import app
-from orchestrator.config import RunConfig
+from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator.cli import app
+from cnnctl.orchestrator.config import RunConfig
 
 
 pytestmark = pytest.mark.tmpfs  # deselected where a tmpfs cannot be mounted (tests/conftest.py)

@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from shards import codec
-from shards import manifest as mf
-from shards.layouts import class_folders
-from shards.reader import ShardStream, Split, loader
-from shards.transforms import AlexNetCrop, CenterCrop, ScaleJitter
-from shards.writer import PackOptions, pack
+from cnnctl.shards import codec
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.layouts import class_folders
+from cnnctl.shards.reader import ShardStream, Split, loader
+from cnnctl.shards.transforms import AlexNetCrop, CenterCrop, ScaleJitter
+from cnnctl.shards.writer import PackOptions, pack
 
 from conftest import jpeg_bytes, photo
 
 
 def test_the_decoder_is_built():
     # Optional for an install (pyproject.toml); `make setup` installs the headers it needs, so here it is built.
-    assert codec.WINDOWED, ("shards._jpegcrop is not built: install libjpeg-turbo's headers "
+    assert codec.WINDOWED, ("cnnctl.shards._jpegcrop is not built: install libjpeg-turbo's headers "
                             "(Debian: libjpeg62-turbo-dev), then reinstall")
 
 

@@ -1,11 +1,11 @@
-"""shards.location: one string type for local paths and fsspec URLs, joined, printed and read back
+"""cnnctl.shards.location: one string type for local paths and fsspec URLs, joined, printed and read back
 without losing a scheme or a `//`, on local disk, memory:// and a real S3 server (moto)."""
 
 import os
 
 import pytest
 
-from shards import location as loc
+from cnnctl.shards import location as loc
 
 URLS = ["s3://bucket/runs", "gs://bucket/runs", "memory://bucket/runs"]
 
@@ -95,7 +95,7 @@ def test_a_file_another_process_wrote_is_seen_after_its_folder_was_listed(s3_ser
     hid the file for good: the test driver never saw a run's metrics (a CI failure)."""
     import s3fs
 
-    from orchestrator.metrics import read
+    from cnnctl.orchestrator.metrics import read
 
     s3_server.mkdir("live")
     loc.write_bytes("s3://live/run/config.yaml", b"x: 1\n")

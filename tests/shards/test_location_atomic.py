@@ -14,14 +14,14 @@ import time
 
 import pytest
 
-from shards import location as loc
+from cnnctl.shards import location as loc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OLD = b"run:\n  name: kept\n  seed: 7\n  storage: s3://bucket/runs\n" * 10
 
 CUT_SHORT = """
 import resource, signal, sys
-from shards import location as loc
+from cnnctl.shards import location as loc
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 try:

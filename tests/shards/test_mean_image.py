@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards import manifest as mf
-from shards.layouts import class_folders
-from shards.reader import ShardStream, Split, loader
-from shards.transforms import AlexNetCrop, CenterCrop, TenCrop
-from shards.writer import PackOptions, pack
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.layouts import class_folders
+from cnnctl.shards.reader import ShardStream, Split, loader
+from cnnctl.shards.transforms import AlexNetCrop, CenterCrop, TenCrop
+from cnnctl.shards.writer import PackOptions, pack
 
 SIDE, CROP = 32, 24
 

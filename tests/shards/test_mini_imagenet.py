@@ -15,8 +15,8 @@ import simplejpeg
 from typer.testing import CliRunner
 
 from bench import mini_imagenet as mini
-from orchestrator.cli import app
-from shards.fashion_mnist import FASHION_MNIST_CLASSES
+from cnnctl.orchestrator.cli import app
+from cnnctl.shards.fashion_mnist import FASHION_MNIST_CLASSES
 
 CLASSES, TRAIN, VAL, SIDE = 4, 6, 3, 64
 WNIDS = [f"n{90000000 + i}" for i in range(CLASSES)]

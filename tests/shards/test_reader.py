@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from shards import manifest as mf
-from shards.fashion_mnist import fashion_mnist
-from shards.reader import BadSample, ShardStream, Split, loader
-from shards.stages import SkipBad
-from shards.transforms import CenterCrop, CropFlip
-from shards.writer import PackOptions, pack
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.fashion_mnist import fashion_mnist
+from cnnctl.shards.reader import BadSample, ShardStream, Split, loader
+from cnnctl.shards.stages import SkipBad
+from cnnctl.shards.transforms import CenterCrop, CropFlip
+from cnnctl.shards.writer import PackOptions, pack
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_tar_walk_reads_what_tarfile_writes(tmp_path, fmt):
     import io
     import tarfile
 
-    from shards.shard_tar import tar_samples
+    from cnnctl.shards.shard_tar import tar_samples
 
     fmt_const = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}[fmt]
     deep = "d" * 60 + "/" + "e" * 60 if fmt == "ustar" else "x" * 150  # ustar: prefix field; gnu/pax: long names
@@ -233,7 +233,7 @@ def test_tar_walk_stops_at_a_damaged_header_after_the_members_before_it():
     import io
     import tarfile
 
-    from shards.shard_tar import members as _tar_members
+    from cnnctl.shards.shard_tar import members as _tar_members
 
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as t:
@@ -286,8 +286,8 @@ def test_recycled_buffers_keep_the_last_batch_of_an_epoch_while_the_next_epoch_s
 @pytest.mark.parametrize("workers", [0, 2])
 def test_whole_images_of_several_sizes_batch_by_size_and_cover_the_split_once(tmp_path, workers):
     from PIL import Image
-    from shards.layouts import class_folders
-    from shards.transforms import Full
+    from cnnctl.shards.layouts import class_folders
+    from cnnctl.shards.transforms import Full
 
     sizes = [(30, 20), (20, 30), (24, 24), (26, 22), (22, 26), (28, 21)]  # more than OPEN_SIZES
     for i in range(45):  # the blue channel says which image it is
@@ -331,7 +331,7 @@ def test_fourteen_workers_recycle_rings_and_give_the_same_batches_to_a_consumer_
 
 def test_rings_follow_the_shared_memory_the_machine_has(seven_shards, monkeypatch, tmp_path, caplog):
     """A container's 64 MB /dev/shm (Docker's default) cannot hold them: rings off, said once."""
-    from shards import batching
+    from cnnctl.shards import batching
 
     url = mf.manifest_url(str(seven_shards), "seven", "test")
     limit = tmp_path / "memory.max"
@@ -339,7 +339,7 @@ def test_rings_follow_the_shared_memory_the_machine_has(seven_shards, monkeypatc
     monkeypatch.setattr(batching, "CGROUP_LIMITS", (str(tmp_path / "absent"), str(limit)))
     assert batching.shared_memory_bytes() == 64 << 20  # the cgroup's limit, smaller than /dev/shm here
     stream = ShardStream(url, Split(0, 1), 256, CropFlip(28, 2), seed=5)  # 2 x 7 x 256 x 28 x 28 x 3 = 8.4 MB
-    with caplog.at_level("WARNING", logger="shards.reader"):
+    with caplog.at_level("WARNING", logger="cnnctl.shards.reader"):
         data = loader(stream, workers=2, recycle=True)
     assert stream.rings is None
     assert [r.getMessage() for r in caplog.records] == [

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards import manifest as mf
-from shards import shard_tar, stages
-from shards.layouts import class_folders
-from shards.reader import ShardStream, Split, loader
-from shards.stages import SkipBad
-from shards.transforms import AlexNetCrop, CropFlip, ScaleJitter
-from shards.writer import PackOptions, pack
+from cnnctl.shards import manifest as mf
+from cnnctl.shards import shard_tar, stages
+from cnnctl.shards.layouts import class_folders
+from cnnctl.shards.reader import ShardStream, Split, loader
+from cnnctl.shards.stages import SkipBad
+from cnnctl.shards.transforms import AlexNetCrop, CropFlip, ScaleJitter
+from cnnctl.shards.writer import PackOptions, pack
 from conftest import photo
 
 

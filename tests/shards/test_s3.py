@@ -2,11 +2,11 @@
 
 import pytest
 
-from shards import manifest as mf
-from shards.shard_job import shard_keys
-from shards.sources import open_source
-from shards.verify import verify
-from shards.writer import PackOptions, pack
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.shard_job import shard_keys
+from cnnctl.shards.sources import open_source
+from cnnctl.shards.verify import verify
+from cnnctl.shards.writer import PackOptions, pack
 
 
 @pytest.fixture(scope="module")

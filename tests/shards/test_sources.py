@@ -12,10 +12,10 @@ from conftest import (FIXED, GOOD_PER_CLASS, NAMES, REJECTED, VAL_COUNT, WNIDS, 
                       val_truth, write_devkit, write_kaggle_csv, write_names)
 from PIL import Image
 
-from shards import manifest as mf
-from shards.listing import SourceError
-from shards.sources import open_source
-from shards.writer import PackOptions, pack
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.listing import SourceError
+from cnnctl.shards.sources import open_source
+from cnnctl.shards.writer import PackOptions, pack
 
 
 def samples(dest, manifest) -> dict[str, dict]:
@@ -186,7 +186,7 @@ def test_meta_mat_without_scipy_names_the_extra(tmp_path, monkeypatch):
 
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from cnnctl.orchestrator.cli import app
 
     val = make_val_images(tmp_path / "val")
     write_devkit(tmp_path / "ILSVRC2012_devkit_t12" / "data", "mat")

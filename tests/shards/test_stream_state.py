@@ -9,8 +9,8 @@ import io
 import pytest
 import torch
 
-from shards.reader import loader
-from shards.transforms import CropFlip
+from cnnctl.shards.reader import loader
+from cnnctl.shards.transforms import CropFlip
 from test_resume_position import same, shard_root, stream  # noqa: F401  (shard_root: a fixture)
 
 

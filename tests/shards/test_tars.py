@@ -9,9 +9,9 @@ import simplejpeg
 import webdataset as wds
 from conftest import REJECTED, VAL_COUNT, WNIDS, jpeg_bytes, photo, val_truth
 
-from shards.listing import SourceError
-from shards.sources import open_source
-from shards.writer import PackOptions, pack
+from cnnctl.shards.listing import SourceError
+from cnnctl.shards.sources import open_source
+from cnnctl.shards.writer import PackOptions, pack
 
 
 def contents(listing, dest) -> dict[str, tuple[int, bytes]]:

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from conftest import jpeg_bytes, photo, png_bytes
 
-from shards import codec, shard_tar, stages
-from shards import manifest as mf
-from shards.fashion_mnist import fashion_mnist
-from shards.reader import BadSample, ShardStream, Split, loader
-from shards.shard_job import shard_keys
-from shards.stages import SkipBad
-from shards.transforms import CenterCrop
-from shards.verify import verify
-from shards.writer import PackOptions, pack
+from cnnctl.shards import codec, shard_tar, stages
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.fashion_mnist import fashion_mnist
+from cnnctl.shards.reader import BadSample, ShardStream, Split, loader
+from cnnctl.shards.shard_job import shard_keys
+from cnnctl.shards.stages import SkipBad
+from cnnctl.shards.transforms import CenterCrop
+from cnnctl.shards.verify import verify
+from cnnctl.shards.writer import PackOptions, pack
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def no_eps(monkeypatch):
 
 @pytest.mark.parametrize("payload", [EPS, b"GIF89a" + bytes(40), b"BM" + bytes(60)])
 def test_only_jpeg_and_png_reach_pillow_when_packing(tmp_path, no_eps, payload):
-    from shards.sources import open_source
+    from cnnctl.shards.sources import open_source
 
     (tmp_path / "src" / "a").mkdir(parents=True)
     (tmp_path / "src" / "a" / "good.JPEG").write_bytes(jpeg_bytes(photo(np.random.default_rng(1), 64, 48)))
@@ -304,7 +304,7 @@ def test_a_sound_manifest_loads(small_split):
     ("LOC_val_solution.csv", b"ImageId,PredictionString\nk," + b"x" * 200_000 + b"\n"),  # a field over csv's limit
 ])
 def test_label_files_that_are_not_what_they_claim_are_one_line(tmp_path, name, text):
-    from shards import labels
+    from cnnctl.shards import labels
 
     path = tmp_path / name
     path.write_bytes(text)

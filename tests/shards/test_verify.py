@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 
-from shards import manifest as mf
-from shards.sources import open_source
-from shards.verify import verify
-from shards.writer import PackOptions, pack
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.sources import open_source
+from cnnctl.shards.verify import verify
+from cnnctl.shards.writer import PackOptions, pack
 
 
 @pytest.fixture()

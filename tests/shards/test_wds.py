@@ -10,9 +10,9 @@ import pytest
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from shards import manifest as mf
-from shards import shard_tar
-from shards.wds import pipeline
+from cnnctl.shards import manifest as mf
+from cnnctl.shards import shard_tar
+from cnnctl.shards.wds import pipeline
 
 
 def _split(root: str, split: str = "train") -> tuple[str, dict, dict[str, int]]:

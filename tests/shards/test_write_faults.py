@@ -12,7 +12,7 @@ import fsspec.implementations.local as fsspec_local
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from cnnctl.orchestrator.cli import app
 
 runner = CliRunner()
 

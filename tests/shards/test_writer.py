@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from shards import manifest as mf
-from shards.fashion_mnist import fashion_mnist
-from shards.layouts import class_folders
-from shards.writer import PackOptions, TooManyErrors, pack
+from cnnctl.shards import manifest as mf
+from cnnctl.shards.fashion_mnist import fashion_mnist
+from cnnctl.shards.layouts import class_folders
+from cnnctl.shards.writer import PackOptions, TooManyErrors, pack
 
 
 def _read_plain(root: str, manifest: dict) -> list[dict]:
