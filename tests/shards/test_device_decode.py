@@ -159,14 +159,12 @@ def test_refused_in_one_line_for_png_shards_and_padded_crops(tmp_path):
     assert decoders.device_problem(CropFlip(32), jpg) is None and decoders.device_problem(ScaleJitter(), jpg) is None
 
 
-def test_cuda_without_nvimagecodec_is_one_line_naming_data_decoder():
-    try:
-        from nvidia import nvimgcodec  # noqa: F401
-    except ImportError:
-        with pytest.raises(RuntimeError, match=r"data\.decoder=device on CUDA needs NVIDIA nvImageCodec"):
-            DeviceDecode(AlexNetCrop(40), raise_bad, "cuda")
-    else:
-        pytest.skip("nvImageCodec is installed here")
+def test_cuda_without_nvimagecodec_is_one_line_naming_data_decoder(monkeypatch):
+    from cnnctl.shards import nvimgcodec_decode
+
+    monkeypatch.setattr(nvimgcodec_decode, "nvimgcodec", None)  # as where the `gpu` extra is not installed
+    with pytest.raises(RuntimeError, match=r"data\.decoder=device on CUDA needs NVIDIA nvImageCodec"):
+        DeviceDecode(AlexNetCrop(40), raise_bad, "cuda")
 
 
 def test_the_device_resize_is_pillows_to_the_bit():
@@ -185,12 +183,12 @@ def test_the_device_resize_is_pillows_to_the_bit():
 
 
 # S from 48: no image of the split is shrunk 2x or more, which the CPU decodes DCT-scaled and nvImageCodec whole
+@pytest.mark.nvimgcodec
 @pytest.mark.parametrize("transform", [AlexNetCrop(40), ScaleJitter(32, 48, 64)], ids=["alexnet", "vgg"])
 def test_the_nvimagecodec_backend_decodes_the_cpu_backends_pixels(splits, transform):
     """The CUDA backend's code on nvImageCodec's CPU-only backend (libjpeg-turbo, fancy upsampling):
     its ROI decode, flips and VGG's resize give the CPU backend's pixels. Runs where the `gpu` extra
     is installed; on a GPU the IDCT differs (docs/DESIGN.md states the tolerance)."""
-    pytest.importorskip("nvidia.nvimgcodec")
     from cnnctl.shards.nvimgcodec_decode import NvImageCodec
 
     url = splits["varied" if isinstance(transform, ScaleJitter) else "square"]
@@ -239,11 +237,11 @@ def test_preflight_refuses_device_decoding_of_png_shards_in_one_line(tmp_path):
     assert check_data(run_config(str(tmp_path), "png", "auto")) == []
 
 
+@pytest.mark.nvimgcodec
 @pytest.mark.timeout(120)
 def test_the_nvimagecodec_backend_skips_a_damaged_jpeg_as_the_cpu_backend_does(damaged):
     """nvImageCodec hands back None for the damaged JPEG: the same sample is heard of, and the same
     batch-mate takes its slot."""
-    pytest.importorskip("nvidia.nvimgcodec")
     from cnnctl.shards.nvimgcodec_decode import NvImageCodec
 
     url = damaged[0]
