@@ -26,13 +26,17 @@ With --augment vgg it measures VGG's scale jitter instead (S in [256, 512], rand
 rescaled image, flip): the loader decoding only the pixels the crop's resize reads, against the same
 loader decoding whole images, interleaved.
 
+With --decoder device it measures data.decoder=device on its CPU backend: the loader's workers batch
+the JPEG bytes and the consuming process decodes them (as the trainer's `counted` does), against the
+worker-side decoder (auto's choice), interleaved (--augment alexnet or vgg).
+
 With a list of worker counts (--workers 1,2,6,14) it measures only the loader, as the trainer takes
 its batches (pinned and copied to --device cuda; the same loop without either on the CPU), at each
 count, interleaved, and prints each count's CPU-seconds per image over the first count's (goal: within
 1.1x at 14 workers, where the batch rings must still be on).
 
 Usage: python bench/loader.py [--images 4000] [--workers 2|1,2,6,14] [--rounds 3] [--batch 128]
-                              [--augment alexnet|vgg] [--decoder auto|windowed|whole] [--device cpu|cuda]
+                              [--augment alexnet|vgg] [--decoder auto|windowed|whole|device] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -207,6 +211,38 @@ def compare_vgg(url: str, args: argparse.Namespace) -> None:
           f"{os.cpu_count()} CPUs")
 
 
+def run_decoded(stream: ShardStream, workers: int, epoch: int) -> int:
+    """One epoch, each batch as the trainer takes it (ShardStream.counted): under data.decoder=device
+    decoded here, in this process, after the loader's workers batched the JPEG bytes."""
+    stream.set_epoch(epoch)
+    return sum(len(stream.decoded(batch)[0]) for batch in loader(stream, workers=workers, recycle=True))
+
+
+def compare_device(url: str, transform, args: argparse.Namespace) -> None:
+    """data.decoder=device on its CPU backend (the consuming process decodes) against the worker-side
+    decoder (auto's choice), the same loader otherwise, interleaved; CPU-s of every process."""
+    w, worker_way = args.workers[0], decoders.windowed("auto", transform, url, mf.load(url))
+    streams = {way: ShardStream(url, Split(), args.batch, transform, seed=0, windowed=worker_way)
+               for way in ("worker", "device")}
+    streams["device"].decode_on_device("cpu")
+    for stream in streams.values():
+        run_decoded(stream, w, 0)  # start the persistent workers, untimed
+    load0, rounds = os.getloadavg()[0], Rounds()
+    for r in range(args.rounds):
+        for way, stream in streams.items():
+            rounds.run(way, run_decoded, stream, w, r + 1)
+    print(f"medians and [min-max] over {args.rounds} interleaved rounds; CPU-s: user + sys of every process involved")
+    print(rounds.line("worker", f"loader, {type(transform).__name__}, {w} workers decoding "
+                                f"({'windowed' if worker_way else 'whole image'})"))
+    print(rounds.line("device", f"loader, {type(transform).__name__}, {w} workers batching bytes, "
+                                "decoded in the consuming process (data.decoder=device, CPU backend)"))
+    print(rounds.ratio("device", "worker", "device (CPU backend) / worker-side"))
+    print(f"load average (1 min) before and after the rounds: {load0:.1f}, {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs")
+    for stream in streams.values():
+        stream.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=4000, help="corpus size")
@@ -234,6 +270,8 @@ def main() -> None:
         print(f"corpus: {len(jpegs)} JPEGs in {len(manifest['shards'])} shards, shorter side 256 "
               f"(e.g. {sizes[0][1]}x{sizes[0][0]}), "
               f"{sum(map(len, jpegs)) / len(jpegs) / 1024:.1f} KiB each; built in {time.perf_counter() - t0:.1f}s")
+        if args.decoder == "device":
+            return compare_device(url, ScaleJitter(224, 256, 512) if args.augment == "vgg" else AlexNetCrop(CROP), args)
         if args.augment == "vgg":
             return compare_vgg(url, args)
         transform = AlexNetCrop(CROP)

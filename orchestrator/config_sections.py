@@ -52,10 +52,12 @@ class DataConfig(_Section):
         "DataLoader worker processes per training worker (0 = decode in the training process)."))
     shuffle_buffer: int = Field(2000, ge=0, description=(
         "Sample shuffle buffer per loader, on top of the per-epoch shard shuffle."))
-    decoder: Literal["auto", "windowed", "whole"] = Field("auto", description=(
+    decoder: Literal["auto", "windowed", "whole", "device"] = Field("auto", description=(
         "JPEG decoding for crops: windowed (only the crop's window, shards/_jpegcrop.c), whole (the whole image, "
         "simplejpeg), or auto (whichever costs less CPU for this transform on this machine, measured once on the "
-        "split's own images and cached in ~/.cache/cnnctl/decoders.json). The pixels are the same either way."))
+        "split's own images and cached in ~/.cache/cnnctl/decoders.json). The pixels are the same either way. "
+        "device: the loader workers only read and batch the training JPEGs, which the training process decodes "
+        "(on a GPU with NVIDIA nvImageCodec, the gpu extra; on the CPU with cnnctl's decoders)."))
     on_bad_sample: Literal["error", "skip"] = Field("error", description=(
         "A sample that fails to decode stops the run (error) or is counted and skipped (skip)."))
 

@@ -57,6 +57,10 @@ def train_stream(cfg: RunConfig, split: Split, side: int | None = None) -> Shard
                          num_classes=cfg.model.num_classes,
                          accumulate=(d.global_batch or d.batch_size) // d.batch_size)  # orchestrator/elastic.py
     stream.windowed = decoders.windowed(d.decoder, transform, url, stream.manifest)
+    if d.decoder == "device":  # decoded by the consumer of the batches (ShardStream.counted), on its device
+        if problem := decoders.device_problem(transform, stream.manifest):
+            raise ValueError(problem)
+        stream.decode_on_device("cuda" if cfg.parallel.gpus else "cpu")
     return stream
 
 

@@ -6,7 +6,9 @@
 
 Batches cross the DataLoader as uint8 (a quarter of float32's bytes); everything that needs floats
 runs here, batched, on the training device. The stage knows its epoch itself (``set_epoch``): the
-reader has no hook into it; its lighting stream saves and loads itself (``state_dict``).
+reader has no hook into it; its lighting stream saves and loads itself (``state_dict``). Under
+data.decoder=device the batch reaches it already decoded, by ShardStream.counted on this process (on
+CUDA, already on the device: ``to`` is then free).
 """
 
 from __future__ import annotations

@@ -37,6 +37,12 @@ def check_data(cfg: RunConfig) -> list[str]:
     problems = check_splits(cfg.data.root, cfg.data.prefix, [cfg.data.train_split, cfg.data.val_split])
     if not problems and (line := epoch_has_steps(cfg)):
         problems.append(line)
+    if not problems and cfg.data.decoder == "device":  # PNG shards, a padded crop: refused here, in one line
+        from cnnctl.orchestrator.data import manifest_url, train_transform
+        from cnnctl.shards import decoders, manifest as mf
+
+        if line := decoders.device_problem(train_transform(cfg.data), mf.load(manifest_url(cfg, cfg.data.train_split))):
+            problems.append(line)
     if cfg.model.init_from:  # a source that cannot initialise this model is refused before Ray starts
         from cnnctl.orchestrator.modeling import init_source
 

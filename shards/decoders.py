@@ -4,7 +4,9 @@ pixels. Which is faster depends on the machine (the two libjpeg-turbo builds dif
 of the image the crop covers, so ``auto`` measures both on the split's own samples, in CPU-seconds
 of this process, once per (machine, transform, shard image size), and caches the answer in
 ``$CNNCTL_CACHE_DIR`` (default ``~/.cache/cnnctl``) / decoders.json. ``windowed`` and ``whole``
-(data.decoder) override it.
+(data.decoder) override it. ``device`` decodes a training stream's JPEGs on the training process
+(shards/device_decode.py: the GPU through nvImageCodec, or the CPU); its evaluation streams, and
+anything ``device_problem`` refuses, decode in the workers as ``auto`` chooses.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from cnnctl.shards import manifest as mf
 from cnnctl.shards.stages import decode
 from cnnctl.shards.transforms import ScaleJitter, Transform
 
-CHOICES = ("auto", "windowed", "whole")
+CHOICES = ("auto", "windowed", "whole", "device")
 SAMPLES = 48  # JPEGs of the first shard decoded each way
 MIN_CPU_S = 0.25  # each way measured for at least this much CPU time, interleaved
 
@@ -75,6 +77,7 @@ def windowed(setting: str, transform: Transform, manifest_url: str, manifest: di
     images (False), by data.decoder ``setting``."""
     if setting not in CHOICES:
         raise ValueError(f"data.decoder {setting!r}: one of {', '.join(CHOICES)}")
+    setting = "auto" if setting == "device" else setting  # what decodes in the workers (evaluation)
     if setting != "auto" or not codec.WINDOWED:
         return setting == "windowed" and codec.WINDOWED
     # it decodes no JPEG windows (whole images, a padded crop) or the shards hold no JPEGs: nothing to choose
@@ -102,3 +105,17 @@ def windowed(setting: str, transform: Transform, manifest_url: str, manifest: di
     except OSError:
         pass  # a read-only home: measured again next time, nothing else changes
     return choice == "windowed"
+
+
+def device_problem(transform: Transform, manifest: dict) -> str | None:
+    """Why data.decoder=device cannot decode this training stream (one line), or None: it decodes
+    JPEG shards, for a crop of one window of the image (AlexNet's, a centre crop, an unpadded
+    crop-flip) or VGG's scale jitter."""
+    fmt = manifest.get("options", {}).get("image_format", "jpg")
+    if fmt != "jpg":
+        return (f"data.decoder=device decodes JPEG shards, and these hold {fmt.upper()} images: "
+                f"set data.decoder=auto (the loader workers decode them)")
+    if not (transform.windowed or isinstance(transform, ScaleJitter)):
+        return (f"data.decoder=device decodes one window of each image, and {transform!r} is not one "
+                f"(a padded crop): set data.decoder=auto")
+    return None

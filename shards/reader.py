@@ -29,6 +29,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from cnnctl.shards import manifest as mf
 from cnnctl.shards import dealt, stages
 from cnnctl.shards.batching import RING_SHARE, Batch, Ring, prefetch, ring_budget, ring_size
+from cnnctl.shards.device_decode import DeviceDecode
+from cnnctl.shards.encoded import PlanBatch
 from cnnctl.shards.position import DIGEST_MOD, Progress, ReaderPosition, key_hash, sample_seed
 from cnnctl.shards.shard_tar import BadSample, Sample
 from cnnctl.shards.stages import BadSampleHandler, Split, Unit, raise_bad
@@ -74,6 +76,7 @@ class ShardStream(IterableDataset):
             raise ValueError(f"{type(transform).__name__} is not one window of the image: it has no place in a "
                              f"{frame}px frame")
         self.frame, self.windowed = frame, windowed
+        self.on_device, self.device_decode = False, None  # data.decoder=device: `decode_on_device`
         self.manifest = mf.load(manifest_url)
         self.urls = mf.shard_urls(manifest_url, self.manifest)
         # Labels must index the model's outputs: the model's class count where the caller knows it,
@@ -101,7 +104,8 @@ class ShardStream(IterableDataset):
         return self.steps
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_loaders": {}}  # a worker started by spawn gets no DataLoaders
+        # a worker started by spawn gets no DataLoaders, nor the consumer's decoder
+        return {**self.__dict__, "_loaders": {}, "device_decode": None}
 
     def close(self) -> None:
         """End the workers that loader(recycle=True) keeps across epochs. The stream and its
@@ -138,12 +142,22 @@ class ShardStream(IterableDataset):
         has trained on), by worker as the epoch began: what `set_position` resumes from."""
         return [self.progress.at(w, len(range(w, steps_done, self.workers))) for w in range(self.workers)]
 
+    def decode_on_device(self, device: str = "cpu") -> None:
+        """data.decoder=device: workers hand on each batch's JPEG bytes and windows, which `counted`
+        (or `decoded`) decodes on this process, onto ``device``; the batches are the same."""
+        self.on_device, self.device_decode = True, DeviceDecode(self.transform, self.on_bad, device)
+
+    def decoded(self, batch: tuple) -> tuple:
+        """A loader's batch as the worker-side decoders make it (under data.decoder=device, decoded here)."""
+        return batch if self.device_decode is None else self.device_decode.batch(batch)
+
     def counted(self, batches: Iterator) -> Iterator:
         """The epoch's batches as its consumer takes them, each one counted in ``steps_done``: the
-        loader's workers run ahead of the consumer, so only its side knows what was trained on."""
+        loader's workers run ahead of the consumer, so only its side knows what was trained on.
+        Under data.decoder=device the batches are decoded here, on the consumer's process."""
         for batch in batches:
             self.steps_done += 1
-            yield batch
+            yield self.decoded(batch)
 
     def state_dict(self) -> dict:
         """Where a training epoch stands after the batches its consumer has taken (`counted`): the
@@ -205,8 +219,9 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         shared = info is not None
         ring = self.rings[info.id] if shared and self.rings and len(self.rings) == unit.workers else None
-        batch, bad_run = Batch(self.batch_size, shared=shared, ring=ring, windows=self.frame is not None), 0
         shape = self.transform.sample_shape()
+        batch, bad_run = (PlanBatch(self.batch_size, shape, windows=self.frame is not None) if self.on_device else
+                          Batch(self.batch_size, shared=shared, ring=ring, windows=self.frame is not None)), 0
         # A buffer no larger than this reader's part: a larger one would hold nothing more.
         buffer = min(self.shuffle_buffer, max(self.samples_per_rank // unit.workers, 1))
         if self.deal is None:
@@ -227,8 +242,10 @@ class ShardStream(IterableDataset):
                 if raw is None:  # a hole: its shard came up short, and the policy has heard of it
                     raise BadSample("")
                 sample_rng.seed(seed)
-                image, label = stages.decode(raw, self.transform, sample_rng, batch.slot(shape), self.windowed,
-                                             self.num_classes)
+                # data.decoder=device: the window only, the consumer's process decodes (`counted`)
+                image, label = (stages.plan(raw, self.transform, sample_rng, self.num_classes) if self.on_device
+                                else stages.decode(raw, self.transform, sample_rng, batch.slot(shape), self.windowed,
+                                                   self.num_classes))
                 window = None if self.frame is None else stages.in_frame(raw, image, self.frame)
             except BadSample as exc:
                 if raw is not None:
@@ -276,7 +293,8 @@ def loader(stream: ShardStream, workers: int = 0, pin_memory: bool = False, recy
     if recycle and key in stream._loaders:
         return stream._loaders[key]
     shape = stream.transform.sample_shape()
-    ring_bytes = workers * ring_size(workers) * stream.batch_size * int(np.prod(shape or (0,)))
+    pixels = 0 if stream.on_device else int(np.prod(shape or (0,)))  # device decode: no pixel buffers
+    ring_bytes = workers * ring_size(workers) * stream.batch_size * pixels
     if recycle and workers and ring_bytes:
         if ring_bytes <= (budget := ring_budget()):
             stream.rings = [Ring((stream.batch_size, *shape), ring_size(workers)) for _ in range(workers)]

@@ -24,8 +24,9 @@ import numpy as np
 
 from cnnctl.shards import codec
 from cnnctl.shards import shard_tar
+from cnnctl.shards.encoded import Plan
 from cnnctl.shards.shard_tar import BadSample, Sample
-from cnnctl.shards.transforms import Placed, Transform
+from cnnctl.shards.transforms import Placed, ScaleJitter, Transform
 
 REPORT_FIRST = 10  # bad samples printed per process under SkipBad; the rest are only counted
 
@@ -213,7 +214,31 @@ def decode(raw: Sample, transform: Transform, rng: random.Random | None, into: n
         raise BadSample(f"{where(raw)}: {exc}") from None
 
 
-def in_frame(raw: Sample, placed: Placed, frame: int) -> tuple[int, int, bool]:
+def plan(raw: Sample, transform: Transform, rng: random.Random, num_classes: int | None = None) -> tuple[Plan, int]:
+    """Stage 5 under data.decoder=device: raw sample -> (its Plan, label), nothing decoded but the
+    JPEG's header. The window is drawn from ``rng`` exactly as ``decode`` draws it, so the batches'
+    keys and windows are the same either way; shards/device_decode.py decodes the plans. Only JPEGs
+    of a windowed transform or of ScaleJitter (decoders.device_problem refuses the rest up front)."""
+    ext = next((e for e in ("jpg", "jpeg") if e in raw), None)
+    if ext is None or "cls" not in raw:
+        other = next((e for e in codec.IMAGE_EXTS if e in raw), None)
+        raise BadSample(f"{where(raw)}: " + (f"a .{other}, and data.decoder=device decodes JPEGs only" if other
+                                             else "lacks an image or a .cls member"))
+    target = label(raw, num_classes)
+    data = raw[ext]
+    try:
+        if not codec.is_jpeg(data, ext):
+            raise codec.BadImage("not a JPEG (it does not start with a JPEG's SOI marker)")
+        h, w = codec.jpeg_size(data)
+        if isinstance(transform, ScaleJitter):
+            s, box = transform.plan(w, h, rng)
+            return Plan(data, where(raw), h, w, jitter=(s, box, rng.random() < 0.5)), target
+        return Plan(data, where(raw), h, w, window=transform.window(h, w, rng)), target
+    except (codec.BadImage, ValueError) as exc:  # simplejpeg raises ValueError for a corrupt header
+        raise BadSample(f"{where(raw)}: {exc}") from None
+
+
+def in_frame(raw: Sample, placed: Placed | Plan, frame: int) -> tuple[int, int, bool]:
     """A windowed sample's (top, left, flip) in its image's central square, which must be ``frame``
     px (a per-pixel mean image's side)."""
     side, top, left, flip = placed.in_square()

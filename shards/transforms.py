@@ -216,22 +216,30 @@ class ScaleJitter(Transform):
     def load(self, data: bytes, ext: str, rng: random.Random, windowed: bool = True) -> np.ndarray:
         if codec.is_jpeg(data, ext):
             h, w = codec.jpeg_size(data)
-            s, box = self.plan(w, h, rng)
-            shrink = min(w, h) / s
-            if shrink >= 2:  # decode at 1/2, 1/4 or 1/8 scale, still at least as large as needed
-                arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(w / shrink),
-                                             min_height=math.ceil(h / shrink))
-            elif windowed and codec.WINDOWED:
-                x0, y0, x1, y1 = self.support(box, w, h)
-                window = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
-                codec.decode_window(data, window, y0, x0, False)
-                return self._resize(window, box, x0, y0)
-            else:
-                arr = simplejpeg.decode_jpeg(data, colorspace="RGB")
+            return self.render(data, w, h, *self.plan(w, h, rng), windowed=windowed)
+        arr = codec.decode(data, ext)
+        h, w = arr.shape[:2]
+        return self.resample(arr, w, *self.plan(w, h, rng)[1:])
+
+    def render(self, data: bytes, w: int, h: int, s: int, box: tuple[float, float, float, float],
+               windowed: bool = True) -> np.ndarray:
+        """A w x h JPEG's crop ``box`` at scale ``s`` (from ``plan``), size x size, unflipped: what
+        ``load`` returns, decoding no more than it must (data.decoder=device runs it apart from ``plan``)."""
+        shrink = min(w, h) / s
+        if shrink >= 2:  # decode at 1/2, 1/4 or 1/8 scale, still at least as large as needed
+            arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(w / shrink),
+                                         min_height=math.ceil(h / shrink))
+        elif windowed and codec.WINDOWED:
+            x0, y0, x1, y1 = self.support(box, w, h)
+            window = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+            codec.decode_window(data, window, y0, x0, False)
+            return self._resize(window, box, x0, y0)
         else:
-            arr = codec.decode(data, ext)
-            h, w = arr.shape[:2]
-            s, box = self.plan(w, h, rng)
+            arr = simplejpeg.decode_jpeg(data, colorspace="RGB")
+        return self.resample(arr, w, box)
+
+    def resample(self, arr: np.ndarray, w: int, box: tuple[float, float, float, float]) -> np.ndarray:
+        """``box`` (in the frame of a ``w`` px wide image) of ``arr``, that image at any scale, resized."""
         k = arr.shape[1] / w
         box = tuple(min(v * k, lim) for v, lim in zip(box, (arr.shape[1], arr.shape[0]) * 2))
         x0, y0, x1, y1 = self.support(box, arr.shape[1], arr.shape[0])

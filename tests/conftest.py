@@ -156,8 +156,8 @@ def in_slow_tier(item) -> bool:
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects on the marks
 def pytest_collection_modifyitems(config, items):
     """Marks the slow tier `slow`. Tests that need what this machine lacks are deselected, so a run
-    reports no skips: `gpu` (CUDA), `dali` (NVIDIA DALI, not a dependency), `tmpfs` (mounting one: root
-    with CAP_SYS_ADMIN)."""
+    reports no skips: `gpu` (CUDA), `dali` (NVIDIA DALI, not a dependency), `nvimgcodec` (the `gpu`
+    extra), `tmpfs` (mounting one: root with CAP_SYS_ADMIN)."""
     import importlib.util
 
     import torch
@@ -168,6 +168,8 @@ def pytest_collection_modifyitems(config, items):
     lacking = {"gpu": lambda: not torch.cuda.is_available(),
                "dali": lambda: (importlib.util.find_spec("nvidia") is None
                                 or importlib.util.find_spec("nvidia.dali") is None),
+               "nvimgcodec": lambda: (importlib.util.find_spec("nvidia") is None
+                                      or importlib.util.find_spec("nvidia.nvimgcodec") is None),
                "tmpfs": lambda: not _can_mount_tmpfs()}
     for marker, lacks in lacking.items():
         marked = [item for item in items if item.get_closest_marker(marker)]
