@@ -36,7 +36,10 @@ def train(
     preset: Preset = None,
     config: ConfigFile = None,
     set_: Sets = None,
-    nodes: Annotated[Optional[int], typer.Option(help="Ray nodes to spread the workers over (parallel.nodes).")] = None,
+    nodes: Annotated[Optional[str], typer.Option(help=(
+        "Ray nodes to spread the workers over (parallel.nodes), or MIN-MAX: elastic, training on as many whole "
+        "nodes as the cluster holds, resized from the newest checkpoint when one is lost or returns "
+        "(parallel.min_nodes; set run.checkpoint_every_steps)."))] = None,
     workers_per_node: Annotated[Optional[int], typer.Option(
         "--workers-per-node", help="Ray Train workers per node (parallel.workers_per_node).")] = None,
     gpus: Annotated[Optional[bool], typer.Option(
@@ -59,10 +62,12 @@ def train(
     every run.log_every steps instead of the bar)."""
     try:
         named = layouts.named(parallel) if parallel is not None else None
+        least, most = node_range(nodes) if nodes is not None else (None, None)
     except ValueError as exc:
         raise fail(str(exc)) from None
     flags = {"parallel.mp": named.mp if named else None, "parallel.fc": named.fc if named else None,
-             "parallel.nodes": nodes, "parallel.workers_per_node": workers_per_node, "parallel.gpus": gpus,
+             "parallel.nodes": most, "parallel.min_nodes": least, "parallel.workers_per_node": workers_per_node,
+             "parallel.gpus": gpus,
              "parallel.address": address, "schedule.epochs": epochs, "run.name": name, "data.root": data}
     cfg = resolve_options(preset, config, set_, flags)
     p = cfg.parallel
@@ -89,6 +94,14 @@ def train(
     where = loc.join(run_dir(cfg), loc.name(result.checkpoint.path)) if result.checkpoint else None
     typer.echo(f"done: epoch {final.get('epoch')} val_top1 {final.get('val_top1', float('nan')):.4f} | "
                f"checkpoint {where and short(where)}")
+
+
+def node_range(text: str) -> tuple[int | None, int]:
+    """--nodes N (None, N) or MIN-MAX (MIN, MAX): whole numbers of nodes, at least one."""
+    parts = text.split("-")
+    if len(parts) > 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise ValueError(f"--nodes {text!r}: a number of nodes (4) or a range MIN-MAX (2-4), each at least 1")
+    return (int(parts[0]) if len(parts) == 2 else None), int(parts[-1])
 
 
 @app.command("eval")

@@ -1,7 +1,8 @@
 """The one typed config tree of cnnctl, and the one function that resolves it.
 
-Sections (orchestrator/config_sections.py, imported from here): data, model, optim, schedule, parallel,
-run, tune and eval (how `cnnctl eval` tests the run). The layout's rules are models/layout.py's.
+Sections (orchestrator/config_sections.py and config_tune.py, imported from here): data, model, optim,
+schedule, parallel, run, tune and eval (how `cnnctl eval` tests the run), under ``RunConfig``. The
+layout's rules are models/layout.py's.
 
 Precedence (lowest first): field defaults < preset YAML in ``configs/`` < ``--config FILE``
 < ``--set a.b=c`` overrides < explicit CLI flags. ``resolve`` is the only place that applies it.
@@ -15,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from cnnctl.models.layout import Net
-from cnnctl.orchestrator.config_sections import (DataConfig, EvalConfig, LRNConfig, ModelConfig, OptimConfig,
-                                                 ParallelConfig, RunConfig, RunSection, ScheduleConfig, TuneConfig)
+from cnnctl.models.layout import Layout, Net
+from cnnctl.orchestrator.config_sections import (DataConfig, LRNConfig, ModelConfig, OptimConfig, ParallelConfig,
+                                                 RunSection, ScheduleConfig, Section)
+from cnnctl.orchestrator.config_tune import EvalConfig, TuneConfig
 from cnnctl.orchestrator.yaml_tree import (ConfigError, deep_merge, format_errors, load_yaml, nest, parse_assignments,
                                            scalar)
 
@@ -27,6 +29,18 @@ __all__ = ["CONFIGS_DIR", "ConfigError", "DataConfig", "EvalConfig", "LRNConfig"
            "ParallelConfig", "RunConfig", "RunSection", "ScheduleConfig", "TuneConfig", "check", "model_problems",
            "net", "parse_set", "preset_path", "resolve", "to_yaml", "yaml_names"]
 
+
+
+class RunConfig(Section):
+    data: DataConfig = Field(default_factory=DataConfig, description="Shards and input pipeline.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Network.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="SGD optimiser.")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Epochs and learning-rate schedule.")
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Workers, nodes and the dp x mp mesh.")
+    run: RunSection = Field(default_factory=RunSection, description="Run name, storage, seed and fault tolerance.")
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="Ray Tune sweep settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description=(
+        "The paper's evaluation of this run, the default of `cnnctl eval`."))
 
 def _configs_dir() -> Traversable:
     """The presets folder: configs/ of the source checkout these modules run from (PYTHONPATH, an
@@ -104,6 +118,7 @@ def check(cfg: RunConfig) -> list[str]:
     """Cross-field rules that single fields cannot express (the layout's are models/layout.py's)."""
     bad_model = model_problems(cfg.model)
     problems = cfg.parallel.layout.problems(cfg.data.batch_size, None if bad_model else net(cfg.model))
+    problems += elastic_problems(cfg.parallel, cfg.data.global_batch or cfg.data.batch_size)
     if (whole := cfg.data.global_batch) and whole % cfg.data.batch_size:
         problems.append(f"data.global_batch: {whole} is not a whole number of batches of data.batch_size "
                         f"{cfg.data.batch_size}")
@@ -140,6 +155,23 @@ def net(m: ModelConfig) -> Net:
     name = catalog.resolve(m.name)
     alexnet = catalog.family(name) == "alexnet"
     return Net(name, alexnet, catalog.towers(name, m.towers), catalog.fc_width(name, m.width) if alexnet else None)
+
+
+def elastic_problems(p: ParallelConfig, total: int) -> list[str]:
+    """An elastic run's rules: one line per node count from parallel.min_nodes up that its layout or
+    its global batch ``total`` cannot train at."""
+    if p.min_nodes is None:
+        return []
+    if p.min_nodes > p.nodes:
+        return [f"parallel.min_nodes: {p.min_nodes} is more than parallel.nodes {p.nodes} (--nodes MIN-MAX)"]
+    lines = []
+    for n in range(p.min_nodes, p.nodes):
+        layout = Layout(n, p.workers_per_node, p.mp, p.layout.fc_split)
+        why = layout.problems() or ([f"the global batch {total} does not split over dp={layout.dp}"]
+                                    if total % layout.dp else [])
+        if why:
+            lines.append(f"parallel.min_nodes: the run cannot train on {n} node(s) (world {layout.world}): {why[0]}")
+    return lines
 
 
 def model_problems(m: ModelConfig) -> list[str]:

@@ -12,11 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from cnnctl.models.layout import Layout
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     root: str = Field("data/fashion-mnist", description="fsspec URL of the folder that holds the shards and manifests.")
     prefix: str = Field("fashion-mnist", description="Shard name prefix: shards are <prefix>-<split>-NNNNNN.tar.")
     train_split: str = Field("train", description="Split used for training.")
@@ -78,7 +78,7 @@ class DataConfig(_Section):
         return v
 
 
-class LRNConfig(_Section):
+class LRNConfig(Section):
     enabled: bool = Field(True, description="Use Local Response Normalization after conv1 and conv2.")
     k: float = Field(2.0, description="Additive constant k in the paper's formula.")
     n: int = Field(5, gt=0, description="Number of adjacent channels summed (odd; the window is centred).")
@@ -87,7 +87,7 @@ class LRNConfig(_Section):
     beta: float = Field(0.75, gt=0, description="Exponent beta.")
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """A field left at None means "this model's own default" (the paper's), in a form that survives
     serialisation to Ray workers, Tune trials and checkpoints; a field the model does not take is an
     error on the driver (`check`)."""
@@ -126,7 +126,7 @@ class ModelConfig(_Section):
         return out
 
 
-class OptimConfig(_Section):
+class OptimConfig(Section):
     lr: float = Field(0.01, gt=0, description="Base learning rate (for the reference batch when scale_lr=linear).")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     nesterov: bool = Field(False, description="Nesterov momentum.")
@@ -137,7 +137,7 @@ class OptimConfig(_Section):
     reference_batch: int = Field(256, gt=0, description="Batch size the base lr refers to under scale_lr=linear.")
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(Section):
     kind: Literal["constant", "step", "cosine", "onecycle", "plateau"] = Field("cosine", description=(
         "Learning-rate schedule: constant, step, cosine, onecycle (linear decay), or plateau (÷10 when val_top1 stops "
         "improving, the papers' rule)."))
@@ -151,8 +151,16 @@ class ScheduleConfig(_Section):
         "cosine/onecycle: the lr at the end, as a fraction of the peak."))
 
 
-class ParallelConfig(_Section):
-    nodes: int = Field(1, ge=1, description="Ray nodes the workers spread across.")
+class ParallelConfig(Section):
+    nodes: int = Field(1, ge=1, description=(
+        "Ray nodes the workers spread across (an elastic run: the most, and in a worker the nodes it trains on now)."))
+    min_nodes: int | None = Field(None, ge=1, description=(
+        "Elastic (--nodes MIN-MAX): the fewest nodes the run trains on; a node lost or regained resizes it by whole "
+        "nodes from its newest checkpoint (docs/resume.md). None: always parallel.nodes, as placed at the start."))
+    resize_check_s: float = Field(60.0, gt=0, description="Elastic: how often Ray Train looks for returned nodes.")
+    node_loss_settle_s: float = Field(20.0, ge=0, description=(
+        "Elastic: after the workers fail, how long to wait before sizing the restart, so a lost node is marked dead "
+        "first (Ray's health checks take ~15 s by default; a restart sized before waits a minute for its workers)."))
     workers_per_node: int = Field(2, ge=1, description="Ray Train workers per node.")
     mp: int = Field(1, ge=1, le=2, description=(
         "Tower (model) parallel degree: 2 splits AlexNet's towers over a rank pair."))
@@ -191,6 +199,10 @@ class ParallelConfig(_Section):
                       (self.fc_group or self.workers_per_node) if self.fc == "model" else None)
 
     @property
+    def elastic(self) -> bool:
+        return self.min_nodes is not None
+
+    @property
     def world(self) -> int:
         """The layout's world (nodes x workers_per_node)."""
         return self.layout.world
@@ -202,10 +214,12 @@ class ParallelConfig(_Section):
 
     def shape(self) -> str:
         """The cluster shape in one line, as `cnnctl train` prints it."""
-        return f"{self.layout.describe()}, {self.cpus_per_worker:g} CPU{' + 1 GPU' if self.gpus else ''} per worker"
+        elastic = f"elastic over {self.min_nodes} to {self.nodes} nodes, at most " if self.elastic else ""
+        gpu = " + 1 GPU" if self.gpus else ""
+        return f"{elastic}{self.layout.describe()}, {self.cpus_per_worker:g} CPU{gpu} per worker"
 
 
-def _folder_name(v: str) -> str:
+def folder_name(v: str) -> str:
     """A run or sweep name is one folder under run.storage: the pattern keeps out `/`, control
     characters and the empty name; `.` and `..` (any name of dots only) would be the storage folder
     itself or the one above it."""
@@ -215,7 +229,7 @@ def _folder_name(v: str) -> str:
     return v
 
 
-class RunSection(_Section):
+class RunSection(Section):
     name: str = Field("demo-fashion", pattern=r"^[A-Za-z0-9_.-]+$", description=(
         "Run name; rerunning the same name resumes it."))
     storage: str = Field("runs", description="fsspec URL (or local folder) under which runs are stored.")
@@ -245,73 +259,4 @@ class RunSection(_Section):
     tracker_experiment: str = Field("cnnctl", min_length=1, description=(
         "The experiment (mlflow; created when missing) or project (wandb) the run is logged under."))
 
-    _name = field_validator("name")(classmethod(lambda cls, v: _folder_name(v)))
-
-
-class TuneConfig(_Section):
-    num_samples: int = Field(8, ge=1, description="Number of trials.")
-    metric: str = Field("val_top1", description="Metric that ranks trials.")
-    mode: Literal["max", "min"] = Field("max", description="Whether the metric is maximised or minimised.")
-    max_concurrent: int = Field(1, ge=1, description=(
-        "Trials running at once (lowered to what the cluster's CPUs hold)."))
-    name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.-]+$", description=(
-        "Sweep name: its folder is <run.storage>/<name>; `--resume NAME` continues it."))
-    search: str = Field("lrn", description=(
-        "Search space: a preset from configs/search/ (lrn, lr-schedule, lrn+lr) or a YAML file."))
-    scheduler: Literal["fifo", "asha", "pbt"] = Field("fifo", description=(
-        "fifo: run every trial to the end; asha: stop weak trials early; pbt: weak trials copy a strong trial's "
-        "checkpoint and perturb its hyperparameters."))
-    grace_period: int = Field(1, ge=1, description="asha: epochs every trial runs before it can be stopped.")
-    reduction_factor: float = Field(2.0, gt=1, description="asha: 1/reduction_factor of the trials pass each rung.")
-    perturbation_interval: int = Field(1, ge=1, description="pbt: epochs between exploit/explore steps.")
-    pbt_lrn: bool = Field(False, description=(
-        "pbt: also mutate LRN alpha and beta (when the search space has them), not only optim.lr."))
-    trial_workers: int = Field(1, ge=1, description=(
-        "Ray Train workers of each trial (sets parallel.workers_per_node, one node per trial)."))
-    trial_seeds: Literal["same", "distinct"] = Field("same", description=(
-        "same: seed j of every configuration is run.seed + j (common random numbers: two configurations differ only "
-        "by their hyperparameters), and a configuration drawn twice is trained once; distinct: trial i uses run.seed "
-        "+ i, and a configuration drawn again becomes another seed of it."))
-    seeds: int = Field(1, ge=1, description=(
-        "Seeds each configuration trains with; the results give each configuration's mean, standard deviation and 95 "
-        "% confidence interval."))
-    search_alg: Literal["random", "optuna"] = Field("random", description=(
-        "random: draw tune.num_samples samples of the space (grids enumerated); optuna: Tree-structured Parzen "
-        "Estimator (Ray Tune's OptunaSearch) over the conditional space, tune.num_samples suggestions, each informed "
-        "by the configurations finished so far."))
-    baseline: str | None = Field(None, description=(
-        "The configuration every other is compared with (Welch's t-test over seeds): path=value[,path=value...], e.g. "
-        "model.lrn.enabled=false; None: the best configuration is compared with the rest."))
-
-    _name = field_validator("name")(classmethod(lambda cls, v: _folder_name(v)))
-
-
-class EvalConfig(_Section):
-    tta: Literal["center", "ten-crop", "dense"] = Field("center", description=(
-        "The test views `cnnctl eval` uses for this run unless told otherwise: center (one centre crop), ten-crop "
-        "(AlexNet §4.1: 4 corners + centre and their flips, softmax averaged), dense (VGG §3.2: the "
-        "fully-convolutional net on the whole image at each of `scales`)."))
-    scales: list[int] | None = Field(None, description=(
-        "dense: the shorter sides Q the image is rescaled to (VGG §4.2 multi-scale: Smin, (Smin+Smax)/2, Smax); None "
-        "keeps the image as stored."))
-    flip: bool = Field(False, description=(
-        "Also average the softmax of the horizontally flipped views (center, dense; ten-crop always does)."))
-
-    @field_validator("scales")
-    @classmethod
-    def _positive(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or min(v) <= 0):
-            raise ValueError(f"scales must be a non-empty list of positive sides, got {v}")
-        return v
-
-
-class RunConfig(_Section):
-    data: DataConfig = Field(default_factory=DataConfig, description="Shards and input pipeline.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Network.")
-    optim: OptimConfig = Field(default_factory=OptimConfig, description="SGD optimiser.")
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Epochs and learning-rate schedule.")
-    parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Workers, nodes and the dp x mp mesh.")
-    run: RunSection = Field(default_factory=RunSection, description="Run name, storage, seed and fault tolerance.")
-    tune: TuneConfig = Field(default_factory=TuneConfig, description="Ray Tune sweep settings.")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description=(
-        "The paper's evaluation of this run, the default of `cnnctl eval`."))
+    _name = field_validator("name")(classmethod(lambda cls, v: folder_name(v)))

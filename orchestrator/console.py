@@ -62,12 +62,16 @@ class TrainConsole:
 
     def __enter__(self) -> "TrainConsole":
         import ray
+        from ray._raylet import RAY_NODE_ID_KEY
 
         self.name = sink_name(loc.name(self.run_dir))
         # One per run name in this driver's job, owned by this console: `__exit__` kills it and waits
         # for its name to be free, so a second run of the same name in one process (tests, a notebook)
         # gets an actor of its own, which the first console's handle, collected later, cannot end.
-        self.sink = ray.remote(Sink).options(name=self.name, num_cpus=0, get_if_exists=True).remote()
+        # It lives on the driver's node, as Ray Train's controller does: a lost node keeps the console.
+        here = {RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()}
+        self.sink = ray.remote(Sink).options(name=self.name, num_cpus=0, get_if_exists=True,
+                                             label_selector=here).remote()
         self.sink.drain.remote()  # not waited for: the actor starts while the run does
         if self.live:
             self.bar = _bar(self.out)

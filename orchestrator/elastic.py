@@ -78,12 +78,24 @@ def summary(cfg: RunConfig) -> str:
     return f"global batch {global_batch(cfg)} = {cfg.parallel.dp} x {cfg.data.batch_size // cfg.parallel.dp}{steps}"
 
 
+def change(old_world: int, cfg: RunConfig) -> str:
+    """What moved the run: an elastic run lost or regained nodes; another run was resumed at another dp."""
+    if not cfg.parallel.elastic:
+        return "resumed"
+    return "node lost: continuing" if cfg.parallel.world < old_world else "nodes returned: continuing"
+
+
+def world_line(old_world: int, cfg: RunConfig) -> str:
+    """The console's line for an elastic run restarted at another world from an end-of-epoch checkpoint."""
+    return f"{change(old_world, cfg)} at world {cfg.parallel.world} (dp {cfg.parallel.dp}); {summary(cfg)}"
+
+
 def resumed_line(position: dict, cfg: RunConfig) -> str:
     """The console's line for a step checkpoint resumed at another dp."""
     saved = position["layout"]
     step = position["steps_done"] * saved["batch_size"] // saved_global(saved)  # optimiser steps
-    return (f"resumed at world {cfg.parallel.world} (dp {cfg.parallel.dp}) from step {step} of epoch "
-            f"{position['epoch'] + 1}; {summary(cfg)}")
+    return (f"{change(len(position['ranks']), cfg)} at world {cfg.parallel.world} (dp {cfg.parallel.dp}) from step "
+            f"{step:,} of epoch {position['epoch'] + 1}; {summary(cfg)}")
 
 
 def relayout(position: dict, cfg: RunConfig, stream, layout: dict) -> dict:

@@ -4,6 +4,8 @@ autoscaling coordinator started early (``warm_up_train``)."""
 
 from __future__ import annotations
 
+import time
+
 from cnnctl.orchestrator.cluster import ClusterError
 
 
@@ -36,8 +38,42 @@ def state_api_served() -> bool:
     return True
 
 
-def torch_trainer():
-    """Ray Train's TorchTrainer, less its placement-group cleaner on a cluster without the State API.
+def whole_nodes_policy(workers_per_node: int, settle_s: float):
+    """Ray Train's elastic scaling policy, counting whole nodes: a node offers its workers in
+    multiples of ``workers_per_node``, so a resize never starts part of a node (a tower pair or an OWT
+    group would straddle two) and Ray Train's node-by-node ranks put each node's group together.
+
+    After a running group fails it waits ``settle_s`` before sizing the next: Ray marks a lost node
+    dead only once its health checks fail, and a group sized while the node still counts waits for
+    workers that cannot start (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) before the next try."""
+    from ray.train.v2._internal.execution.scaling_policy import ElasticScalingPolicy, NoopDecision
+
+    class WholeNodes(ElasticScalingPolicy):
+        ran, stopped_at = False, None
+
+        def _count_possible_workers(self, reserved_resources) -> int:
+            count = super()._count_possible_workers
+            per_node = [count({node: free}) // workers_per_node * workers_per_node
+                        for node, free in reserved_resources.items()]
+            return min(sum(per_node), self.scaling_config.max_workers)
+
+        def make_decision_for_running_worker_group(self, *args, **kwargs):
+            self.ran, self.stopped_at = True, None
+            return super().make_decision_for_running_worker_group(*args, **kwargs)
+
+        def make_decision_for_non_running_worker_group(self):
+            if self.ran:
+                self.stopped_at = self.stopped_at or time.monotonic()
+                if time.monotonic() - self.stopped_at < settle_s:
+                    return NoopDecision()
+            return super().make_decision_for_non_running_worker_group()
+
+    return WholeNodes
+
+
+def torch_trainer(workers_per_node: int = 1, settle_s: float = 0):
+    """Ray Train's TorchTrainer: an elastic run resizes by whole nodes (``whole_nodes_policy``), and
+    a cluster without the State API runs it without its placement-group cleaner.
 
     Why: the cleaner (a detached actor per run) asks the State API every second whether the run's
     controller still lives, and the State API is served by the dashboard, which cnnctl's Rays do not
@@ -47,14 +83,19 @@ def torch_trainer():
     by `tune.TrialRun`. A cluster that serves the State API keeps the cleaner.
     """
     from ray.train.torch import TorchTrainer
-
-    if state_api_served():
-        return TorchTrainer
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    cleaner = state_api_served()
 
     class Trainer(TorchTrainer):
         def _create_default_callbacks(self):
-            return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
+            return [c for c in super()._create_default_callbacks()
+                    if cleaner or not isinstance(c, PlacementGroupCleanerCallback)]
+
+        def _initialize_and_run_controller(self, **kwargs):
+            if self.scaling_config.elasticity_enabled:
+                kwargs["scaling_policy"] = whole_nodes_policy(workers_per_node, settle_s)(self.scaling_config)
+            return super()._initialize_and_run_controller(**kwargs)
 
     return Trainer
 

@@ -66,6 +66,22 @@ def check(cfg: RunConfig, run_dir: str) -> None:
         raise ValueError(line)
 
 
+def at_world(cfg: RunConfig, world: int, start: str | None) -> str | None:
+    """An elastic run's worker, started by Ray Train at ``world`` ranks: ``cfg`` settled for it (its
+    nodes; the global batch and per-rank batch of the newest checkpoint ``start``, else of the run as
+    configured, split over the new dp by elastic.adjust). Returns the console's line when the world is
+    not the one an end-of-epoch checkpoint trained at, None otherwise; a ValueError when it cannot
+    train there."""
+    p = cfg.parallel
+    before, meta = (ckpt.load_config(start), ckpt.load_meta(start)) if start else (cfg, {})
+    old_world, saved = before.parallel.world, meta.get("layout") or layout(before)
+    p.nodes = world // p.workers_per_node
+    if line := elastic.adjust(cfg, saved, start or f"parallel.nodes {p.nodes}"):
+        raise ValueError(line)
+    # a step checkpoint's line is the Trainer's, which says from which step (elastic.resumed_line)
+    return None if world == old_world or not start or meta.get("mid_epoch") else elastic.world_line(old_world, cfg)
+
+
 def shards_fingerprint(manifest: dict) -> str:
     """The training split's shards as a reader's positions see them: names and sample counts."""
     import hashlib

@@ -11,6 +11,7 @@ import shutil
 from contextlib import nullcontext
 
 from cnnctl.orchestrator import checkpoint as ckpt
+from cnnctl.orchestrator import resume
 from cnnctl.orchestrator.config import RunConfig, to_yaml
 from cnnctl.orchestrator.console_events import WorkerConsole, quiet_worker
 from cnnctl.orchestrator.data import manifest_url
@@ -34,6 +35,10 @@ def train_loop(config: dict) -> None:
 
     with latest.as_directory() if latest else nullcontext(None) as resume_dir:
         start = ckpt.resume_point(resume_dir, run_dir(cfg))
+        if cfg.parallel.elastic:  # Ray Train started this group at the world the cluster holds now
+            line = resume.at_world(cfg, ray.train.get_context().get_world_size(), start)
+            if line and console:
+                console.note(line)
         trainer = Trainer(cfg, resume_from=start, node=node, console=console)
     trainer.run(ray_report(cfg.run.checkpoint_upload))
 
@@ -137,14 +142,20 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None, pin_nodes: bool
     from cnnctl.orchestrator.rendezvous import LoopbackTorchConfig
 
     resources = {"CPU": p.cpus_per_worker, **({"GPU": 1} if p.gpus else {})}
-    pin = pin_nodes or p.nodes > 1
-    selectors = place_workers(p.nodes, p.workers_per_node, p.cpus_per_worker, p.gpus) if pin else None
-    return torch_trainer()(
+    if p.elastic:  # Ray Train's elastic group, resized by whole nodes (ray_workers.whole_nodes_policy)
+        place_workers(p.min_nodes, p.workers_per_node, p.cpus_per_worker, p.gpus)  # the fewest must fit now
+        workers, selectors = (p.min_nodes * p.workers_per_node, p.world), None
+    else:
+        pin = pin_nodes or p.nodes > 1
+        workers = p.world
+        selectors = place_workers(p.nodes, p.workers_per_node, p.cpus_per_worker, p.gpus) if pin else None
+    return torch_trainer(p.workers_per_node, p.node_loss_settle_s)(
         train_loop,
         train_loop_config=cfg.model_dump(mode="json"),
         torch_config=LoopbackTorchConfig(backend="nccl" if p.gpus else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=p.world, use_gpu=p.gpus, resources_per_worker=resources,
-                                               label_selector=selectors),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=p.gpus, resources_per_worker=resources,
+                                               label_selector=selectors,
+                                               elastic_resize_monitor_interval_s=p.resize_check_s),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
             storage_path=loc.absolute(cfg.run.storage),

@@ -287,7 +287,7 @@ def test_a_real_run_checks_and_connects_once(monkeypatch, fmnist_root, tmp_path)
     monkeypatch.setattr("cnnctl.orchestrator.console.TrainConsole", _FakeConsole)
     monkeypatch.setattr("cnnctl.orchestrator.ray_workers.warm_up_train", lambda: None)
     monkeypatch.setattr("cnnctl.orchestrator.ray_workers.place_workers", lambda *a: None)
-    monkeypatch.setattr("cnnctl.orchestrator.ray_workers.torch_trainer", lambda: _FakeTrainer)
+    monkeypatch.setattr("cnnctl.orchestrator.ray_workers.torch_trainer", lambda *args: _FakeTrainer)
     res = runner.invoke(app, ["train", "--preset", "demo-fashion", "--data", fmnist_root, "--name", "once",
                               "--set", f"run.storage={tmp_path}", "--set", "data.batch_size=64"])
     assert res.exit_code == 0, res.output
