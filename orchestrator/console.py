@@ -236,7 +236,7 @@ def eval_table(result: dict) -> Table:
 def runs_table(rows: list) -> Table:
     """`cnnctl runs`: one row per run (runs.RunRow)."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
-    for col in ("run", "model", "layout", "epochs", "best top-1", "last top-1", "status", "where", "note"):
+    for col in ("run", "model", "layout", "world", "epochs", "best top-1", "last top-1", "status", "where", "note"):
         numeric = col in ("epochs", "best top-1", "last top-1")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=True)
     colour = {"finished": "green", "running": "cyan", "resumable": "yellow", "failed": "red"}
@@ -245,6 +245,6 @@ def runs_table(rows: list) -> Table:
         return "-" if v is None else f"{v:.2%}"
 
     for r in rows:
-        table.add_row(r.name, r.model, r.layout, f"{r.done}/{r.planned}", pct(r.best), pct(r.last),
+        table.add_row(r.name, r.model, r.layout, r.world, f"{r.done}/{r.planned}", pct(r.best), pct(r.last),
                       f"[{colour[r.status]}]{r.status}[/]", short(r.where), r.note)
     return table

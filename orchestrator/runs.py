@@ -57,6 +57,7 @@ class RunRow:
     status: str
     where: str
     note: str = ""
+    world: str = "-"  # the world of its newest checkpoint: where an elastic run trains now
 
 
 def describe(run: str) -> RunRow | None:
@@ -75,7 +76,8 @@ def describe(run: str) -> RunRow | None:
     epochs = sorted({r["epoch"] for r in rows if "epoch" in r})
     tops = [r["val_top1"] for r in rows if r.get("val_top1") is not None]
     p = cfg.parallel
-    layout = f"{p.nodes}x{p.workers_per_node} dp={p.dp} mp={p.mp}"
+    nodes = f"{p.min_nodes}-{p.nodes}" if p.elastic else p.nodes  # planned: an elastic run's range
+    layout = f"{nodes}x{p.workers_per_node} dp={p.dp} mp={p.mp}"
     try:
         status = json.loads(loc.read_text(loc.join(run, STATUS)))
     except (FileNotFoundError, OSError, ValueError):
@@ -96,7 +98,13 @@ def describe(run: str) -> RunRow | None:
     if len(complete) < len(checkpoints):
         note = "; ".join(filter(None, [note, f"{len(checkpoints) - len(complete)} torn checkpoint(s) ignored"]))
     return RunRow(name, cfg.model.name, layout, done, planned, max(tops) if tops else None, tops[-1] if tops else None,
-                  state, run, note)
+                  state, run, note, world(ckpt.find(run)) if complete else "-")
+
+
+def world(checkpoint: str) -> str:
+    """'2 (dp 2)': the world a checkpoint was taken at (its config, as its workers settled it)."""
+    p = ckpt.load_config(checkpoint).parallel
+    return f"{p.world} (dp {p.dp})"
 
 
 def list_runs(storage: str) -> list[RunRow]:

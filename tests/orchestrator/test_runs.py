@@ -75,7 +75,7 @@ def test_runs_command_prints_a_table_and_json(storage):
     res = runner.invoke(app, ["runs", str(storage)])
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert lines[0].split()[:4] == ["run", "model", "layout", "epochs"]
+    assert lines[0].split()[:5] == ["run", "model", "layout", "world", "epochs"]
     by_name = {line.split()[0]: line for line in lines[2:]}
     assert sorted(by_name) == ["crashed", "done", "live", "torn"]
     assert "3/3" in by_name["done"] and "70.00%" in by_name["done"] and "finished" in by_name["done"]
@@ -83,6 +83,20 @@ def test_runs_command_prints_a_table_and_json(storage):
     res = runner.invoke(app, ["runs", str(storage), "--json"])
     assert {r["name"]: r["status"] for r in json.loads(res.output)} == {
         "crashed": "failed", "done": "finished", "live": "running", "torn": "resumable"}
+
+
+def test_an_elastic_run_shows_its_planned_nodes_and_the_world_it_trains_at_now(tmp_path):
+    run = make_run(tmp_path, "elastic", 4, 2, complete=[0])
+    cfg = RunConfig()  # as the driver saved it: 1 to 2 nodes of 2 workers
+    cfg.parallel.nodes, cfg.parallel.min_nodes, cfg.parallel.workers_per_node = 2, 1, 2
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    cfg.parallel.nodes = 1  # its workers after a node was lost
+    ckpt.save(run / "checkpoint_000001", {"w": torch.zeros(2)}, cfg, {"epoch": 1, "step": 0}, {"epoch": 1})
+    [row] = runs.list_runs(str(tmp_path))
+    assert (row.layout, row.world) == ("1-2x2 dp=4 mp=1", "2 (dp 2)")
+    out = runner.invoke(app, ["runs", str(tmp_path)]).output
+    assert out.splitlines()[2].split()[:5] == ["elastic", "alexnet-small", "1-2x2", "dp=4", "mp=1"]
+    assert "2 (dp 2)" in out
 
 
 def test_runs_on_a_missing_storage_names_it(tmp_path):
