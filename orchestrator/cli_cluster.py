@@ -1,5 +1,5 @@
-"""`cnnctl cluster up --local | status | down`: a real multi-node Ray cluster on this machine
-(orchestrator/cluster.py starts, finds and stops it)."""
+"""`cnnctl cluster up --local | add | status | down`: a real multi-node Ray cluster on this machine
+(orchestrator/cluster.py starts, grows, finds and stops it)."""
 
 from __future__ import annotations
 
@@ -48,9 +48,32 @@ def cluster_up(
                    f"ray job submit --address {c.dashboard} -- cnnctl train --nodes {c.nodes} ...")
 
 
+@cluster_app.command("add")
+def cluster_add(
+    *,
+    cpus_per_node: Annotated[Optional[float], typer.Option(
+        "--cpus-per-node", min=0.5, help="Logical CPUs the new node offers (default: as the cluster's nodes).")] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Start one more worker node joining the running local cluster, and wait until Ray counts it.
+
+    For bringing back a lost node, or growing an elastic run (`cnnctl train --nodes MIN-MAX`) at its next resize.
+    """
+    from cnnctl.orchestrator import cluster
+
+    state = state_dir or cluster.DEFAULT_STATE
+    try:
+        i = cluster.add_local(state, cpus_per_node)
+    except cluster.ClusterError as exc:
+        raise fail(str(exc)) from None
+    c = cluster.load(state)
+    alive = sum(cluster.node_alive(p, t) for p, t in c.processes())
+    typer.echo(f"node {i} joined {c.address} ({alive} nodes alive)")
+
+
 @cluster_app.command("status")
 def cluster_status(*, state_dir: StateDir = None) -> None:
-    """Print the local cluster's address and whether its node processes are alive."""
+    """Print the local cluster's address and whether each of its node processes is alive (exit 1 if one is not)."""
     from cnnctl.orchestrator import cluster
 
     c = cluster.load(state_dir or cluster.DEFAULT_STATE)
@@ -59,6 +82,8 @@ def cluster_status(*, state_dir: StateDir = None) -> None:
     alive = [cluster.node_alive(p, t) for p, t in c.processes()]
     dashboard = f"; dashboard {c.dashboard}" if c.dashboard else ""
     typer.echo(f"address {c.address}; nodes {sum(alive)}/{len(alive)} alive; token {c.token_path}{dashboard}")
+    for i, (pid, up) in enumerate(zip(c.pids, alive)):
+        typer.echo(f"  node {i}{' (head)' if i == 0 else ''}: pid {pid} {'alive' if up else 'dead'}")
     if not all(alive):
         raise typer.Exit(1)
 

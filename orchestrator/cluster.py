@@ -1,8 +1,8 @@
 """Connecting to Ray (``connect``), and `cnnctl cluster up --local`: a real multi-node Ray cluster on
 one machine.
 
-A local cluster is a head plus worker raylets, each started as `ray start --block` in its own
-process session whose pid (and start time) cnnctl records, so `cluster down` stops exactly the
+A local cluster is a head plus worker raylets (`cluster add` starts one more), each `ray start --block`
+in its own process session whose pid (and start time) cnnctl records, so `cluster down` stops exactly the
 processes it started. Token authentication is on (RAY_AUTH_MODE=token, one 0600 token file shared by
 every node and client) and every node, with all its servers, listens on 127.0.0.1 only
 (orchestrator/ray_security.py). A run's workers on a cluster: orchestrator/ray_workers.py; ranks as
@@ -51,6 +51,9 @@ class LocalCluster:
     def env(self) -> dict[str, str]:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
 
+    def save(self, state_dir: Path) -> None:
+        write_private(_state_file(state_dir), json.dumps(asdict(self), indent=1))
+
     def processes(self) -> list[tuple[int, int | None]]:
         """(pid, start time) of each node; a state file without start times names no process of ours."""
         return list(zip(self.pids, self.started + [None] * (len(self.pids) - len(self.started))))
@@ -97,21 +100,68 @@ _KEEP_LOOPBACK = "from cnnctl.orchestrator.ray_security import keep_loopback; ke
 _RAY_CLI = _KEEP_LOOPBACK + "from ray.scripts.scripts import main; main()"
 # With the dashboard, the processes the nodes start join at 127.0.0.1 too (`ray job submit`'s drivers).
 _RAY_CLI_BELOW = _RAY_CLI.replace("keep_loopback", "keep_loopback_below")
+# The index of each node Ray holds alive, read from its NODE_RESOURCE.
 _PROBE = (_KEEP_LOOPBACK + "import ray, sys;"
           "ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2], logging_level='ERROR');"
-          "print(sum(n['Alive'] for n in ray.nodes()))")
+          "print(sorted(int(k.rsplit('_', 1)[1]) for n in ray.nodes() if n['Alive'] for k in n['Resources']"
+          f" if k.startswith('{NODE_RESOURCE.format('')}')))")
+# Ray's GCS declares a node dead after `threshold` failed health checks `period` apart (by default 5 x 3 s:
+# a SIGKILLed node stayed alive in Ray's view for ~15 s). A check of a killed node is refused at once, so
+# a local one is noticed dead in ~3 s; one alive but slow still has 3 checks of 10 s (the timeout) to answer.
+_HEALTH_CHECK = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
 
-def _wait_for_nodes(address: str, env: dict, count: int, timeout: float) -> None:
-    """Poll `ray status`-like information until ``count`` nodes are alive."""
+def live_nodes(cluster: LocalCluster, timeout: float = 60) -> list[int] | None:
+    """The indices of the nodes Ray holds alive (their NODE_RESOURCE), asked from a probe process of
+    its own; None while Ray does not answer."""
+    cmd = [sys.executable, "-c", _PROBE, cluster.address, LOOPBACK]
+    try:
+        out = subprocess.run(cmd, env={**os.environ, **cluster.env()}, capture_output=True, text=True, timeout=timeout)
+        return json.loads(out.stdout.splitlines()[-1]) if out.returncode == 0 else None
+    except (subprocess.TimeoutExpired, IndexError, ValueError):
+        return None
+
+
+def _wait_for_nodes(cluster: LocalCluster, new: int, log: Path, timeout: float) -> None:
+    """Poll Ray until the nodes it holds alive are exactly those whose processes are (a node killed a
+    moment ago is dead in Ray's view only once its health checks fail), node ``new`` among them."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run([sys.executable, "-c", _PROBE, address, LOOPBACK], env={**os.environ, **env},
-                             capture_output=True, text=True, timeout=timeout)
-        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
+        running = [i for i, (pid, started) in enumerate(cluster.processes()) if node_alive(pid, started)]
+        if new not in running:
+            raise ClusterError(f"node {new} exited while joining the cluster at {cluster.address}; see {log}")
+        if live_nodes(cluster, max(deadline - time.monotonic(), 1)) == running:
             return
         time.sleep(1)
-    raise ClusterError(f"the local cluster did not reach {count} live nodes within {timeout:.0f}s")
+    raise ClusterError(f"node {new} did not join the cluster at {cluster.address} within {timeout:.0f}s; see {log}")
+
+
+def _node_env(cluster: LocalCluster) -> dict[str, str]:
+    # Nothing preempts nodes on this machine: Train's preemption watcher (an actor per run, which also logs
+    # an error line about its constructor arguments) only costs start-up time. The head's metrics servers
+    # (autoscaler, dashboard) on free ports: Ray's fixed ones clash between clusters.
+    return {**os.environ, **cluster.env(), **_HEALTH_CHECK, "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+            **{name: str(free_port(LOOPBACK)) for name in ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")}}
+
+
+def _start_node(cluster: LocalCluster, cpus: float, env: dict, state_dir: Path, timeout: float,
+                head: list[str] | None = None) -> None:
+    """Start the next node (`ray start --block`, a session of its own), record it, wait for Ray to see it."""
+    i = len(cluster.pids)
+    # each node's dashboard agent on a port of its own (Ray's fixed default would clash)
+    cmd = [sys.executable, "-c", _RAY_CLI_BELOW if cluster.dashboard else _RAY_CLI, "start",
+           *(head or [f"--address={cluster.address}"]), f"--dashboard-agent-listen-port={free_port(LOOPBACK)}",
+           "--block", f"--node-ip-address={LOOPBACK}", f"--num-cpus={cpus:g}", "--num-gpus=0", "--disable-usage-stats",
+           f"--resources={json.dumps({NODE_RESOURCE.format(i): 1})}"]
+    log = state_dir / "logs" / f"node-{i}.log"
+    log.parent.mkdir(exist_ok=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    cluster.pids.append(proc.pid)
+    cluster.started.append(start_time(proc.pid))
+    cluster.save(state_dir)
+    _wait_for_nodes(cluster, i, log, timeout)
 
 
 def up_local(nodes: int, cpus_per_node: float, state_dir: Path = DEFAULT_STATE,
@@ -136,33 +186,36 @@ def up_local(nodes: int, cpus_per_node: float, state_dir: Path = DEFAULT_STATE,
         dashboard_port = free_port(LOOPBACK)
         cluster.dashboard = f"http://{LOOPBACK}:{dashboard_port}"
         head[-1:] = ["--include-dashboard=true", f"--dashboard-host={LOOPBACK}", f"--dashboard-port={dashboard_port}"]
-    # Nothing preempts nodes on this machine: Train's preemption watcher (an actor per run, which
-    # also logs an error line about its constructor arguments) only costs start-up time.
-    env = {**os.environ, **cluster.env(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-    # The head's metrics servers (autoscaler, dashboard) on free ports: Ray's fixed ones clash between clusters.
-    env |= {name: str(free_port(LOOPBACK)) for name in ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")}
-    common = ["--block", f"--node-ip-address={LOOPBACK}", f"--num-cpus={cpus_per_node:g}", "--num-gpus=0",
-              "--disable-usage-stats"]
-    logs = state_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    env = _node_env(cluster)
     try:
         for i in range(nodes):
-            # each node's dashboard agent on a port of its own (Ray's fixed default would clash)
-            agent = [f"--dashboard-agent-listen-port={free_port(LOOPBACK)}"]
-            role = (head if i == 0 else [f"--address={cluster.address}"]) + agent
-            resources = f"--resources={json.dumps({NODE_RESOURCE.format(i): 1})}"
-            cli = _RAY_CLI_BELOW if dashboard else _RAY_CLI
-            cmd = [sys.executable, "-c", cli, "start", *role, *common, resources]
-            with open(logs / f"node-{i}.log", "w") as log:
-                proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            cluster.pids.append(proc.pid)
-            cluster.started.append(start_time(proc.pid))
-            write_private(_state_file(state_dir), json.dumps(asdict(cluster), indent=1))
-            _wait_for_nodes(cluster.address, cluster.env(), i + 1, timeout)
+            _start_node(cluster, cpus_per_node, env, state_dir, timeout, head if i == 0 else None)
     except Exception:
         down(state_dir)
         raise
     return cluster
+
+
+def add_local(state_dir: Path = DEFAULT_STATE, cpus: float | None = None, timeout: float = 90) -> int:
+    """Start one more worker node as `up_local` starts its workers (to bring a lost node back or grow an
+    elastic run), by default with as many CPUs as each of the others; returns its index."""
+    state_dir = Path(state_dir)
+    cluster = load(state_dir)
+    if cluster is None:
+        raise ClusterError(f"no local cluster is up in {state_dir} (cnnctl cluster up --local)")
+    if not node_alive(*cluster.processes()[0]):
+        raise ClusterError(f"the head of the local cluster at {cluster.address} (pid {cluster.pids[0]}) is not "
+                           f"alive; run `cnnctl cluster down --state-dir {state_dir}` and start a new one")
+    i, cluster.nodes = len(cluster.pids), cluster.nodes + 1
+    try:
+        _start_node(cluster, cpus or cluster.cpus_per_node, _node_env(cluster), state_dir, timeout)
+    except Exception:  # a node that did not join is stopped and forgotten
+        if len(cluster.pids) > i:
+            _stop_node(cluster.pids.pop(), cluster.started.pop())
+            cluster.nodes -= 1
+            cluster.save(state_dir)
+        raise
+    return i
 
 
 def node_alive(pid: int, started: int | None) -> bool:
@@ -171,10 +224,25 @@ def node_alive(pid: int, started: int | None) -> bool:
     return alive(pid) and started is not None and start_time(pid) == started
 
 
+def _stop_node(pid: int, started: int | None, grace: float = 10) -> None:
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        if not node_alive(pid, started):
+            break
+        os.killpg(pid, sig)  # the node's own session: its raylet, gcs and workers
+        deadline = time.monotonic() + wait
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    if started is not None and start_time(pid) in (started, None):
+        try:  # anything of that session the leader left behind
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def down(state_dir: Path = DEFAULT_STATE, grace: float = 10) -> list[int]:
-    """Stop the processes `up_local` started (by their recorded pids and their own sessions); returns
-    the pids stopped. A recorded pid that is no longer that node (it exited; the pid was reused) is
-    left alone."""
+    """Stop the processes `up_local` and `add_local` started (by their recorded pids and their own
+    sessions); returns the pids stopped. A recorded pid that is no longer that node (it exited; the pid
+    was reused) is left alone."""
     cluster = load(state_dir)
     if cluster is None:
         return []
@@ -183,18 +251,7 @@ def down(state_dir: Path = DEFAULT_STATE, grace: float = 10) -> list[int]:
     for pid, started in reversed(cluster.processes()):
         if node_alive(pid, started):
             stopped.insert(0, pid)
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
-            if not node_alive(pid, started):
-                break
-            os.killpg(pid, sig)  # the node's own session: its raylet, gcs and workers
-            deadline = time.monotonic() + wait
-            while alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-        if started is not None and start_time(pid) in (started, None):
-            try:  # anything of that session the leader left behind
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _stop_node(pid, started, grace)
     _state_file(state_dir).unlink(missing_ok=True)
     return stopped
 
