@@ -90,6 +90,7 @@ class ShardStream(IterableDataset):
         self.steps = (self.samples_per_rank // (batch_size * accumulate) * accumulate if train
                       else -(-self.samples_per_rank // batch_size))
         self.deal: dict | None = None  # the epoch's work after a resize (shards/dealt.py); None: its own part
+        self.dealt_epoch = -1  # the epoch ``deal`` is of
         # Shared with DataLoader workers that persist across epochs: set_epoch reaches them.
         self._epoch = mp_value()
         self.progress = Progress()  # where each reader stands in the epoch (position.py), shared likewise
@@ -136,6 +137,7 @@ class ShardStream(IterableDataset):
         self.progress.begin(positions, steps_done % self.workers if positions else 0)
         self.steps_done = steps_done if positions else 0
         self.deal = deal if positions else None
+        self.dealt_epoch = self.epoch  # persistent loader workers keep the deal they started with: this epoch's only
 
     def position(self, steps_done: int) -> list[ReaderPosition]:
         """Each worker's position after the epoch's first ``steps_done`` batches (those the trainer
@@ -224,7 +226,7 @@ class ShardStream(IterableDataset):
                           Batch(self.batch_size, shared=shared, ring=ring, windows=self.frame is not None)), 0
         # A buffer no larger than this reader's part: a larger one would hold nothing more.
         buffer = min(self.shuffle_buffer, max(self.samples_per_rank // unit.workers, 1))
-        if self.deal is None:
+        if self.deal is None or self.dealt_epoch != epoch:
             own = self.passes(epoch, unit, rng, buffer, my_steps * self.batch_size, at.ordinal)
             stream = ((raw, sample_seed(self.seed, epoch, unit.index, k)) for k, raw in enumerate(own, at.ordinal))
         else:  # an epoch resized mid-way: this reader's dealt pieces of the source readers' streams

@@ -90,3 +90,26 @@ def test_a_stream_of_the_same_layout_resumes_a_dealt_epoch_bitwise(url):
     first, positions = run(url, 1, 2, 2, 2, 5, deal, starts)
     rest, _ = run(url, 1, 2, 2, 5, None, deal, [positions])
     assert first + rest == whole
+
+
+def epoch_samples(stream: ShardStream, data, epoch: int) -> Counter:
+    stream.set_epoch(epoch)
+    stream.set_position(None)
+    return Counter(hashlib.sha1(im.numpy().tobytes()).hexdigest() for images, _ in data for im in images)
+
+
+def test_the_epoch_after_a_resized_one_is_the_layouts_own_in_persistent_loader_workers(url):
+    """The training loop keeps its loader workers across epochs (loader(recycle=True)): they started
+    with the resized epoch's deal, and the next epoch must read this layout's own part, not the deal."""
+    _, deal, starts = resized(url, (2, 2, 1), (1, 2, 2), 1)
+    s = ShardStream(url, Split(0, 1), BATCH, CropFlip(32, 4), seed=5, shuffle_buffer=6, accumulate=2)
+    data = loader(s, workers=2, recycle=True)
+    s.set_epoch(EPOCH)
+    s.set_position(starts[0], 2, deal)
+    list(data)  # the rest of the resized epoch
+    after = epoch_samples(s, loader(s, workers=2, recycle=True), EPOCH + 1)
+    s.close()
+    fresh = ShardStream(url, Split(0, 1), BATCH, CropFlip(32, 4), seed=5, shuffle_buffer=6, accumulate=2)
+    expected = epoch_samples(fresh, loader(fresh, workers=2), EPOCH + 1)
+    fresh.close()
+    assert sum(after.values()) == 32 and after == expected
