@@ -61,11 +61,11 @@ def epoch_has_steps(cfg: RunConfig) -> str | None:
     d, dp = cfg.data, cfg.parallel.dp
     samples = mf.load(mf.manifest_url(d.root, d.prefix, d.train_split))["num_samples"]
     samples = samples if d.limit is None else min(d.limit, samples)
-    if (samples // dp) // max(d.batch_size // dp, 1) == 0:
+    whole, field = (d.global_batch, "data.global_batch") if d.global_batch else (d.batch_size, "data.batch_size")
+    if (samples // dp) // max(whole // dp, 1) == 0:
         limited = " (data.limit)" if d.limit is not None and d.limit <= samples else ""
-        return (f"data ({d.train_split}): {samples} samples{limited}, fewer than one global batch of {d.batch_size} "
-                f"(data.batch_size, over dp={dp}): an epoch would have no step; lower data.batch_size or use a "
-                f"larger split")
+        return (f"data ({d.train_split}): {samples} samples{limited}, fewer than one global batch of {whole} "
+                f"({field}, over dp={dp}): an epoch would have no step; lower {field} or use a larger split")
     return None
 
 

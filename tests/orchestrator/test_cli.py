@@ -215,6 +215,10 @@ def test_a_split_smaller_than_one_global_batch_is_refused_before_ray(uneven_fmni
     res = runner.invoke(app, ["tune", "run", "--data", uneven_fmnist_root, "--set", "data.batch_size=1024",
                               "--num-samples", "1"])
     assert res.exit_code == 1 and "600" in res.output and "1024" in res.output, res.output
+    # batches of 64 accumulated to optimiser steps of 1024 samples: still no step
+    res = runner.invoke(app, ["train", "--data", uneven_fmnist_root, "--set", "data.batch_size=64", "--set",
+                              "data.global_batch=1024"])
+    assert res.exit_code == 1 and "global batch of 1024 (data.global_batch" in res.output, res.output
 
 
 class _Counted:
