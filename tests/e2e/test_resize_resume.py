@@ -53,3 +53,29 @@ def test_a_step_checkpoint_at_2_workers_resumes_at_1_with_the_epochs_samples_and
     assert row["steps_per_rank"] == [100] and row["resumed_at_step"] == 40  # batches of 4 at the new layout
     data = yaml.safe_load((tmp_path / "resized" / "config.yaml").read_text())["data"]
     assert (data["batch_size"], data["global_batch"]) == (4, 8)
+
+
+@pytest.mark.parametrize("layout", [sets("parallel.mp=2"),
+                                    ["--parallel", "owt", *sets("model.towers=1", "parallel.fc_group=2")]],
+                         ids=["hybrid-tower-pairs", "owt-groups"])
+def test_tower_pairs_and_owt_groups_resume_on_fewer_nodes_whole(ray_cluster, uneven_fmnist_root, tmp_path, layout):
+    """2 nodes x 2 workers (hybrid: 2 tower pairs; OWT: 2 groups of K=2) -> 1 node x 2 (one pair, one
+    group): mp and K stay, dp halves, the epoch's rest is dealt and each sample trained once."""
+    def run(name: str, nodes: str) -> str:
+        return cli("train", "--preset", "demo-fashion", "--data", uneven_fmnist_root, "--name", name, "--epochs", "1",
+                   "--address", ray_cluster.address, "--nodes", nodes, "--workers-per-node", "2", *layout,
+                   *sets(f"run.storage={tmp_path}", *SETTINGS, "data.loader_workers=1"))
+
+    run("whole", "2")
+    [reference] = read(str(tmp_path / "whole"))
+    step20 = next(f for f in (tmp_path / "whole").glob("checkpoint_*")
+                  if ckpt.load_meta(str(f)).get("metrics", {}).get("step_in_epoch") == 20)
+    shutil.copytree(step20, tmp_path / "resized" / step20.name)
+    dp = reference["segments"][0]["dp"]
+    out = run("resized", "1")
+    assert f"resumed at world 2 (dp {dp // 2}) from step 20 of epoch 1" in out
+    [row] = read(str(tmp_path / "resized"))
+    assert row["samples_trained"] == reference["samples_trained"] == 50 * 8
+    assert row["samples_digest"] == reference["samples_digest"]
+    assert row["global_batch"] == reference["global_batch"] == [8, 8]
+    assert [(s["world"], s["dp"], s["accumulate"]) for s in row["segments"]] == [(4, dp, 1), (2, dp // 2, 2)]
