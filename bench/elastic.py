@@ -17,7 +17,13 @@ of 8, a step checkpoint every 10 steps), each run through the real `cnnctl train
 The step lines come from rank 0 through the driver's console (run.log_every=1), as a user sees them.
 Every round is printed; medians and spreads [min-max], and their ratio.
 
+--curves PNG instead trains the demo (demo-fashion, all of Fashion-MNIST, batches of 128, one
+worker a node) for --epochs epochs twice on the same cluster: uninterrupted at --nodes 2, and at
+--nodes 1-2 losing a node after the step checkpoint at step 200 of epoch 2 and getting it back after
+the one at step 100 of epoch 3; prints both runs' epochs and draws them with `cnnctl report`.
+
 Usage: python bench/elastic.py [--rounds 3] [--settle 5]
+       python bench/elastic.py --curves docs/figures/elastic-loss.png [--epochs 4]
 """
 
 from __future__ import annotations
@@ -148,6 +154,35 @@ def plain_round(state: Path, data: Path, storage: Path, name: str) -> float:
     return first - killed
 
 
+def curves(state: Path, work: Path, png: str, epochs: int, settle: float) -> None:
+    from cnnctl.orchestrator import cluster
+    from cnnctl.orchestrator.metrics import read
+
+    data, storage = work / "fashion-mnist", work / "curves"
+    cnnctl("shard", "pack", "fashion-mnist", str(data), "--shard-size", "5000")
+    demo = ["--preset", "demo-fashion", "--data", str(data), "--epochs", str(epochs), "--address",
+            cluster.load(state).address, "--workers-per-node", "1",
+            *sum((["--set", s] for s in [f"run.storage={storage}", "parallel.cpus_per_worker=2", "run.log_every=50",
+                                         "run.checkpoint_every_steps=100", "parallel.resize_check_s=5",
+                                         f"parallel.node_loss_settle_s={settle}"]), [])]
+    Train(state, *demo, "--name", "uninterrupted", "--nodes", "2").finish(timeout=3600)
+    run = Train(state, *demo, "--name", "elastic", "--nodes", "1-2")
+    wait_for_checkpoint(run, storage / "elastic", epoch=1, step=200)
+    os.killpg(cluster.load(state).pids[-1], signal.SIGKILL)
+    run.wait_for("node lost: continuing")
+    wait_for_checkpoint(run, storage / "elastic", epoch=2, step=100)
+    cnnctl("cluster", "add", "--state-dir", str(state))
+    run.wait_for("nodes returned: continuing")
+    run.finish(timeout=3600)
+    for name in ("uninterrupted", "elastic"):
+        for r in read(str(storage / name)):
+            worlds = "+".join(str(s["world"]) for s in r["segments"])
+            print(f"{name} epoch {r['epoch'] + 1}: worlds {worlds}, train loss {r['train_loss']:.4f}, val loss "
+                  f"{r['val_loss']:.4f}, val top-1 {r['val_top1']:.4f}, samples {r['samples_trained']}, "
+                  f"global batch {r['global_batch']}")
+    print(cnnctl("report", str(storage / "uninterrupted"), str(storage / "elastic"), "--out", png).strip())
+
+
 def spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.1f} s [{min(values):.1f}-{max(values):.1f}]"
 
@@ -156,27 +191,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settle", type=float, default=5.0, help="parallel.node_loss_settle_s of the elastic runs")
+    parser.add_argument("--curves", help="PNG: draw the demo's loss curves, uninterrupted and resized, instead")
+    parser.add_argument("--epochs", type=int, default=4, help="--curves: the demo's epochs")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cnnctl-bench-elastic-"))
     data, state, storage = work / "data", work / "cluster", work / "runs"
+    print(cnnctl("cluster", "up", "--local", "--nodes", "2", "--cpus-per-node", "2", "--state-dir",
+                 str(state)).splitlines()[0])
+    try:
+        if args.curves:
+            curves(state, work, str(Path(args.curves).resolve()), args.epochs, args.settle)
+        else:
+            restarts(state, data, storage, args.rounds, args.settle)
+    finally:
+        cnnctl("cluster", "down", "--state-dir", str(state))
+
+
+def restarts(state: Path, data: Path, storage: Path, rounds: int, settle: float) -> None:
     for split, limit, size in (("train", "60", "170"), ("test", "10", "100")):
         cnnctl("shard", "pack", "fashion-mnist", str(data), "--split", split, "--per-class-limit", limit,
                "--shard-size", size)
-    print(cnnctl("cluster", "up", "--local", "--nodes", "2", "--cpus-per-node", "2", "--state-dir",
-                 str(state)).splitlines()[0])
     elastic, plain = [], []
-    try:
-        for i in range(args.rounds):  # interleaved, so a slower minute of the machine hits both
-            elastic.append(elastic_round(state, data, storage, f"elastic-{i}", args.settle))
-            print(f"round {i + 1}: elastic, node lost -> first step at world 1: {elastic[-1]:.1f} s", flush=True)
-            plain.append(plain_round(state, data, storage, f"plain-{i}"))
-            print(f"round {i + 1}: plain restart, worker lost -> first step at world 1: {plain[-1]:.1f} s", flush=True)
-    finally:
-        cnnctl("cluster", "down", "--state-dir", str(state))
-    print(f"elastic (node lost, settle {args.settle:g} s): {spread(elastic)}")
+    for i in range(rounds):  # interleaved, so a slower minute of the machine hits both
+        elastic.append(elastic_round(state, data, storage, f"elastic-{i}", settle))
+        print(f"round {i + 1}: elastic, node lost -> first step at world 1: {elastic[-1]:.1f} s", flush=True)
+        plain.append(plain_round(state, data, storage, f"plain-{i}"))
+        print(f"round {i + 1}: plain restart, worker lost -> first step at world 1: {plain[-1]:.1f} s", flush=True)
+    print(f"elastic (node lost, settle {settle:g} s): {spread(elastic)}")
     print(f"plain restart (worker lost, same world): {spread(plain)}")
     print(f"ratio elastic / plain: {statistics.median(elastic) / statistics.median(plain):.2f}x")
-
 
 if __name__ == "__main__":
     main()

@@ -4,8 +4,6 @@ autoscaling coordinator started early (``warm_up_train``)."""
 
 from __future__ import annotations
 
-import time
-
 from cnnctl.orchestrator.cluster import ClusterError
 
 
@@ -45,11 +43,25 @@ def whole_nodes_policy(workers_per_node: int, settle_s: float):
 
     After a running group fails it waits ``settle_s`` before sizing the next: Ray marks a lost node
     dead only once its health checks fail, and a group sized while the node still counts waits for
-    workers that cannot start (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) before the next try."""
+    workers that cannot start (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) before the next try.
+    For the same reason each decision asks Ray's autoscaling coordinator to look at the cluster now:
+    on its own it looks every 20 s, and until then it counts a dead node's resources as reserved."""
+    import ray
     from ray.train.v2._internal.execution.scaling_policy import ElasticScalingPolicy, NoopDecision
+    from ray.train.v2._internal.util import time_monotonic
 
     class WholeNodes(ElasticScalingPolicy):
         ran, stopped_at = False, None
+
+        def _get_reserved_resources(self):
+            if time_monotonic() - self._latest_reserved_resources_query_time < self.GET_RESERVED_RESOURCES_INTERVAL_S:
+                return super()._get_reserved_resources()  # Ray's answer of the last second
+            try:
+                ray.get(self._autoscaling_coordinator.get_reserved_resources.remote(self._requester_id, recompute=True),
+                        timeout=10)
+            except Exception:  # noqa: BLE001 - Ray's own call below says what failed, and decides nothing
+                pass
+            return super()._get_reserved_resources()
 
         def _count_possible_workers(self, reserved_resources) -> int:
             count = super()._count_possible_workers
@@ -63,8 +75,8 @@ def whole_nodes_policy(workers_per_node: int, settle_s: float):
 
         def make_decision_for_non_running_worker_group(self):
             if self.ran:
-                self.stopped_at = self.stopped_at or time.monotonic()
-                if time.monotonic() - self.stopped_at < settle_s:
+                self.stopped_at = self.stopped_at or time_monotonic()
+                if time_monotonic() - self.stopped_at < settle_s:
                     return NoopDecision()
             return super().make_decision_for_non_running_worker_group()
 

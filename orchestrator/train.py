@@ -36,7 +36,12 @@ def train_loop(config: dict) -> None:
     with latest.as_directory() if latest else nullcontext(None) as resume_dir:
         start = ckpt.resume_point(resume_dir, run_dir(cfg))
         if cfg.parallel.elastic:  # Ray Train started this group at the world the cluster holds now
-            line = resume.at_world(cfg, ray.train.get_context().get_world_size(), start)
+            context = ray.train.get_context()
+            here, group = context.get_local_world_size(), cfg.parallel.mp * cfg.parallel.layout.fc
+            if here % group:  # Ray placed workers around whole nodes: a pair or a group would straddle two
+                raise ValueError(f"{here} worker(s) on node {node}: a tower pair or OWT group of {group} ranks "
+                                 "would straddle nodes; give every node room for whole groups")
+            line = resume.at_world(cfg, context.get_world_size(), start)
             if line and console:
                 console.note(line)
         trainer = Trainer(cfg, resume_from=start, node=node, console=console)
