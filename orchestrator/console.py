@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cnnctl.orchestrator.console_events import Sink, epoch_callback, sink_name
+from cnnctl.orchestrator.metrics import read
 from cnnctl.shards import location as loc
 
 POLL_S = 0.2
@@ -57,6 +58,7 @@ class TrainConsole:
         self.live = self.out.is_terminal
         self.bar: Progress | None = None
         self.task, self.task_epoch, self.done_epochs = None, -1, set()
+        self.first_epoch: int | None = None  # the first epoch this console saw: rows before it are an earlier run's
         self.header_shown = False
         self.stopping = threading.Event()
 
@@ -126,7 +128,8 @@ class TrainConsole:
 
     def _draw(self, events: list[tuple]) -> None:
         for kind, *rest in events:
-            if kind == "note":
+            if kind == "note":  # rank 0's lines as it starts: after a restart, rows lost with the workers first
+                self._written_rows()
                 self.print(rest[0])
             elif kind == "step":
                 self._step(*rest)
@@ -138,6 +141,7 @@ class TrainConsole:
                            f"{self._where(rest[1])}")
 
     def _step(self, epoch, epochs, step, steps, loss, lr, rate, elapsed) -> None:
+        self.first_epoch = epoch if self.first_epoch is None else min(self.first_epoch, epoch)
         if epoch in self.done_epochs:
             return  # a late update of an epoch whose row is out
         stats = f"loss {loss:.4f}  lr {lr:.3g}  {rate:,.0f} img/s"
@@ -154,16 +158,32 @@ class TrainConsole:
         self.bar.update(self.task, completed=step, stats=stats)
 
     def _epoch(self, metrics: dict, checkpoint: str | None) -> None:
-        self.done_epochs.add(metrics["epoch"])
-        if self.bar is not None and self.task is not None and self.task_epoch == metrics["epoch"]:
+        epoch = metrics["epoch"]
+        self.first_epoch = epoch if self.first_epoch is None else min(self.first_epoch, epoch)
+        if self.bar is not None and self.task is not None and self.task_epoch == epoch:
             self.bar.remove_task(self.task)
             self.task, self.task_epoch = None, -1
         if not self.header_shown:
             self.print(HEADER)
             self.header_shown = True
-        self.print(epoch_row(metrics, self.epochs))
+        self._written_rows(before=epoch)
+        if epoch not in self.done_epochs:
+            self.done_epochs.add(epoch)
+            self.print(epoch_row(metrics, self.epochs))
         if checkpoint:
             self.print(f"{'':>7}  checkpoint {self._where(checkpoint)}")
+
+    def _written_rows(self, before: int | None = None) -> None:
+        """The rows of this run's epochs (before ``before``) whose reports Ray Train never passed on:
+        the workers failed while the epoch's checkpoint uploaded, and the run resumed from it. They
+        are in metrics.jsonl, where rank 0 wrote them first."""
+        if self.first_epoch is None:
+            return
+        for row in read(self.run_dir):
+            epoch = row["epoch"]
+            if self.first_epoch <= epoch and (before is None or epoch < before) and epoch not in self.done_epochs:
+                self.done_epochs.add(epoch)
+                self.print(epoch_row(row, self.epochs))
 
     def _where(self, checkpoint: str) -> str:
         # Ray's Checkpoint.path is the path inside its filesystem (no scheme): name it in the run's store
