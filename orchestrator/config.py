@@ -30,7 +30,6 @@ __all__ = ["CONFIGS_DIR", "ConfigError", "DataConfig", "EvalConfig", "LRNConfig"
            "net", "parse_set", "preset_path", "resolve", "to_yaml", "yaml_names"]
 
 
-
 class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Shards and input pipeline.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Network.")
@@ -41,6 +40,7 @@ class RunConfig(Section):
     tune: TuneConfig = Field(default_factory=TuneConfig, description="Ray Tune sweep settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description=(
         "The paper's evaluation of this run, the default of `cnnctl eval`."))
+
 
 def _configs_dir() -> Traversable:
     """The presets folder: configs/ of the source checkout these modules run from (PYTHONPATH, an

@@ -177,8 +177,9 @@ class TrainConsole:
         """The rows of this run's epochs (before ``before``) whose reports Ray Train never passed on:
         the workers failed while the epoch's checkpoint uploaded, and the run resumed from it. They
         are in metrics.jsonl, where rank 0 wrote them first."""
-        if self.first_epoch is None:
-            return
+        if self.first_epoch is None or (before is not None and self.done_epochs.issuperset(
+                range(self.first_epoch, before))):
+            return  # nothing missing: metrics.jsonl is not read for every epoch
         for row in read(self.run_dir):
             epoch = row["epoch"]
             if self.first_epoch <= epoch and (before is None or epoch < before) and epoch not in self.done_epochs:
